@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing SandGNAT needs on a fresh Debian
+# machine (as root): a C toolchain for jemalloc and libyara, curl, and a
+# Rust toolchain when none is on PATH. Idempotent; quiet when all is there.
+set -euo pipefail
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null
+  fi
+fi

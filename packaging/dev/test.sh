@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit and
+# end-to-end tests against the real binary.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash packaging/dev/bootstrap.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+# Reuse a build directory outside the clone: a fresh clone then only
+# rebuilds what changed.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sandgnat-target}
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked

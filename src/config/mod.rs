@@ -1,0 +1,527 @@
+//! Settings: what the operator can set, their defaults, and how they are read.
+//!
+//! Sources, lowest precedence first: built-in defaults, the TOML file
+//! (`--config`, else `/etc/sandgnat/sandgnat.toml` when present), the seed's
+//! environment names (`DATABASE_URL`, ...), `SANDGNAT_<SECTION>__<KEY>`, and
+//! command-line flags. Gunicorn's settings keep their names and meaning.
+//! Every value is validated here so that the master never starts, and a HUP
+//! never applies, a setting that a worker would trip over later.
+
+mod validate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+pub use validate::SettingsError;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/sandgnat/sandgnat.toml";
+
+/// The seed's environment names and the keys they set.
+const SEED_ALIASES: &[(&str, &str)] = &[
+    ("INTAKE_MAX_SAMPLE_BYTES", "intake.max_sample_bytes"),
+    ("STATIC_ANALYSIS_ENABLED", "intake.static_analysis_enabled"),
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("PROMETHEUS_METRICS_EXPORT_PORT", "metrics.bind"),
+];
+
+/// Keys whose values are lists; in the environment they are comma-separated.
+const LIST_KEYS: &[&str] = &["proxy.bind", "proxy.plain_bind"];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: Server,
+    pub proxy: Proxy,
+    pub intake: Intake,
+    pub paths: Paths,
+    pub yara: Yara,
+    pub database: Database,
+    pub redis: Redis,
+    pub queue: Queue,
+    pub metrics: Metrics,
+    pub log: Log,
+    pub debug: Debug,
+}
+
+/// The worker pool: gunicorn's settings, same names, same meaning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub workers: u32,
+    /// The Unix socket every worker accepts on.
+    pub socket: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Seconds a worker may stay silent before it is aborted.
+    pub timeout: u64,
+    /// Seconds a stopping worker gets to finish its requests.
+    pub graceful_timeout: u64,
+    /// Seconds an idle keep-alive connection is kept open; 0 disables keep-alive.
+    pub keepalive: u64,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub backlog: u32,
+    /// Connections one worker serves at once; past it, connections wait in
+    /// the shared backlog for a less busy worker.
+    pub worker_connections: u32,
+    pub limit_request_line: u32,
+    pub limit_request_fields: u32,
+    pub limit_request_field_size: u32,
+    /// Consecutive worker boot failures after which the master gives up.
+    pub max_boot_failures: u32,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            workers: 4,
+            socket: PathBuf::from("/run/sandgnat/workers.sock"),
+            user: None,
+            group: None,
+            timeout: 120,
+            graceful_timeout: 30,
+            keepalive: 5,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            backlog: 2048,
+            worker_connections: 1000,
+            limit_request_line: 4094,
+            limit_request_fields: 100,
+            limit_request_field_size: 8190,
+            max_boot_failures: 5,
+        }
+    }
+}
+
+impl Server {
+    /// The account workers run as when the master starts as root.
+    pub fn effective_user(&self) -> &str {
+        self.user.as_deref().unwrap_or("sandgnat")
+    }
+
+    pub fn effective_group(&self) -> &str {
+        self.group
+            .as_deref()
+            .unwrap_or_else(|| self.effective_user())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Proxy {
+    pub bind: Vec<String>,
+    pub plain_bind: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    pub max_body_bytes: u64,
+    pub read_timeout: u64,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            bind: vec!["0.0.0.0:8443".into()],
+            plain_bind: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 256 << 20,
+            read_timeout: 150,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Intake {
+    pub max_sample_bytes: u64,
+    pub static_analysis_enabled: bool,
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake {
+            max_sample_bytes: 128 << 20,
+            static_analysis_enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state_dir: PathBuf::from("/var/lib/sandgnat"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Yara {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_dir: Option<PathBuf>,
+    pub scan_timeout: u64,
+}
+
+impl Default for Yara {
+    fn default() -> Self {
+        Yara {
+            rules_dir: None,
+            scan_timeout: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    pub url: String,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "postgres:///sandgnat".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Queue {
+    pub runners: u32,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue { runners: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    pub bind: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            bind: "127.0.0.1:8001".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `console` or `json`; unset means console on a terminal, else json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter.
+    pub level: String,
+    /// `-` for stdout, else a file path.
+    pub access_log: String,
+    /// `-` for stderr, else a file path.
+    pub error_log: String,
+    pub access_log_format: String,
+    /// `never` (reopen on USR1, for logrotate), `hourly` or `daily`.
+    pub rotation: String,
+}
+
+/// Gunicorn's default access log format.
+pub const GUNICORN_ACCESS_LOG_FORMAT: &str =
+    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: None,
+            level: "info".into(),
+            access_log: "-".into(),
+            error_log: "-".into(),
+            access_log_format: GUNICORN_ACCESS_LOG_FORMAT.into(),
+            rotation: "never".into(),
+        }
+    }
+}
+
+/// Fault injection for the supervision tests. Off by default; never enable
+/// it on a node that takes real samples: it lets any client hang or crash a
+/// worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Debug {
+    /// Serve `/__debug/hang`, `/__debug/crash` and `/__debug/sleep?ms=N`.
+    pub fault_injection: bool,
+    /// Make every worker fail while booting.
+    pub fail_worker_boot: bool,
+}
+
+/// Where settings come from, kept so that HUP can read them again.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config F`; when absent the default file is read if it exists.
+    pub file: Option<PathBuf>,
+    /// Command-line overrides as `(key, value)`; lists are comma-separated.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Reads defaults, file, environment and flags, and validates the result.
+    pub fn load(&self) -> Result<Settings, SettingsError> {
+        self.load_with_env(std::env::vars().collect())
+    }
+
+    pub fn load_with_env(&self, env: HashMap<String, String>) -> Result<Settings, SettingsError> {
+        let defaults = Config::try_from(&Settings::default()).map_err(SettingsError::Source)?;
+        let mut builder = Config::builder().add_source(defaults);
+
+        match &self.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(SettingsError::MissingFile(path.clone()));
+                }
+                builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+            }
+            None => {
+                let path = Path::new(DEFAULT_CONFIG_FILE);
+                if path.exists() {
+                    builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+                }
+            }
+        }
+
+        builder = builder.add_source(seed_aliases(&env));
+        builder = builder.add_source(sandgnat_environment(env));
+        for (key, value) in &self.overrides {
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+                builder.set_override(key.as_str(), items)
+            } else {
+                builder.set_override(key.as_str(), value.as_str())
+            }
+            .map_err(SettingsError::Source)?;
+        }
+
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(SettingsError::Source)?;
+        validate::validate(&settings)?;
+        Ok(settings)
+    }
+}
+
+/// The seed's variable names, as a source below `SANDGNAT_*`.
+fn seed_aliases(env: &HashMap<String, String>) -> Config {
+    let mut builder = Config::builder();
+    for (name, key) in SEED_ALIASES {
+        let Some(value) = env.get(*name) else {
+            continue;
+        };
+        let value = if *key == "metrics.bind" && value.parse::<u16>().is_ok() {
+            // The seed exported metrics on every interface at this port.
+            format!("0.0.0.0:{value}")
+        } else {
+            value.clone()
+        };
+        builder = builder
+            .set_override(*key, value)
+            .expect("alias keys are static and valid");
+    }
+    builder.build().unwrap_or_default()
+}
+
+fn sandgnat_environment(env: HashMap<String, String>) -> Environment {
+    // Only `SANDGNAT_<SECTION>__<KEY>` names are settings; anything else
+    // with the prefix (a typo, or another tool's variable) is left alone
+    // rather than failing the start.
+    let env: HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("SANDGNAT_") && k["SANDGNAT_".len()..].contains("__"))
+        .collect();
+    let mut source = Environment::with_prefix("SANDGNAT")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .source(Some(env));
+    for key in LIST_KEYS {
+        source = source.with_list_parse_key(key);
+    }
+    source
+}
+
+impl Settings {
+    /// The effective settings as TOML, with passwords in URLs replaced.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.redis.url = shown.redis.url.as_deref().map(redact_url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// How long before a worker's silence gets it aborted.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.server.timeout)
+    }
+}
+
+/// Hides the password part of `scheme://user:password@host/...`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:********{}",
+            &url[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn no_file() -> Sources {
+        // A path that exists and is empty keeps the machine's
+        // /etc/sandgnat/sandgnat.toml out of unit tests.
+        // One file per call: tests run in parallel and some write to it.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sandgnat-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("settings-{n}.toml"));
+        std::fs::write(&file, "").unwrap();
+        Sources {
+            file: Some(file),
+            overrides: vec![],
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = no_file().load_with_env(env(&[])).unwrap();
+        assert_eq!(s.server.workers, 4);
+        assert_eq!(s.server.timeout, 120);
+        assert_eq!(s.server.backlog, 2048);
+        assert_eq!(s.proxy.bind, vec!["0.0.0.0:8443".to_string()]);
+        assert_eq!(s.intake.max_sample_bytes, 128 << 20);
+        assert_eq!(s.metrics.bind, "127.0.0.1:8001");
+    }
+
+    #[test]
+    fn precedence_is_file_then_alias_then_env_then_flag() {
+        let mut src = no_file();
+        std::fs::write(
+            src.file.as_ref().unwrap(),
+            "[server]\nworkers = 3\ntimeout = 7\n[intake]\nmax_sample_bytes = 10\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("INTAKE_MAX_SAMPLE_BYTES", "20"),
+            ("SANDGNAT_SERVER__TIMEOUT", "9"),
+            ("SANDGNAT_PROXY__BIND", "127.0.0.1:1,127.0.0.1:2"),
+        ]);
+        let s = src.load_with_env(e.clone()).unwrap();
+        assert_eq!(s.server.workers, 3);
+        assert_eq!(s.server.timeout, 9);
+        assert_eq!(s.intake.max_sample_bytes, 20);
+        assert_eq!(s.proxy.bind, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        src.overrides.push(("server.workers".into(), "6".into()));
+        assert_eq!(src.load_with_env(e).unwrap().server.workers, 6);
+    }
+
+    #[test]
+    fn sandgnat_env_beats_seed_alias() {
+        let e = env(&[
+            ("DATABASE_URL", "postgres://a@h/x"),
+            ("SANDGNAT_DATABASE__URL", "postgres://b@h/y"),
+        ]);
+        let s = no_file().load_with_env(e).unwrap();
+        assert_eq!(s.database.url, "postgres://b@h/y");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_and_what_is_allowed() {
+        let e = env(&[("SANDGNAT_SERVER__WORKERS", "0")]);
+        let msg = no_file().load_with_env(e).unwrap_err().to_string();
+        assert!(msg.contains("server.workers"), "{msg}");
+        assert!(msg.contains('0'), "{msg}");
+        assert!(msg.contains("1 to 256"), "{msg}");
+
+        let e = env(&[("SANDGNAT_SERVER__TIMEOUT", "soon")]);
+        let msg = no_file().load_with_env(e).unwrap_err().to_string();
+        assert!(msg.contains("timeout"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_refused() {
+        let src = no_file();
+        std::fs::write(src.file.as_ref().unwrap(), "[server]\nwokers = 3\n").unwrap();
+        let msg = src.load_with_env(env(&[])).unwrap_err().to_string();
+        assert!(msg.contains("wokers"), "{msg}");
+    }
+
+    #[test]
+    fn example_config_shows_the_defaults() {
+        let src = Sources {
+            file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sandgnat.toml").into()),
+            overrides: vec![],
+        };
+        assert_eq!(src.load_with_env(env(&[])).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:********@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres:///sandgnat"), "postgres:///sandgnat");
+        let mut s = Settings::default();
+        s.redis.url = Some("redis://:hunter2@127.0.0.1/0".into());
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Range and shape checks on settings, with messages an operator can act on:
+//! the key, the value given, and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::Settings;
+use crate::accesslog::AccessLogFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("cannot read settings: {0}")]
+    Source(#[source] config::ConfigError),
+    #[error("invalid value for `{key}`: {value} (allowed: {allowed})")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+fn invalid(key: &'static str, value: impl ToString, allowed: impl ToString) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+    }
+}
+
+fn range<T: PartialOrd + ToString + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), SettingsError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            value,
+            format!("{} to {}", min.to_string(), max.to_string()),
+        ));
+    }
+    Ok(())
+}
+
+fn socket_addr(key: &'static str, value: &str) -> Result<(), SettingsError> {
+    value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?}"),
+            "an IP address and port, e.g. 0.0.0.0:8443",
+        )
+    })
+}
+
+pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
+    let srv = &s.server;
+    range("server.workers", srv.workers, 1, 256)?;
+    range("server.timeout", srv.timeout, 1, 86_400)?;
+    range("server.graceful_timeout", srv.graceful_timeout, 0, 86_400)?;
+    range("server.keepalive", srv.keepalive, 0, 3_600)?;
+    range("server.backlog", srv.backlog, 1, 65_535)?;
+    range(
+        "server.worker_connections",
+        srv.worker_connections,
+        1,
+        100_000,
+    )?;
+    // Gunicorn's bounds: 0 means unlimited for the line and field size.
+    range(
+        "server.limit_request_line",
+        srv.limit_request_line,
+        0,
+        8_190,
+    )?;
+    range(
+        "server.limit_request_fields",
+        srv.limit_request_fields,
+        1,
+        32_768,
+    )?;
+    range(
+        "server.limit_request_field_size",
+        srv.limit_request_field_size,
+        0,
+        1 << 20,
+    )?;
+    range("server.max_boot_failures", srv.max_boot_failures, 1, 1_000)?;
+    if !srv.socket.is_absolute() {
+        return Err(invalid(
+            "server.socket",
+            srv.socket.display(),
+            "an absolute path",
+        ));
+    }
+    for (key, name) in [("server.user", &srv.user), ("server.group", &srv.group)] {
+        if let Some(name) = name {
+            if name.is_empty() || name.contains(['/', ':', ' ']) {
+                return Err(invalid(key, format!("{name:?}"), "a user or group name"));
+            }
+        }
+    }
+
+    if s.proxy.bind.is_empty() && s.proxy.plain_bind.is_empty() {
+        return Err(invalid(
+            "proxy.bind",
+            "[]",
+            "at least one address in proxy.bind or proxy.plain_bind",
+        ));
+    }
+    for addr in &s.proxy.bind {
+        socket_addr("proxy.bind", addr)?;
+    }
+    for addr in &s.proxy.plain_bind {
+        socket_addr("proxy.plain_bind", addr)?;
+    }
+    if s.proxy.tls_cert.is_some() != s.proxy.tls_key.is_some() {
+        return Err(invalid(
+            "proxy.tls_cert",
+            "only one of tls_cert and tls_key",
+            "both set, or neither (a self-signed pair is made)",
+        ));
+    }
+    range("proxy.max_body_bytes", s.proxy.max_body_bytes, 1, 1 << 40)?;
+    range("proxy.read_timeout", s.proxy.read_timeout, 1, 86_400)?;
+    range(
+        "intake.max_sample_bytes",
+        s.intake.max_sample_bytes,
+        1,
+        1 << 40,
+    )?;
+    range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
+    range("queue.runners", s.queue.runners, 0, 64)?;
+    socket_addr("metrics.bind", &s.metrics.bind)?;
+
+    if !s.paths.state_dir.is_absolute() {
+        return Err(invalid(
+            "paths.state_dir",
+            s.paths.state_dir.display(),
+            "an absolute path",
+        ));
+    }
+    if !(s.database.url.starts_with("postgres://") || s.database.url.starts_with("postgresql://")) {
+        return Err(invalid(
+            "database.url",
+            super::redact_url(&s.database.url),
+            "a postgres:// or postgresql:// URL",
+        ));
+    }
+    if let Some(url) = &s.redis.url {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(invalid(
+                "redis.url",
+                super::redact_url(url),
+                "a redis://, rediss:// or unix:// URL",
+            ));
+        }
+    }
+
+    if let Some(format) = &s.log.format {
+        if format != "console" && format != "json" {
+            return Err(invalid("log.format", format, "console or json"));
+        }
+    }
+    if !["never", "hourly", "daily"].contains(&s.log.rotation.as_str()) {
+        return Err(invalid(
+            "log.rotation",
+            &s.log.rotation,
+            "never, hourly or daily",
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&s.log.level).is_err() {
+        return Err(invalid(
+            "log.level",
+            &s.log.level,
+            "error, warn, info, debug, trace or a tracing filter",
+        ));
+    }
+    if let Err(e) = AccessLogFormat::parse(&s.log.access_log_format) {
+        return Err(invalid(
+            "log.access_log_format",
+            format!("{:?}", s.log.access_log_format),
+            format!("gunicorn's %(atom)s syntax ({e})"),
+        ));
+    }
+    Ok(())
+}

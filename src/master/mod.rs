@@ -1,0 +1,425 @@
+//! The master ("arbiter"): owns the listening sockets, the settings, the
+//! scoreboard and the children, and handles no request.
+//!
+//! One loop decides everything, as in gunicorn's arbiter: wait for a signal
+//! or a tick, handle the queued signals, abort workers whose heartbeat is
+//! too old, reap the dead, then spawn or retire children to match the
+//! target. Signal handlers only record (see `signals`). The master stays
+//! single-threaded on purpose: a child's parent-death signal is bound to
+//! the thread that forked it.
+
+mod children;
+mod signals;
+mod spawn;
+mod upgrade;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{Settings, Sources};
+use crate::scoreboard::Scoreboard;
+use crate::sockets::{Inherited, Listeners};
+use crate::systemd;
+
+use children::{Child, Role};
+use signals::SignalPipe;
+use upgrade::Upgrade;
+
+/// Exit code when workers cannot boot (gunicorn's `WORKER_BOOT_ERROR`).
+pub const EXIT_BOOT_ERROR: u8 = 3;
+/// How long an aborted worker gets before SIGKILL.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// How long a fast stop waits before SIGKILL.
+const QUICK_STOP: Duration = Duration::from_secs(1);
+
+/// How `serve` was asked to start.
+pub struct Launch {
+    pub sources: Sources,
+    pub settings: Settings,
+    /// Sockets handed over by an old master on binary upgrade.
+    pub inherited: Inherited,
+    /// Where to tell the old master that we are ready.
+    pub upgrade_pipe: Option<OwnedFd>,
+    /// The arguments `serve` was started with, for the next upgrade.
+    pub argv: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Running,
+    Stopping { deadline: Instant, graceful: bool },
+}
+
+pub struct Arbiter {
+    sources: Sources,
+    settings: Settings,
+    settings_fd: OwnedFd,
+    listeners: Listeners,
+    board: Scoreboard,
+    signals: SignalPipe,
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    children: Vec<Child>,
+    /// Workers wanted; TTIN and TTOU move it, HUP resets it.
+    target: u32,
+    /// Bumped on HUP: workers of an older generation are replaced.
+    generation: u64,
+    boot_failures: u32,
+    last_boot_error: String,
+    next_spawn: Instant,
+    phase: Phase,
+    /// Set once the pool first became ready (`when_ready`).
+    ready: bool,
+    reloading: bool,
+    upgrade: Option<Upgrade>,
+    upgrade_pipe: Option<OwnedFd>,
+    /// True when a new master took over our sockets: leave them in place.
+    handed_over: bool,
+    exit_code: u8,
+    watchdog: Option<(Duration, Instant)>,
+    account: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] crate::sockets::BindError),
+    #[error(transparent)]
+    Account(#[from] crate::isolation::IsolationError),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
+}
+
+impl Arbiter {
+    pub fn start(launch: Launch) -> Result<Self, StartError> {
+        let settings = launch.settings;
+        tracing::info!(
+            event = "on_starting",
+            version = env!("CARGO_PKG_VERSION"),
+            "starting sandgnat master"
+        );
+        let account = resolve_account(&settings)?;
+        if let Some((uid, gid)) = account {
+            crate::logging::give_files_to(uid.as_raw(), gid.as_raw());
+        }
+        let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        let listeners = Listeners::bind(&settings, launch.inherited)?;
+        for l in &listeners.all {
+            tracing::info!(listener = %l.name, "listening");
+        }
+        let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
+        let settings_fd =
+            settings_memfd(&settings).map_err(io_err("store settings for children"))?;
+        let exe = std::env::current_exe().map_err(io_err("find our own executable"))?;
+        let now = Instant::now();
+        Ok(Arbiter {
+            target: settings.server.workers,
+            sources: launch.sources,
+            settings,
+            settings_fd,
+            listeners,
+            board,
+            signals,
+            exe,
+            argv: launch.argv,
+            children: Vec::new(),
+            generation: 0,
+            boot_failures: 0,
+            last_boot_error: String::new(),
+            next_spawn: now,
+            phase: Phase::Running,
+            ready: false,
+            reloading: false,
+            upgrade: None,
+            upgrade_pipe: launch.upgrade_pipe,
+            handed_over: false,
+            exit_code: 0,
+            watchdog: systemd::watchdog_interval().map(|d| (d, now)),
+            account,
+        })
+    }
+
+    /// Runs until stopped; returns the process exit code.
+    pub fn run(mut self) -> ExitCode {
+        loop {
+            self.handle_signals();
+            self.reap_children();
+            self.murder_silent_workers();
+            self.notice_ready_children();
+            self.check_upgrade();
+            match self.phase {
+                Phase::Running => self.manage_workers(),
+                Phase::Stopping { deadline, graceful } => {
+                    if self.children.is_empty() {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            remaining = self.children.len(),
+                            graceful,
+                            "stop deadline passed, killing remaining children"
+                        );
+                        self.signal_all(Signal::SIGKILL);
+                    }
+                }
+            }
+            self.ping_watchdog();
+            self.sleep();
+        }
+        self.cleanup();
+        tracing::info!(event = "on_exit", code = self.exit_code, "master exiting");
+        ExitCode::from(self.exit_code)
+    }
+
+    /// Waits for a signal or the next tick.
+    fn sleep(&self) {
+        let busy = matches!(self.phase, Phase::Stopping { .. })
+            || self.reloading
+            || self.children.iter().any(|c| !c.ready_seen);
+        let tick = if busy { 100 } else { 1000 };
+        let mut fds = vec![nix::poll::PollFd::new(
+            self.signals.fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if let Some(up) = &self.upgrade {
+            fds.push(nix::poll::PollFd::new(
+                up.pipe.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(tick as u16));
+        self.signals.drain();
+    }
+
+    fn handle_signals(&mut self) {
+        for sig in signals::HANDLED {
+            let count = self.signals.take(sig);
+            if count == 0 {
+                continue;
+            }
+            match sig {
+                Signal::SIGINT | Signal::SIGQUIT => self.stop(false),
+                Signal::SIGTERM => self.stop(true),
+                Signal::SIGHUP => self.reload(),
+                Signal::SIGTTIN => {
+                    self.target = (self.target + count).min(256);
+                    tracing::info!(workers = self.target, "TTIN: one worker more");
+                }
+                Signal::SIGTTOU => {
+                    self.target = self.target.saturating_sub(count).max(1);
+                    tracing::info!(workers = self.target, "TTOU: one worker fewer");
+                }
+                Signal::SIGUSR1 => {
+                    crate::logging::reopen();
+                    tracing::info!("USR1: log files reopened");
+                    self.signal_all(Signal::SIGUSR1);
+                }
+                Signal::SIGUSR2 => self.start_upgrade(),
+                // SIGCHLD only wakes the loop; reaping happens every turn.
+                _ => {}
+            }
+        }
+    }
+
+    fn stop(&mut self, graceful: bool) {
+        if let Phase::Stopping {
+            graceful: false, ..
+        } = self.phase
+        {
+            return;
+        }
+        systemd::notify("STOPPING=1");
+        let (sig, wait) = if graceful {
+            (
+                Signal::SIGTERM,
+                Duration::from_secs(self.settings.server.graceful_timeout),
+            )
+        } else {
+            (Signal::SIGQUIT, QUICK_STOP)
+        };
+        tracing::info!(graceful, timeout_s = wait.as_secs_f64(), "stopping");
+        self.phase = Phase::Stopping {
+            deadline: Instant::now() + wait,
+            graceful,
+        };
+        self.signal_all(sig);
+    }
+
+    fn reload(&mut self) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        systemd::reloading();
+        tracing::info!(event = "on_reload", "HUP: reloading settings");
+        let settings = match self.sources.load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused, keeping the running settings");
+                systemd::notify("READY=1");
+                return;
+            }
+        };
+        let account = match resolve_account(&settings) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused, keeping the running settings");
+                systemd::notify("READY=1");
+                return;
+            }
+        };
+        if settings.server.socket != self.settings.server.socket {
+            tracing::warn!(
+                socket = %self.settings.server.socket.display(),
+                "server.socket changes take effect at the next restart"
+            );
+        }
+        if let Err(e) = self.listeners.rebind(&settings) {
+            tracing::error!(error = %e, "reload refused, keeping the running settings");
+            systemd::notify("READY=1");
+            return;
+        }
+        let fd = match settings_memfd(&settings) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: cannot store settings");
+                systemd::notify("READY=1");
+                return;
+            }
+        };
+        self.settings_fd = fd;
+        self.account = account;
+        self.target = settings.server.workers;
+        self.settings = settings;
+        self.generation += 1;
+        self.reloading = true;
+        // The metrics listener may have moved; it is cheap to restart.
+        for c in self.children.iter_mut().filter(|c| c.role == Role::Metrics) {
+            c.retire(children::Retire::Reload);
+        }
+    }
+
+    fn start_upgrade(&mut self) {
+        if self.upgrade.is_some() || self.upgrade_pipe.is_some() {
+            tracing::warn!("USR2 ignored: an upgrade is already under way");
+            return;
+        }
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        match Upgrade::start(&self.exe, &self.argv, &self.listeners) {
+            Ok(up) => {
+                tracing::info!(
+                    event = "pre_exec",
+                    new_master = up.pid,
+                    "USR2: started new master"
+                );
+                self.upgrade = Some(up);
+            }
+            Err(e) => tracing::error!(error = %e, "USR2: cannot start the new master"),
+        }
+    }
+
+    /// Old master: watch the new one; hand over once it is ready.
+    fn check_upgrade(&mut self) {
+        let Some(up) = &mut self.upgrade else { return };
+        match up.poll() {
+            upgrade::Status::Waiting => {}
+            upgrade::Status::Ready => {
+                let pid = up.pid;
+                tracing::info!(
+                    new_master = pid,
+                    "new master is ready; handing over and leaving"
+                );
+                systemd::notify(&format!("MAINPID={pid}"));
+                self.handed_over = true;
+                self.upgrade = None;
+                self.stop(true);
+            }
+            upgrade::Status::Failed => {
+                tracing::error!(
+                    new_master = up.pid,
+                    "new master failed before it was ready; carrying on"
+                );
+                self.upgrade = None;
+            }
+        }
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for c in &self.children {
+            c.kill(sig);
+        }
+    }
+
+    fn ping_watchdog(&mut self) {
+        if let Some((every, last)) = &mut self.watchdog {
+            if last.elapsed() >= *every {
+                systemd::notify("WATCHDOG=1");
+                *last = Instant::now();
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if !self.handed_over {
+            let _ = std::fs::remove_file(&self.settings.server.socket);
+        }
+    }
+}
+
+fn resolve_account(
+    settings: &Settings,
+) -> Result<Option<(nix::unistd::Uid, nix::unistd::Gid)>, crate::isolation::IsolationError> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(None);
+    }
+    crate::isolation::resolve_account(
+        settings.server.effective_user(),
+        settings.server.effective_group(),
+    )
+    .map(Some)
+}
+
+/// The settings as JSON in a memfd, which children read at descriptor 4.
+fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall with a valid C string.
+    let fd = unsafe { libc::memfd_create(c"sandgnat-settings".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd.try_clone()?);
+    file.write_all(&serde_json::to_vec(settings).map_err(io::Error::other)?)?;
+    Ok(fd)
+}
+
+/// Reads the settings a master stored for this child.
+pub fn inherited_settings() -> io::Result<Settings> {
+    use std::os::fd::BorrowedFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: descriptor 4 was placed by the master for exactly this.
+    let fd = unsafe { BorrowedFd::borrow_raw(crate::sockets::SETTINGS_FD) };
+    let file = std::fs::File::from(fd.try_clone_to_owned()?);
+    let len = file.metadata()?.len() as usize;
+    let mut buf = vec![0u8; len];
+    // Read by offset: siblings share the same open file description.
+    file.read_exact_at(&mut buf, 0)?;
+    let _ = fd.as_raw_fd();
+    serde_json::from_slice(&buf).map_err(io::Error::other)
+}

@@ -1,0 +1,167 @@
+//! The metrics listener role: a small child that serves Prometheus text on
+//! `metrics.bind`, read straight from the scoreboard and the kernel. It
+//! never asks a worker anything, so a hung pool still shows up in metrics.
+
+pub mod render;
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::sockets::{backlog, FIRST_LISTENER_FD, SCOREBOARD_FD, WORKERS};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs {
+    #[arg(long)]
+    pub slot: usize,
+    #[arg(long)]
+    pub master_pid: u32,
+    /// Names of the listeners placed after the metrics socket, in order.
+    #[arg(long, default_value = "")]
+    pub listeners: String,
+}
+
+struct Watched {
+    name: String,
+    fd: OwnedFd,
+}
+
+pub fn run(args: MetricsArgs) -> ExitCode {
+    // SAFETY: descriptors placed by the master for exactly these uses.
+    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("sandgnat metrics-listener: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let settings = match crate::master::inherited_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sandgnat metrics-listener: cannot read settings: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let _log = crate::logging::init(&settings.log, "metrics");
+    let account = if nix::unistd::Uid::effective().is_root() {
+        crate::isolation::resolve_account(
+            settings.server.effective_user(),
+            settings.server.effective_group(),
+        )
+        .ok()
+    } else {
+        None
+    };
+    if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
+        tracing::error!(error = %e, "metrics listener cannot isolate itself");
+        return ExitCode::from(3);
+    }
+    // SAFETY: as above.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST_LISTENER_FD) };
+    let watched: Vec<Watched> = args
+        .listeners
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .enumerate()
+        .map(|(i, name)| Watched {
+            name: name.to_string(),
+            // SAFETY: as above, one per name.
+            fd: unsafe { OwnedFd::from_raw_fd(FIRST_LISTENER_FD + 1 + i as RawFd) },
+        })
+        .collect();
+    let watched = Arc::new(watched);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the event loop");
+            return ExitCode::from(3);
+        }
+    };
+    rt.block_on(async move {
+        if let Err(e) = listener.set_nonblocking(true) {
+            tracing::error!(error = %e, "cannot use the metrics socket");
+            return ExitCode::from(3);
+        }
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the metrics socket");
+                return ExitCode::from(3);
+            }
+        };
+        let slot = board.slot(args.slot);
+        slot.pid
+            .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+        slot.beat();
+        slot.set_state(SlotState::Ready);
+        let beat_board = board.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                beat_board.slot(args.slot).beat();
+                if std::os::unix::process::parent_id() != args.master_pid {
+                    std::process::exit(0);
+                }
+            }
+        });
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ExitCode::from(3),
+            };
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                _ = term.recv() => return ExitCode::SUCCESS,
+            };
+            let board = board.clone();
+            let watched = watched.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let board = board.clone();
+                    let watched = watched.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&board, &watched, req)) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+fn answer(board: &Scoreboard, watched: &[Watched], req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() != "/metrics" {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"error":"not_found","message":"metrics are at /metrics"}"#,
+            ))
+            .unwrap_or_default();
+    }
+    let pending: Vec<render::Pending<'_>> = watched
+        .iter()
+        .map(|w| render::Pending {
+            listener: &w.name,
+            queued: backlog::pending(w.fd.as_fd(), w.name == WORKERS).ok(),
+        })
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Body::from(render::render(board, &pending)))
+        .unwrap_or_default()
+}

@@ -1,0 +1,191 @@
+//! Prometheus text exposition of the scoreboard and the listeners' accept
+//! queues. Names keep the seed's meanings under the `sandgnat_` prefix.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::scoreboard::{
+    Scoreboard, SlotState, BUCKETS, RESTART_REASONS, ROLE_WORKER, ROUTES, SLOTS, STATUSES,
+    STATUS_SLOTS,
+};
+use crate::worker::routes;
+
+/// A listener and how many connections wait in its accept queue.
+pub struct Pending<'a> {
+    pub listener: &'a str,
+    pub queued: Option<u32>,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn status_label(i: usize) -> String {
+    STATUSES
+        .get(i)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "other".to_string())
+}
+
+pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
+    let mut out = String::with_capacity(8192);
+
+    header(
+        &mut out,
+        "sandgnat_pending_connections",
+        "gauge",
+        "Connections waiting in a listener's accept queue.",
+    );
+    for p in pending {
+        if let Some(n) = p.queued {
+            let _ = writeln!(
+                out,
+                "sandgnat_pending_connections{{listener=\"{}\"}} {n}",
+                p.listener
+            );
+        }
+    }
+
+    let live: Vec<usize> = (1..SLOTS)
+        .filter(|&i| {
+            let s = board.slot(i);
+            s.role.load(Relaxed) == ROLE_WORKER && s.state() != SlotState::Free
+        })
+        .collect();
+    header(
+        &mut out,
+        "sandgnat_workers",
+        "gauge",
+        "Worker processes by state.",
+    );
+    for (label, state) in [
+        ("booting", SlotState::Booting),
+        ("ready", SlotState::Ready),
+        ("recycling", SlotState::Recycling),
+    ] {
+        let n = live
+            .iter()
+            .filter(|&&i| board.slot(i).state() == state)
+            .count();
+        let _ = writeln!(out, "sandgnat_workers{{state=\"{label}\"}} {n}");
+    }
+    type Field = fn(&crate::scoreboard::Slot) -> &std::sync::atomic::AtomicU64;
+    let per_worker: [(&str, &str, Field); 3] = [
+        (
+            "sandgnat_worker_active_connections",
+            "Open connections per worker.",
+            |s| &s.active_connections,
+        ),
+        (
+            "sandgnat_worker_max_connections",
+            "Connection limit per worker (worker_connections).",
+            |s| &s.max_connections,
+        ),
+        (
+            "sandgnat_worker_pending_requests",
+            "Requests in flight per worker.",
+            |s| &s.in_flight,
+        ),
+    ];
+    for (name, help, field) in per_worker {
+        header(&mut out, name, "gauge", help);
+        for &i in &live {
+            let s = board.slot(i);
+            let _ = writeln!(
+                out,
+                "{name}{{pid=\"{}\"}} {}",
+                s.pid.load(Relaxed),
+                field(s).load(Relaxed)
+            );
+        }
+    }
+
+    // Totals: the retired children's counters plus every live slot's.
+    let slots: Vec<usize> = std::iter::once(0)
+        .chain((1..SLOTS).filter(|&i| board.slot(i).state() != SlotState::Free))
+        .collect();
+    let sum = |f: &dyn Fn(&crate::scoreboard::Slot) -> u64| -> u64 {
+        slots.iter().map(|&i| f(board.slot(i))).sum()
+    };
+
+    header(
+        &mut out,
+        "sandgnat_requests_total",
+        "counter",
+        "Requests answered, by route and status.",
+    );
+    for r in 0..ROUTES.min(routes::ROUTES.len()) {
+        for st in 0..STATUS_SLOTS {
+            let n = sum(&|s| s.requests[r][st].load(Relaxed));
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "sandgnat_requests_total{{route=\"{}\",status=\"{}\"}} {n}",
+                    routes::ROUTES[r],
+                    status_label(st)
+                );
+            }
+        }
+    }
+
+    header(
+        &mut out,
+        "sandgnat_request_duration_seconds",
+        "histogram",
+        "Time to answer a request, by route.",
+    );
+    for r in 0..ROUTES.min(routes::ROUTES.len()) {
+        let count = sum(&|s| s.latency_count[r].load(Relaxed));
+        if count == 0 {
+            continue;
+        }
+        let route = routes::ROUTES[r];
+        let mut cumulative = 0;
+        for (b, le) in BUCKETS.iter().enumerate() {
+            cumulative += sum(&|s| s.latency_buckets[r][b].load(Relaxed));
+            let _ = writeln!(out, "sandgnat_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "sandgnat_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        );
+        let total_us = sum(&|s| s.latency_sum_us[r].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "sandgnat_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+            total_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "sandgnat_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+        );
+    }
+
+    header(
+        &mut out,
+        "sandgnat_bytes_received_total",
+        "counter",
+        "Request body bytes announced by clients.",
+    );
+    let _ = writeln!(
+        out,
+        "sandgnat_bytes_received_total {}",
+        sum(&|s| s.bytes_received.load(Relaxed))
+    );
+
+    header(
+        &mut out,
+        "sandgnat_worker_restarts_total",
+        "counter",
+        "Workers replaced, by reason.",
+    );
+    for (i, reason) in RESTART_REASONS.iter().enumerate() {
+        let n = board.header().restarts[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_worker_restarts_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out
+}

@@ -1,0 +1,101 @@
+//! The worker role: one isolated process that serves the HTTP app on the
+//! shared Unix socket. It boots (settings, scoreboard slot, privileges),
+//! announces itself ready, beats its heartbeat from its event loop, and
+//! leaves gracefully on TERM, at once on INT/QUIT, or by itself after
+//! `max_requests`. It never binds a socket and never outlives its master.
+//!
+//! Each worker runs a single-threaded event loop: a handler that blocks it
+//! stops the heartbeat, which is how the master tells a hung worker from a
+//! busy one. CPU-heavy work belongs on the blocking pool.
+
+mod request;
+pub mod routes;
+mod server;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::sockets::{FIRST_LISTENER_FD, SCOREBOARD_FD};
+
+/// What the master tells a worker on its command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub slot: usize,
+    #[arg(long)]
+    pub master_pid: u32,
+    /// Leave after this many requests (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub max_requests: u64,
+}
+
+/// Exit code for a worker that could not boot.
+const EXIT_BOOT_ERROR: u8 = 3;
+
+pub fn run(args: WorkerArgs) -> ExitCode {
+    // The scoreboard comes first, so every later failure can be reported.
+    // SAFETY: descriptor 3 was placed by the master for exactly this.
+    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("sandgnat worker: cannot attach to the scoreboard: {e}");
+            return ExitCode::from(EXIT_BOOT_ERROR);
+        }
+    };
+    let fail = |why: String| {
+        let slot = board.slot(args.slot);
+        slot.boot_error.store(&why);
+        slot.set_state(SlotState::BootFailed);
+        tracing::error!(reason = %why, "worker failed to boot");
+        eprintln!("sandgnat worker: {why}");
+        ExitCode::from(EXIT_BOOT_ERROR)
+    };
+    let settings = match crate::master::inherited_settings() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
+    };
+    let _log = match crate::logging::init(&settings.log, "worker") {
+        Ok(g) => g,
+        Err(e) => return fail(format!("cannot open log files: {e}")),
+    };
+    if let Err(e) = boot(&settings, &args) {
+        return fail(e);
+    }
+    // SAFETY: descriptor 5 is the workers' socket, placed by the master.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(FIRST_LISTENER_FD) };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the event loop: {e}")),
+    };
+    let worker = server::Worker::new(settings, board.clone(), args.clone());
+    match runtime.block_on(worker.serve(listener)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Everything a worker does to itself before serving.
+fn boot(settings: &Settings, args: &WorkerArgs) -> Result<(), String> {
+    let account = if nix::unistd::Uid::effective().is_root() {
+        Some(
+            crate::isolation::resolve_account(
+                settings.server.effective_user(),
+                settings.server.effective_group(),
+            )
+            .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    crate::isolation::restrict(account, args.master_pid).map_err(|e| e.to_string())?;
+    if settings.debug.fail_worker_boot {
+        return Err("debug.fail_worker_boot is set".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! One request's life in a worker, around the router: a request id, the
+//! scoreboard entries the master reads (what is being served, in-flight
+//! count, requests by route and status, latency), the access log line, and
+//! the decision to recycle after `max_requests`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, Version};
+use axum::response::IntoResponse;
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use super::routes::RouteLabel;
+use super::server::Shared;
+use crate::accesslog::AccessRecord;
+use crate::api_error::ApiError;
+use crate::logging::ACCESS_TARGET;
+use crate::scoreboard::{Slot, SlotState};
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let slot = shared.slot();
+    let seq = shared.seq.fetch_add(1, Relaxed) + 1;
+    let request_id = request_id(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let version = req.version();
+    let request_headers = req.headers().clone();
+    slot.note_request(seq, &format!("{method} {path} request_id={request_id}"));
+    if let Some(len) = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        slot.bytes_received.fetch_add(len, Relaxed);
+    }
+    let in_flight = InFlight::new(slot);
+    let span = tracing::info_span!("request", request_id = %request_id);
+
+    let mut resp = match check_limits(&shared, &req) {
+        Err(e) => e.into_response(),
+        Ok(()) => {
+            let routed = shared.router.clone().oneshot(req.map(Body::new));
+            match (Polled {
+                seq,
+                slot,
+                inner: routed,
+            })
+            .instrument(span.clone())
+            .await
+            {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+    };
+    drop(in_flight);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let elapsed = started.elapsed();
+    let route = resp
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0)
+        .unwrap_or(0);
+    slot.record(route, resp.status().as_u16(), elapsed.as_secs_f64());
+
+    let record = AccessRecord {
+        remote_addr: request_headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok()),
+        user: None,
+        time: chrono::Local::now(),
+        method: method.as_str(),
+        path: &path,
+        query: query.as_deref(),
+        protocol: protocol(version),
+        status: resp.status().as_u16(),
+        body_bytes: resp.body().size_hint().exact(),
+        duration: elapsed,
+        pid: shared.pid,
+        request_headers: &request_headers,
+        response_headers: resp.headers(),
+    };
+    let line = shared.access.render(&record);
+    span.in_scope(|| tracing::info!(target: ACCESS_TARGET, "{line}"));
+
+    recycle_if_due(&shared, slot);
+    Ok(resp)
+}
+
+/// The id the front end assigned, or a fresh one.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// Gunicorn's request line and header limits, for clients that reach a
+/// worker directly.
+fn check_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ApiError> {
+    let srv = &shared.settings.server;
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 10;
+    if srv.limit_request_line > 0 && line > srv.limit_request_line as usize {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "request_line_too_long",
+            format!(
+                "the request line is {line} bytes; the limit is {}",
+                srv.limit_request_line
+            ),
+        ));
+    }
+    if srv.limit_request_field_size > 0 {
+        let max = srv.limit_request_field_size as usize;
+        if let Some((name, _)) = req
+            .headers()
+            .iter()
+            .find(|(n, v)| n.as_str().len() + v.len() + 2 > max)
+        {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                format!("header {name} is over the {max}-byte limit"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// After `max_requests`, stop taking connections and leave once drained;
+/// the master starts a replacement when this process exits.
+fn recycle_if_due(shared: &Shared, slot: &Slot) {
+    if shared.max_requests == 0
+        || slot.handled.load(Relaxed) < shared.max_requests
+        || shared.trigger.is_stopping()
+    {
+        return;
+    }
+    tracing::info!(
+        requests = shared.max_requests,
+        "autorestarting worker after max_requests"
+    );
+    slot.set_state(SlotState::Recycling);
+    shared.trigger.graceful();
+}
+
+/// Counts the request as in flight until it is answered or dropped.
+struct InFlight<'a>(&'a Slot);
+
+impl<'a> InFlight<'a> {
+    fn new(slot: &'a Slot) -> Self {
+        slot.in_flight.fetch_add(1, Relaxed);
+        InFlight(slot)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Marks request `seq` as the one executing while its future is polled, so
+/// a worker that hangs inside a handler names the request that hung it.
+struct Polled<'a, F> {
+    seq: u64,
+    slot: &'a Slot,
+    inner: F,
+}
+
+impl<F: Future> Future for Polled<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `inner` is structurally pinned; the other fields are
+        // never moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        this.slot.polling_seq.store(this.seq, Relaxed);
+        // SAFETY: as above.
+        let out = unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx);
+        this.slot.polling_seq.store(0, Relaxed);
+        out
+    }
+}

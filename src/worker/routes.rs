@@ -1,0 +1,97 @@
+//! The worker's routes and the label each one is counted under in metrics.
+//! Labels are route templates (`/v1/analyses/{id}`), never raw paths, so a
+//! client cannot grow the metric set.
+
+use axum::extract::{MatchedPath, Query, Request};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api_error::ApiError;
+use crate::config::Settings;
+
+/// Every label a request can be counted under; index 0 is for requests
+/// that matched no route. At most `scoreboard::ROUTES` entries.
+pub const ROUTES: &[&str] = &["other", "/healthz", "/__debug"];
+
+/// The route a response was produced by, attached by `tag_route`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub usize);
+
+pub fn label_index(template: &str) -> usize {
+    if template.starts_with("/__debug/") {
+        return 2;
+    }
+    ROUTES.iter().position(|r| *r == template).unwrap_or(0)
+}
+
+pub fn router(settings: &Settings) -> Router {
+    let mut router = Router::new().route("/healthz", get(healthz));
+    if settings.debug.fault_injection {
+        router = router
+            .route("/__debug/hang", get(debug_hang))
+            .route("/__debug/crash", get(debug_crash))
+            .route("/__debug/sleep", get(debug_sleep));
+    }
+    router
+        .route_layer(middleware::from_fn(tag_route))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn tag_route(req: Request, next: Next) -> Response {
+    let label = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| label_index(m.as_str()))
+        .unwrap_or(0);
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(RouteLabel(label));
+    resp
+}
+
+/// Liveness: answers as long as this worker's event loop turns. Touches no
+/// database, so a database outage never makes the service look dead.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found(method: Method, req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", req.uri().path()))
+}
+
+async fn method_not_allowed(method: Method, req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", req.uri().path()),
+    )
+}
+
+/// Blocks the worker's only event-loop thread: the heartbeat stops and the
+/// master must abort this worker. Fault injection only.
+async fn debug_hang() -> &'static str {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Kills the worker mid-request. Fault injection only.
+async fn debug_crash() -> &'static str {
+    std::process::abort()
+}
+
+#[derive(Deserialize)]
+struct SleepQuery {
+    ms: u64,
+}
+
+/// A slow request that still lets the event loop turn. Fault injection only.
+async fn debug_sleep(Query(q): Query<SleepQuery>) -> impl IntoResponse {
+    tokio::time::sleep(std::time::Duration::from_millis(q.ms.min(600_000))).await;
+    Json(json!({ "slept_ms": q.ms }))
+}

@@ -1,0 +1,249 @@
+//! The worker's HTTP/1.1 server: accepts on the shared Unix socket up to
+//! `worker_connections` at a time (past that, connections wait in the
+//! kernel's backlog where a less busy worker takes them), serves each with
+//! keep-alive, and drains on a graceful stop.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::WorkerArgs;
+use crate::accesslog::AccessLogFormat;
+use crate::config::Settings;
+use crate::scoreboard::{Scoreboard, Slot, SlotState};
+use crate::shutdown::{self, Shutdown, Trigger};
+
+/// How often the event loop proves it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// What every request handler of this worker shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub board: Arc<Scoreboard>,
+    pub slot_index: usize,
+    pub access: AccessLogFormat,
+    pub router: axum::Router,
+    pub seq: AtomicU64,
+    pub max_requests: u64,
+    pub trigger: Trigger,
+    pub pid: u32,
+}
+
+impl Shared {
+    pub fn slot(&self) -> &Slot {
+        self.board.slot(self.slot_index)
+    }
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+}
+
+impl Worker {
+    pub fn new(settings: Settings, board: Arc<Scoreboard>, args: WorkerArgs) -> Self {
+        let (trigger, shutdown) = shutdown::channel();
+        // Validated by the master before it stored the settings.
+        let access = AccessLogFormat::parse(&settings.log.access_log_format).unwrap_or_else(|_| {
+            AccessLogFormat::parse(crate::config::GUNICORN_ACCESS_LOG_FORMAT)
+                .expect("default format parses")
+        });
+        let router = super::routes::router(&settings);
+        Worker {
+            shared: Arc::new(Shared {
+                settings,
+                board,
+                slot_index: args.slot,
+                access,
+                router,
+                seq: AtomicU64::new(0),
+                max_requests: args.max_requests,
+                trigger,
+                pid: std::process::id(),
+            }),
+            shutdown,
+        }
+    }
+
+    pub async fn serve(self, listener: std::os::unix::net::UnixListener) -> Result<(), String> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
+        let shared = self.shared.clone();
+        let master_pid = std::os::unix::process::parent_id();
+        tokio::spawn(heartbeat(shared.clone(), master_pid));
+        // Registered before announcing readiness, so no TERM is missed.
+        let signals = Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
+        tokio::spawn(signals.watch(shared.trigger.clone()));
+
+        let limit = shared.settings.server.worker_connections as usize;
+        let permits = Arc::new(Semaphore::new(limit));
+        let slot = shared.slot();
+        slot.max_connections.store(limit as u64, Relaxed);
+        slot.pid.store(shared.pid, Relaxed);
+        slot.beat();
+        slot.set_state(SlotState::Ready);
+        tracing::info!(slot = shared.slot_index, "worker ready");
+
+        let mut stop = self.shutdown.clone();
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+                _ = stop.requested() => break,
+            };
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.requested() => break,
+            };
+            tokio::spawn(connection(
+                shared.clone(),
+                stream,
+                permit,
+                self.shutdown.clone(),
+            ));
+        }
+        // Stop taking connections; the socket stays open in the master and
+        // the other workers, so nothing waiting in the backlog is lost.
+        drop(listener);
+        let graceful = Duration::from_secs(shared.settings.server.graceful_timeout);
+        let all = u32::try_from(limit).unwrap_or(u32::MAX);
+        if tokio::time::timeout(graceful, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = shared.slot().active_connections.load(Relaxed),
+                "graceful timeout passed with connections still open"
+            );
+        }
+        tracing::info!("worker exiting");
+        Ok(())
+    }
+}
+
+/// Counts a connection as active for as long as it lives.
+struct Active<'a>(&'a Slot);
+
+impl<'a> Active<'a> {
+    fn new(slot: &'a Slot) -> Self {
+        slot.active_connections.fetch_add(1, Relaxed);
+        Active(slot)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// How long a connection accepted just before a graceful stop may take
+/// to send its first request: the client already saw its connect succeed,
+/// so closing it unread would fail a request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
+async fn connection(
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    _permit: OwnedSemaphorePermit,
+    mut stop: Shutdown,
+) {
+    let _active = Active::new(shared.slot());
+    let srv = &shared.settings.server;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(srv.keepalive > 0)
+        .header_read_timeout(Duration::from_secs(srv.keepalive.max(1)))
+        .max_headers(srv.limit_request_fields as usize);
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let seen = first_request.clone();
+    let svc_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        seen.notify_one();
+        super::request::handle(svc_shared.clone(), req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.requested() => {}
+    }
+    // A connection that has not sent its first request yet gets a moment
+    // to do so; `notify_one` keeps a permit if the request already came.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = first_request.notified() => {}
+        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+    }
+    // Finish the request in progress, answer it with `Connection: close`,
+    // and close an idle keep-alive connection at once.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn heartbeat(shared: Arc<Shared>, master_pid: u32) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        shared.slot().beat();
+        if std::os::unix::process::parent_id() != master_pid {
+            tracing::warn!("master is gone; stopping");
+            shared.trigger.graceful();
+        }
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    async fn watch(mut self, trigger: Trigger) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("TERM: finishing in-flight requests");
+                    trigger.graceful();
+                }
+                // A fast stop: in-flight requests are cut, as with gunicorn.
+                _ = self.int.recv() => std::process::exit(0),
+                _ = self.quit.recv() => std::process::exit(0),
+                _ = self.usr1.recv() => crate::logging::reopen(),
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Operator commands that do not start the appliance.
+
+mod common;
+
+use std::process::Command;
+
+fn check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let dir = common::temp_dir("checkcfg");
+    let file = dir.join("s.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("check-config").arg("--config").arg(&file);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    out
+}
+
+#[test]
+fn check_config_prints_effective_settings_without_secrets() {
+    let out = check_config(
+        "[server]\nworkers = 3\n",
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://intake:s3cret@db.example/sandgnat",
+            ),
+            ("SANDGNAT_SERVER__TIMEOUT", "45"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed: toml::Table = text.parse().expect("check-config prints TOML");
+    assert_eq!(parsed["server"]["workers"].as_integer(), Some(3));
+    assert_eq!(parsed["server"]["timeout"].as_integer(), Some(45));
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains("postgres://intake:********@db.example/sandgnat"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_refuses_bad_values_with_exit_2() {
+    let out = check_config("[server]\nbacklog = 0\n", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.backlog") && err.contains("1 to 65535"),
+        "{err}"
+    );
+
+    let out = check_config("[log]\naccess_log_format = '%(nope)s'\n", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown atom %(nope)"));
+
+    let out = check_config("", &[("SANDGNAT_METRICS__BIND", "localhost")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.bind"));
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = Command::new(common::BIN)
+        .args(["check-config", "--config", "/nonexistent/sandgnat.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sandgnat.toml"));
+}

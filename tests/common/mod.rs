@@ -1,0 +1,340 @@
+//! Starts the real `sandgnat serve` in a temporary directory and talks to
+//! it the way an operator and a client would: over its sockets, with
+//! signals, through the systemd notification socket for readiness, and by
+//! reading its JSON log.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandgnat");
+
+pub struct Appliance {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: String,
+    pub child: Child,
+    notify: UnixDatagram,
+    pub log: PathBuf,
+}
+
+/// A free TCP port on loopback (released before the appliance binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sandgnat-test-{tag}-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Workers run as nobody when the tests run as root.
+    let _ = Command::new("chmod").arg("0755").arg(&dir).status();
+    dir
+}
+
+fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+}
+
+/// Lets this test process reap a master that an upgrade re-parented to it.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+impl Appliance {
+    /// Writes a config with `extra` TOML appended to each section given
+    /// and starts the master; returns once it sent READY=1.
+    pub fn start(tag: &str, server_extra: &str, other_sections: &str) -> Self {
+        let app = Self::spawn(tag, server_extra, other_sections);
+        app.expect_notify("READY=1", Duration::from_secs(20));
+        app
+    }
+
+    pub fn spawn(tag: &str, server_extra: &str, other_sections: &str) -> Self {
+        let dir = temp_dir(tag);
+        let socket = dir.join("workers.sock");
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let tls = format!("127.0.0.1:{}", free_port());
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let account = if is_root {
+            "user = \"nobody\"\ngroup = \"nogroup\"\n"
+        } else {
+            ""
+        };
+        let config = format!(
+            "[server]\nsocket = \"{}\"\n{account}{server_extra}\n\
+             [proxy]\nbind = [\"{tls}\"]\n\
+             [metrics]\nbind = \"{metrics}\"\n\
+             [paths]\nstate_dir = \"{}\"\n\
+             {other_sections}\n",
+            socket.display(),
+            dir.display(),
+        );
+        let config = if config.contains("[log]") {
+            config
+        } else {
+            format!("{config}\n[log]\nformat = \"json\"\n")
+        };
+        let config = if config.contains("[debug]") {
+            config
+        } else {
+            format!("{config}\n[debug]\nfault_injection = true\n")
+        };
+        std::fs::write(dir.join("sandgnat.toml"), &config).unwrap();
+        let notify_path = dir.join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = dir.join("out.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(dir.join("sandgnat.toml"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+                cmd.env_remove(k);
+            }
+        }
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().expect("start sandgnat serve");
+        Appliance {
+            dir,
+            socket,
+            metrics,
+            child,
+            notify,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a notification containing `what`; returns the message.
+    pub fn expect_notify(&self, what: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.contains(what) {
+                    return msg;
+                }
+            }
+        }
+        panic!(
+            "no {what:?} notification within {within:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "master did not exit within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// JSON log lines whose `event` field is `event`.
+    pub fn events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    /// Waits until the log has an `event` line (the master's own record).
+    pub fn expect_event(&self, event: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.events(event).into_iter().next() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {event} event within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        request_unix(&self.socket, "GET", path, &[])
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut s = TcpStream::connect(&self.metrics).expect("connect metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// The value of one metric sample, e.g. `sandgnat_worker_restarts_total{reason="crash"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&self.metrics_text(), sample)
+    }
+
+    /// Sums every sample of `name` whose labels contain `label_part`.
+    pub fn metric_sum(&self, name: &str, label_part: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label_part))
+            .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls `cond` until it holds (state the appliance reports, not time).
+    pub fn wait_until(&self, what: &str, within: Duration, mut cond: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !cond(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "{what} did not happen within {within:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Pids of the live workers, from metrics.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("sandgnat_worker_max_connections{pid=\""))
+            .filter_map(|l| l.split('"').nth(1)?.parse().ok())
+            .collect();
+        pids.sort();
+        pids
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        // The whole process group: master, workers, and any new master.
+        // SAFETY: kill(2) on our own process group.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+        if std::env::var_os("SANDGNAT_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request on a fresh connection, as `curl --unix-socket` would send it.
+pub fn request_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: sandgnat\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}

@@ -1,0 +1,523 @@
+//! The process model end to end: the real binary, real signals, real
+//! sockets. Each test starts its own appliance in its own directory.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{request_unix, Appliance};
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn healthz_answers_and_metrics_count_it() {
+    let app = Appliance::start("healthz", "workers = 2\n", "");
+    let r = app.get("/healthz").unwrap();
+    assert_eq!(r.status, 200);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+    assert!(r.header("x-request-id").is_some_and(|v| v.len() == 32));
+
+    // A request id from the front end is kept.
+    let r = request_unix(
+        &app.socket,
+        "GET",
+        "/healthz",
+        &[("X-Request-Id", "abc-123")],
+    )
+    .unwrap();
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+
+    let r = app.get("/nope").unwrap();
+    assert_eq!(r.status, 404);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    let text = app.metrics_text();
+    assert_eq!(
+        common::metric_value(
+            &text,
+            r#"sandgnat_requests_total{route="/healthz",status="200"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        common::metric_value(
+            &text,
+            r#"sandgnat_requests_total{route="other",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric_value(&text, r#"sandgnat_pending_connections{listener="workers"}"#),
+        Some(0.0)
+    );
+    assert!(
+        text.contains(r#"sandgnat_request_duration_seconds_bucket{route="/healthz",le="+Inf"} 2"#)
+    );
+    assert_eq!(app.worker_pids().len(), 2);
+}
+
+#[test]
+fn access_log_uses_gunicorn_atoms_and_carries_request_id() {
+    let app = Appliance::start(
+        "access",
+        "workers = 1\n",
+        "[log]\nformat = \"json\"\naccess_log_format = '%(m)s %(U)s %(s)s %({X-Request-Id}i)s'\n",
+    );
+    request_unix(&app.socket, "GET", "/healthz", &[("X-Request-Id", "req-7")]).unwrap();
+    app.wait_until("access line", 5 * SEC, |a| {
+        a.log_text().contains("GET /healthz 200 req-7")
+    });
+    let line = app
+        .log_text()
+        .lines()
+        .find(|l| l.contains("GET /healthz 200 req-7"))
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["request_id"], "req-7");
+    assert_eq!(v["role"], "worker");
+    assert!(v["pid"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn hung_worker_is_aborted_named_and_replaced() {
+    let app = Appliance::start("hang", "workers = 2\ntimeout = 2\n", "");
+    let before = app.worker_pids();
+    let socket = app.socket.clone();
+    let started = Instant::now();
+    let hung = std::thread::spawn(move || request_unix(&socket, "GET", "/__debug/hang", &[]));
+    let abort = app.expect_event("worker_abort", 10 * SEC);
+    assert!(
+        abort["request"]
+            .as_str()
+            .unwrap()
+            .contains("GET /__debug/hang"),
+        "{abort}"
+    );
+    let pid = abort["pid"].as_u64().unwrap() as u32;
+    assert!(before.contains(&pid));
+    // The client of the hung request sees its connection end.
+    assert!(hung.join().unwrap().is_err());
+    // timeout (2 s) + one supervision tick + the abort grace, with margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    app.wait_until("replacement", 10 * SEC, |a| {
+        let pids = a.worker_pids();
+        pids.len() == 2 && !pids.contains(&pid)
+    });
+    assert_eq!(
+        app.metric(r#"sandgnat_worker_restarts_total{reason="timeout"}"#),
+        Some(1.0)
+    );
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn crashed_worker_is_replaced() {
+    let app = Appliance::start("crash", "workers = 1\n", "");
+    let before = app.worker_pids();
+    // The worker dies mid-request: the client sees the connection drop.
+    assert!(app.get("/__debug/crash").is_err());
+    app.wait_until("crash counted", 10 * SEC, |a| {
+        a.metric(r#"sandgnat_worker_restarts_total{reason="crash"}"#) == Some(1.0)
+    });
+    app.wait_until("replacement", 10 * SEC, |a| {
+        let p = a.worker_pids();
+        p.len() == 1 && p != before
+    });
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn max_requests_recycles_without_failing_a_request() {
+    let app = Appliance::start(
+        "maxreq",
+        "workers = 1\nmax_requests = 5\nmax_requests_jitter = 2\n",
+        "",
+    );
+    let first = app.worker_pids();
+    for i in 0..20 {
+        let r = app
+            .get("/healthz")
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    app.wait_until("recycled twice", 10 * SEC, |a| {
+        a.metric(r#"sandgnat_worker_restarts_total{reason="max_requests"}"#)
+            .is_some_and(|n| n >= 2.0)
+    });
+    assert_ne!(app.worker_pids(), first);
+}
+
+/// Runs requests on fresh connections until told to stop; counts failures.
+fn client_loop(
+    socket: std::path::PathBuf,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut errors = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            match request_unix(&socket, "GET", "/healthz", &[]) {
+                Ok(r) if r.status == 200 => {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(r) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("status {}", r.status));
+                }
+                Err(e) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        errors
+    })
+}
+
+#[test]
+fn twenty_reloads_fail_no_request() {
+    let app = Appliance::start("hup", "workers = 2\n", "");
+    let first = app.worker_pids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| client_loop(app.socket.clone(), stop.clone(), ok.clone(), failed.clone()))
+        .collect();
+    for _ in 0..20 {
+        app.signal(libc::SIGHUP);
+        app.expect_notify("RELOADING=1", 10 * SEC);
+        app.expect_notify("READY=1", 20 * SEC);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let errors: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests: {errors:?}"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 100,
+        "too few requests: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    app.wait_until("old workers gone", 10 * SEC, |a| a.worker_pids().len() == 2);
+    let last = app.worker_pids();
+    assert!(
+        last.iter().all(|p| !first.contains(p)),
+        "{first:?} {last:?}"
+    );
+    assert_eq!(
+        app.metric(r#"sandgnat_worker_restarts_total{reason="reload"}"#),
+        Some(40.0)
+    );
+}
+
+#[test]
+fn hup_rereads_settings() {
+    let mut app = Appliance::start("hupcfg", "workers = 1\n", "");
+    assert_eq!(app.worker_pids().len(), 1);
+    let cfg = app.dir.join("sandgnat.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("workers = 1", "workers = 3");
+    std::fs::write(&cfg, text).unwrap();
+    app.signal(libc::SIGHUP);
+    app.expect_notify("READY=1", 20 * SEC);
+    app.wait_until("3 workers", 10 * SEC, |a| a.worker_pids().len() == 3);
+
+    // A bad value is refused and the running settings stay.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("workers = 3", "workers = 0");
+    std::fs::write(&cfg, text).unwrap();
+    app.signal(libc::SIGHUP);
+    app.expect_notify("READY=1", 20 * SEC);
+    app.wait_until("refusal logged", 5 * SEC, |a| {
+        a.log_text().contains("reload refused")
+    });
+    assert_eq!(app.worker_pids().len(), 3);
+    app.signal(libc::SIGTERM);
+    assert!(app.wait_exit(20 * SEC).success());
+}
+
+#[test]
+fn term_finishes_the_slow_request_then_exits_zero() {
+    let mut app = Appliance::start("term", "workers = 2\ngraceful_timeout = 20\n", "");
+    let socket = app.socket.clone();
+    let slow =
+        std::thread::spawn(move || request_unix(&socket, "GET", "/__debug/sleep?ms=1500", &[]));
+    app.wait_until("request in flight", 5 * SEC, |a| {
+        a.metric_sum("sandgnat_worker_pending_requests", "pid=") >= 1.0
+    });
+    app.signal(libc::SIGTERM);
+    app.expect_notify("STOPPING=1", 5 * SEC);
+    let r = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("1500"));
+    let status = app.wait_exit(20 * SEC);
+    assert_eq!(status.code(), Some(0));
+    assert!(!app.socket.exists(), "the socket file is removed on stop");
+    app.expect_event("on_exit", SEC);
+}
+
+#[test]
+fn term_kills_what_outlives_graceful_timeout() {
+    let mut app = Appliance::start("termkill", "workers = 1\ngraceful_timeout = 1\n", "");
+    let socket = app.socket.clone();
+    let _slow =
+        std::thread::spawn(move || request_unix(&socket, "GET", "/__debug/sleep?ms=60000", &[]));
+    app.wait_until("request in flight", 5 * SEC, |a| {
+        a.metric_sum("sandgnat_worker_pending_requests", "pid=") >= 1.0
+    });
+    let t = Instant::now();
+    app.signal(libc::SIGTERM);
+    assert_eq!(app.wait_exit(15 * SEC).code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}
+
+#[test]
+fn quit_and_int_stop_fast() {
+    for sig in [libc::SIGQUIT, libc::SIGINT] {
+        let mut app = Appliance::start("quit", "workers = 2\ngraceful_timeout = 60\n", "");
+        let socket = app.socket.clone();
+        let slow = std::thread::spawn(move || {
+            request_unix(&socket, "GET", "/__debug/sleep?ms=30000", &[])
+        });
+        app.wait_until("request in flight", 5 * SEC, |a| {
+            a.metric_sum("sandgnat_worker_pending_requests", "pid=") >= 1.0
+        });
+        let t = Instant::now();
+        app.signal(sig);
+        assert_eq!(app.wait_exit(10 * SEC).code(), Some(0));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(
+            slow.join().unwrap().is_err(),
+            "a fast stop cuts the slow request"
+        );
+    }
+}
+
+#[test]
+fn ttin_and_ttou_change_the_pool() {
+    let app = Appliance::start("ttin", "workers = 2\n", "");
+    let start = app.worker_pids();
+    app.signal(libc::SIGTTIN);
+    app.wait_until("3 workers", 10 * SEC, |a| a.worker_pids().len() == 3);
+    // One at a time: the kernel merges a signal sent while one is pending.
+    app.signal(libc::SIGTTOU);
+    app.wait_until("2 workers", 10 * SEC, |a| a.worker_pids().len() == 2);
+    app.signal(libc::SIGTTOU);
+    app.wait_until("1 worker", 10 * SEC, |a| a.worker_pids().len() == 1);
+    // The oldest go first: the survivor is the one TTIN added.
+    let left = app.worker_pids();
+    assert!(!start.contains(&left[0]), "{start:?} {left:?}");
+    // TTOU never goes below one worker.
+    app.signal(libc::SIGTTOU);
+    app.wait_until("stays at 1", 3 * SEC, |a| {
+        a.log_text().matches("TTOU").count() >= 3
+    });
+    assert_eq!(app.worker_pids().len(), 1);
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn usr1_reopens_log_files() {
+    let dir = common::temp_dir("usr1logs");
+    let access = dir.join("access.log");
+    let moved = dir.join("access.log.1");
+    let app = Appliance::start(
+        "usr1",
+        "workers = 1\n",
+        &format!(
+            "[log]\nformat = \"json\"\naccess_log = \"{}\"\n",
+            access.display()
+        ),
+    );
+    app.get("/healthz").unwrap();
+    app.wait_until("first line", 5 * SEC, |_| {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .contains("/healthz")
+    });
+    std::fs::rename(&access, &moved).unwrap();
+    app.signal(libc::SIGUSR1);
+    app.wait_until("master reopened", 5 * SEC, |a| {
+        a.log_text().contains("log files reopened")
+    });
+    // The worker reopens on its own USR1, forwarded by the master; keep
+    // asking until a line lands in the new file.
+    app.wait_until("line in the new file", 5 * SEC, |a| {
+        a.get("/healthz").unwrap();
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .contains("/healthz")
+    });
+    let old = std::fs::read_to_string(&moved).unwrap();
+    assert!(
+        old.contains("/healthz"),
+        "the first line stayed in the moved file"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn usr2_upgrade_keeps_answering() {
+    common::become_subreaper();
+    let mut app = Appliance::start("usr2", "workers = 2\n", "");
+    let old_master = app.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let client = client_loop(app.socket.clone(), stop.clone(), ok.clone(), failed.clone());
+    app.signal(libc::SIGUSR2);
+    // The new master announces itself, then the old one hands over and leaves.
+    let msg = app.expect_notify("READY=1", 20 * SEC);
+    let new_master: i32 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("MAINPID in the new master's READY");
+    assert_ne!(new_master, old_master);
+    let handover = app.expect_notify("MAINPID=", 20 * SEC);
+    assert!(handover.contains(&new_master.to_string()));
+    assert_eq!(app.wait_exit(30 * SEC).code(), Some(0));
+    // The new master serves alone now.
+    let served_after = ok.load(Ordering::SeqCst);
+    app.wait_until("requests after the old master left", 10 * SEC, |_| {
+        ok.load(Ordering::SeqCst) > served_after + 50
+    });
+    stop.store(true, Ordering::SeqCst);
+    let errors = client.join().unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "{errors:?}");
+    assert!(
+        app.socket.exists(),
+        "the old master left the socket to the new one"
+    );
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+    // SAFETY: kill(2).
+    unsafe { libc::kill(new_master, libc::SIGTERM) };
+    let mut status = 0;
+    // SAFETY: waitpid on the re-parented new master (we are its subreaper).
+    let reaped = unsafe { libc::waitpid(new_master, &mut status, 0) };
+    assert_eq!(reaped, new_master);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+}
+
+#[test]
+fn boot_failures_back_off_then_exit_with_the_reason() {
+    let mut app = Appliance::spawn(
+        "bootfail",
+        "workers = 2\nmax_boot_failures = 4\n",
+        "[debug]\nfail_worker_boot = true\n",
+    );
+    let status = app.wait_exit(30 * SEC);
+    assert_eq!(status.code(), Some(3));
+    let log = app.log_text();
+    assert!(log.contains("debug.fail_worker_boot is set"), "{log}");
+    assert!(log.contains("workers failed to boot 4 times"), "{log}");
+    // Back-off: one attempt at a time, not a fork loop.
+    let spawns = app
+        .events("post_fork")
+        .iter()
+        .filter(|e| e["role"] == "Worker")
+        .count();
+    assert!(spawns <= 5, "{spawns} spawns for 4 failures");
+}
+
+#[test]
+fn master_death_takes_the_workers_with_it() {
+    let app = Appliance::start("pdeath", "workers = 2\n", "");
+    let pids = app.worker_pids();
+    app.signal(libc::SIGKILL);
+    let deadline = Instant::now() + 10 * SEC;
+    for pid in pids {
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "worker {pid} outlived its master"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn workers_are_isolated() {
+    let app = Appliance::start("isolation", "workers = 1\n", "");
+    let pid = app.worker_pids()[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{status}"
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
+            "{uid_line}"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    // The worker holds the workers' socket and none of the TCP listeners.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let metrics_port = format!(
+        "{:04X}",
+        app.metrics
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    );
+    let metrics_inode = tcp
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&metrics_port))
+                && l.split_whitespace().nth(3) == Some("0A")
+        })
+        .and_then(|l| l.split_whitespace().nth(9))
+        .unwrap()
+        .to_string();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        !fds.iter()
+            .any(|f| f == &format!("socket:[{metrics_inode}]")),
+        "{fds:?}"
+    );
+    assert!(fds.len() < 16, "unexpected descriptors: {fds:?}");
+}
