@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArg {
     /// Settings file (TOML); default /etc/sandgnat/sandgnat.toml if present.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -57,6 +57,26 @@ enum Command {
         /// Pipe to report readiness to an old master (binary upgrade only).
         #[arg(long, hide = true)]
         upgrade_pipe: Option<i32>,
+        /// Do not apply database migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply database migrations.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// YARA rules.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
     },
     /// Print the effective settings as TOML, secrets hidden; exit 2 on a bad value.
     CheckConfig {
@@ -71,6 +91,163 @@ enum Command {
     MetricsListener(crate::metrics::MetricsArgs),
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print it (only it) on stdout; it is shown once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// submitter, reader, bridge or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// List keys (never their secret).
+    List,
+    /// Revoke a key by name; every worker refuses it within 5 seconds.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Compile a rules directory (default: yara.rules_dir, else the bundled
+    /// rules); print errors with file and line; exit 1 on any error.
+    Check {
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn load_settings(file: Option<PathBuf>) -> Result<Settings, ExitCode> {
+    Sources {
+        file,
+        overrides: vec![],
+    }
+    .load()
+    .map_err(|e| {
+        eprintln!("sandgnat: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+/// Runs one async operator command on a small runtime.
+fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("sandgnat: cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect_migrated(settings: &Settings) -> Result<sqlx::PgPool, ExitCode> {
+    let pool = crate::store::connect(settings).await.map_err(|e| {
+        eprintln!(
+            "sandgnat: {e} (database.url = {})",
+            crate::config::redact_url(&settings.database.url)
+        );
+        ExitCode::FAILURE
+    })?;
+    crate::store::migrate(&pool).await.map_err(|e| {
+        eprintln!("sandgnat: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok(pool)
+}
+
+fn keys(settings: Settings, action: KeysAction) -> ExitCode {
+    block_on(async move {
+        let pool = match connect_migrated(&settings).await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let result = match action {
+            KeysAction::Create { name, role } => crate::auth::create_key(&pool, &name, &role)
+                .await
+                .map(|key| println!("{key}")),
+            KeysAction::List => crate::auth::list_keys(&pool).await.map(|keys| {
+                println!(
+                    "{:<24} {:<10} {:<12} {:<25} REVOKED",
+                    "NAME", "ROLE", "PREFIX", "CREATED"
+                );
+                for k in keys {
+                    println!(
+                        "{:<24} {:<10} {:<12} {:<25} {}",
+                        k.name,
+                        k.role,
+                        k.prefix,
+                        k.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        k.revoked_at
+                            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }),
+            KeysAction::Revoke { name } => crate::auth::revoke_key(&pool, &name)
+                .await
+                .map(|_| eprintln!("revoked {name}")),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sandgnat: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn rules_check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let dir = match dir {
+        Some(d) => Some(d),
+        None => match load_settings(config) {
+            Ok(s) => crate::scan::rules_dir(s.yara.rules_dir.as_deref()),
+            Err(code) => return code,
+        },
+    };
+    match crate::scan::compile(dir.as_deref()) {
+        Ok(c) => {
+            println!("ok: {} file(s) from {}", c.files, c.source);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sandgnat: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `serve` applies migrations first, unless told not to. A database that
+/// is down now is not fatal: `/readyz` reports it until it is back.
+fn migrate_at_start(settings: &Settings) {
+    let outcome = block_on(async {
+        let attempt = async {
+            let pool = crate::store::connect(settings).await?;
+            crate::store::migrate(&pool).await?;
+            pool.close().await;
+            Ok::<(), crate::store::StoreError>(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "migrations not applied at start; /readyz reports it until the database is back");
+                ExitCode::FAILURE
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "migrations timed out at start; /readyz reports it until the database is back"
+                );
+                ExitCode::FAILURE
+            }
+        }
+    });
+    let _ = outcome;
+}
+
 pub fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse();
@@ -81,6 +258,7 @@ pub fn main() -> ExitCode {
             workers,
             inherit,
             upgrade_pipe,
+            no_migrate,
         } => {
             let mut overrides = Vec::new();
             if !bind.is_empty() {
@@ -93,8 +271,39 @@ pub fn main() -> ExitCode {
                 file: config.config,
                 overrides,
             };
-            serve(sources, argv[1..].to_vec(), inherit, upgrade_pipe)
+            serve(
+                sources,
+                argv[1..].to_vec(),
+                inherit,
+                upgrade_pipe,
+                !no_migrate,
+            )
         }
+        Command::Migrate { config } => {
+            let settings = match load_settings(config.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            block_on(async move {
+                match connect_migrated(&settings).await {
+                    Ok(_) => {
+                        println!(
+                            "migrations applied (schema version {})",
+                            crate::store::latest_migration()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(code) => code,
+                }
+            })
+        }
+        Command::Keys { config, action } => match load_settings(config.config) {
+            Ok(s) => keys(s, action),
+            Err(code) => code,
+        },
+        Command::Rules {
+            action: RulesAction::Check { dir, config },
+        } => rules_check(dir, config.config),
         Command::CheckConfig { config } => {
             let sources = Sources {
                 file: config.config,
@@ -121,6 +330,7 @@ fn serve(
     argv: Vec<OsString>,
     inherit: Option<String>,
     upgrade_pipe: Option<i32>,
+    migrate: bool,
 ) -> ExitCode {
     let settings: Settings = match sources.load() {
         Ok(s) => s,
@@ -136,6 +346,10 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // A new master taking over (USR2) finds the schema already in place.
+    if migrate && inherit.is_none() {
+        migrate_at_start(&settings);
+    }
     let inherited = match inherit.as_deref().map(Inherited::from_arg).transpose() {
         Ok(i) => i.unwrap_or_default(),
         Err(e) => {

@@ -3,15 +3,20 @@
 //! model, with its settings and signals); see `DESIGN.md` for the whole.
 
 pub mod accesslog;
+pub mod analyses;
 pub mod api_error;
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod intake;
 pub mod isolation;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod scan;
 pub mod scoreboard;
 pub mod shutdown;
 pub mod sockets;
+pub mod store;
 pub mod systemd;
 pub mod worker;

@@ -143,6 +143,9 @@ pub struct Header {
     magic: AtomicU64,
     pub restarts: [AtomicU64; RESTART_REASONS.len()],
     pub boot_failures: AtomicU64,
+    /// Why the last rules reload failed; empty when the last one worked.
+    pub rules_error: Text,
+    pub rules_reload_failures: AtomicU64,
 }
 
 /// A mapping of the scoreboard into this process.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing SandGNAT needs on a fresh Debian
-# machine (as root): a C toolchain for jemalloc and libyara, curl, and a
+# machine (as root): a C toolchain for jemalloc and libyara, OpenSSL's
+# headers, the PostgreSQL client, curl, and a
 # Rust toolchain when none is on PATH. Idempotent; quiet when all is there.
 set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# libyara is built from source and links OpenSSL for its hash module.
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

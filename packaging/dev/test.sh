@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash packaging/dev/bootstrap.sh
+bash packaging/dev/services.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Reuse a build directory outside the clone: a fresh clone then only
 # rebuilds what changed.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sandgnat-target}
 export CARGO_TERM_COLOR=never
+# #[sqlx::test] and the end-to-end tests make their own databases here.
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked

@@ -190,12 +190,18 @@ impl Default for Yara {
 #[serde(default, deny_unknown_fields)]
 pub struct Database {
     pub url: String,
+    /// Connections per process (each worker has its own pool).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for Database {
     fn default() -> Self {
         Database {
             url: "postgres:///sandgnat".into(),
+            max_connections: 8,
+            acquire_timeout_ms: 1500,
         }
     }
 }

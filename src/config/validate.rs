@@ -133,6 +133,18 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     )?;
     range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
     range("queue.runners", s.queue.runners, 0, 64)?;
+    range(
+        "database.max_connections",
+        s.database.max_connections,
+        1,
+        1_000,
+    )?;
+    range(
+        "database.acquire_timeout_ms",
+        s.database.acquire_timeout_ms,
+        10,
+        60_000,
+    )?;
     socket_addr("metrics.bind", &s.metrics.bind)?;
 
     if !s.paths.state_dir.is_absolute() {

@@ -96,6 +96,7 @@ impl Arbiter {
                 if let Some(l) = self.listeners.get(WORKERS) {
                     fds.push(l.fd.as_raw_fd());
                 }
+                fds.push(self.rules_fd.as_raw_fd());
             }
             Role::Metrics => {
                 // The metrics socket first, then every listener whose

@@ -15,7 +15,7 @@ mod upgrade;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ pub struct Arbiter {
     sources: Sources,
     settings: Settings,
     settings_fd: OwnedFd,
+    /// The compiled YARA rules, handed to each worker.
+    rules_fd: OwnedFd,
     listeners: Listeners,
     board: Scoreboard,
     signals: SignalPipe,
@@ -92,6 +94,8 @@ pub enum StartError {
     Bind(#[from] crate::sockets::BindError),
     #[error(transparent)]
     Account(#[from] crate::isolation::IsolationError),
+    #[error("cannot compile YARA rules: {0}")]
+    Rules(#[from] crate::scan::RulesError),
     #[error("cannot {what}: {source}")]
     Io {
         what: &'static str,
@@ -123,6 +127,12 @@ impl Arbiter {
         let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
         let settings_fd =
             settings_memfd(&settings).map_err(io_err("store settings for children"))?;
+        ensure_state_dirs(&settings, account).map_err(io_err("prepare the state directory"))?;
+        let rules_dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
+        let compiled = crate::scan::compile(rules_dir.as_deref())?;
+        tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules compiled");
+        let rules_fd =
+            memfd("sandgnat-rules", &compiled.bytes).map_err(io_err("store the compiled rules"))?;
         let exe = std::env::current_exe().map_err(io_err("find our own executable"))?;
         let now = Instant::now();
         Ok(Arbiter {
@@ -130,6 +140,7 @@ impl Arbiter {
             sources: launch.sources,
             settings,
             settings_fd,
+            rules_fd,
             listeners,
             board,
             signals,
@@ -301,6 +312,10 @@ impl Arbiter {
         };
         self.settings_fd = fd;
         self.account = account;
+        self.recompile_rules(&settings);
+        if let Err(e) = ensure_state_dirs(&settings, account) {
+            tracing::error!(error = %e, "cannot prepare the state directory");
+        }
         self.target = settings.server.workers;
         self.settings = settings;
         self.generation += 1;
@@ -308,6 +323,31 @@ impl Arbiter {
         // The metrics listener may have moved; it is cheap to restart.
         for c in self.children.iter_mut().filter(|c| c.role == Role::Metrics) {
             c.retire(children::Retire::Reload);
+        }
+    }
+
+    /// HUP: compiles the rules again; a failure keeps the running rules and
+    /// is reported in the log, in metrics and in `/readyz`.
+    fn recompile_rules(&mut self, settings: &Settings) {
+        let header = self.board.header();
+        let dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
+        match crate::scan::compile(dir.as_deref()).and_then(|c| {
+            memfd("sandgnat-rules", &c.bytes)
+                .map(|fd| (fd, c))
+                .map_err(|e| crate::scan::RulesError::Yara(e.to_string()))
+        }) {
+            Ok((fd, compiled)) => {
+                tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules recompiled");
+                self.rules_fd = fd;
+                header.rules_error.store("");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "YARA rules failed to compile; keeping the running rules");
+                header.rules_error.store(&e.to_string());
+                header
+                    .rules_reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -395,31 +435,69 @@ fn resolve_account(
 
 /// The settings as JSON in a memfd, which children read at descriptor 4.
 fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
+    memfd(
+        "sandgnat-settings",
+        &serde_json::to_vec(settings).map_err(io::Error::other)?,
+    )
+}
+
+/// An anonymous in-memory file holding `bytes`, for children to read.
+fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     use std::io::Write;
     use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
     // SAFETY: plain syscall with a valid C string.
-    let fd = unsafe { libc::memfd_create(c"sandgnat-settings".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut file = std::fs::File::from(fd.try_clone()?);
-    file.write_all(&serde_json::to_vec(settings).map_err(io::Error::other)?)?;
+    std::fs::File::from(fd.try_clone()?).write_all(bytes)?;
     Ok(fd)
+}
+
+/// The state directory with its quarantine (0750) and spool (0700), owned
+/// by the workers' account so that they, and only they, can write there.
+fn ensure_state_dirs(
+    settings: &Settings,
+    account: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let state = &settings.paths.state_dir;
+    for (dir, mode) in [
+        (state.clone(), 0o750),
+        (crate::worker::state::quarantine_dir(settings), 0o750),
+        (crate::worker::state::spool_dir(settings), 0o700),
+    ] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = account {
+            nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the settings a master stored for this child.
 pub fn inherited_settings() -> io::Result<Settings> {
+    let bytes = read_inherited(crate::sockets::SETTINGS_FD)?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+/// The whole content of a memfd the master placed at `fd`.
+pub fn read_inherited(fd: std::os::fd::RawFd) -> io::Result<Vec<u8>> {
     use std::os::fd::BorrowedFd;
     use std::os::unix::fs::FileExt;
-    // SAFETY: descriptor 4 was placed by the master for exactly this.
-    let fd = unsafe { BorrowedFd::borrow_raw(crate::sockets::SETTINGS_FD) };
+    // SAFETY: the master placed a memfd at this descriptor for this child.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let file = std::fs::File::from(fd.try_clone_to_owned()?);
     let len = file.metadata()?.len() as usize;
     let mut buf = vec![0u8; len];
     // Read by offset: siblings share the same open file description.
     file.read_exact_at(&mut buf, 0)?;
-    let _ = fd.as_raw_fd();
-    serde_json::from_slice(&buf).map_err(io::Error::other)
+    Ok(buf)
 }

@@ -21,6 +21,8 @@ use crate::config::Settings;
 pub const SCOREBOARD_FD: RawFd = 3;
 pub const SETTINGS_FD: RawFd = 4;
 pub const FIRST_LISTENER_FD: RawFd = 5;
+/// Workers find the compiled YARA rules here (after their one listener).
+pub const RULES_FD: RawFd = 6;
 
 /// The name of the workers' Unix socket in listener lists.
 pub const WORKERS: &str = "workers";

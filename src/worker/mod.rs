@@ -11,14 +11,18 @@
 mod request;
 pub mod routes;
 mod server;
+pub mod state;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::auth::KeyRing;
 use crate::config::Settings;
+use crate::scan::RuleSet;
 use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sockets::{FIRST_LISTENER_FD, SCOREBOARD_FD};
+use crate::sockets::{FIRST_LISTENER_FD, RULES_FD, SCOREBOARD_FD};
+use state::{AppState, Inner};
 
 /// What the master tells a worker on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,8 +77,33 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the event loop: {e}")),
     };
-    let worker = server::Worker::new(settings, board.clone(), args.clone());
-    match runtime.block_on(worker.serve(listener)) {
+    let rules = match crate::master::read_inherited(RULES_FD)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
+    };
+    let served = runtime.block_on(async {
+        let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
+        let state = AppState::new(Inner {
+            settings: settings.clone(),
+            db: db.clone(),
+            keys: KeyRing::default(),
+            quarantine: state::quarantine_dir(&settings),
+            spool: state::spool_dir(&settings),
+            rules,
+            board: board.clone(),
+        });
+        // Keys are needed before the first request; a database that is down
+        // now is retried by the refresher.
+        let _ = state.keys.refresh(&db).await;
+        tokio::spawn(state.keys.clone().keep_fresh(db));
+        server::Worker::new(settings, board.clone(), args.clone(), state)
+            .serve(listener)
+            .await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

@@ -6,17 +6,27 @@ use axum::extract::{MatchedPath, Query, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::state::AppState;
 use crate::api_error::ApiError;
-use crate::config::Settings;
+use crate::{analyses, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
-pub const ROUTES: &[&str] = &["other", "/healthz", "/__debug"];
+pub const ROUTES: &[&str] = &[
+    "other",
+    "/healthz",
+    "/__debug",
+    "/readyz",
+    "/v1/submit",
+    "/submit",
+    "/v1/analyses/{id}",
+    "/v1/audit",
+];
 
 /// The route a response was produced by, attached by `tag_route`.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +39,15 @@ pub fn label_index(template: &str) -> usize {
     ROUTES.iter().position(|r| *r == template).unwrap_or(0)
 }
 
-pub fn router(settings: &Settings) -> Router {
-    let mut router = Router::new().route("/healthz", get(healthz));
-    if settings.debug.fault_injection {
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(analyses::readyz))
+        .route("/v1/submit", post(intake::submit))
+        .route("/submit", post(intake::submit))
+        .route("/v1/analyses/{id}", get(analyses::get_analysis))
+        .route("/v1/audit", get(analyses::get_audit));
+    if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
             .route("/__debug/crash", get(debug_crash))
@@ -41,6 +57,9 @@ pub fn router(settings: &Settings) -> Router {
         .route_layer(middleware::from_fn(tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are streamed and bounded by intake itself.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 async fn tag_route(req: Request, next: Next) -> Response {

@@ -47,14 +47,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(settings: Settings, board: Arc<Scoreboard>, args: WorkerArgs) -> Self {
+    pub fn new(
+        settings: Settings,
+        board: Arc<Scoreboard>,
+        args: WorkerArgs,
+        state: super::state::AppState,
+    ) -> Self {
         let (trigger, shutdown) = shutdown::channel();
         // Validated by the master before it stored the settings.
         let access = AccessLogFormat::parse(&settings.log.access_log_format).unwrap_or_else(|_| {
             AccessLogFormat::parse(crate::config::GUNICORN_ACCESS_LOG_FORMAT)
                 .expect("default format parses")
         });
-        let router = super::routes::router(&settings);
+        let router = super::routes::router(state);
         Worker {
             shared: Arc::new(Shared {
                 settings,

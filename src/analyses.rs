@@ -1,0 +1,176 @@
+//! Reading what intake recorded: one analysis with its sample, hashes and
+//! matches (`GET /v1/analyses/{id}`), its audit trail (`GET /v1/audit`),
+//! and readiness (`GET /readyz`), which checks every dependency a
+//! submission needs.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::types::Json as DbJson;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::api_error::ApiError;
+use crate::auth::{allow, Caller};
+use crate::intake::unavailable;
+use crate::worker::state::AppState;
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{raw:?} is not an analysis id (a UUID)"),
+        )
+    })
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    if crate::store::is_unavailable(&e) {
+        unavailable("the database", e)
+    } else {
+        tracing::error!(error = %e, "query failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "query_failed",
+            "the query failed",
+        )
+    }
+}
+
+pub async fn get_analysis(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(allow::READ)?;
+    let id = parse_id(&raw)?;
+    let row = sqlx::query(
+        "SELECT a.status, a.filename, a.tags, a.tlp, a.priority, a.yara_matches,
+                a.created_at, a.updated_at, s.sha256, s.sha1, s.md5, s.size, s.file_type
+         FROM analyses a JOIN samples s ON s.sha256 = a.sample_sha256
+         WHERE a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&app.db)
+    .await
+    .map_err(db_error)?
+    .ok_or_else(|| ApiError::not_found(format!("no analysis {id}")))?;
+    let created: chrono::DateTime<chrono::Utc> = row.get("created_at");
+    let updated: chrono::DateTime<chrono::Utc> = row.get("updated_at");
+    let yara: DbJson<Value> = row.get("yara_matches");
+    Ok(Json(json!({
+        "analysis_id": id,
+        "status": row.get::<String, _>("status"),
+        "filename": row.get::<Option<String>, _>("filename"),
+        "tags": row.get::<Vec<String>, _>("tags"),
+        "tlp": row.get::<String, _>("tlp"),
+        "priority": row.get::<i16, _>("priority"),
+        "sha256": row.get::<String, _>("sha256"),
+        "sha1": row.get::<String, _>("sha1"),
+        "md5": row.get::<String, _>("md5"),
+        "size": row.get::<i64, _>("size"),
+        "file_type": row.get::<String, _>("file_type"),
+        "yara": yara.0,
+        "created_at": created,
+        "updated_at": updated,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    analysis_id: String,
+}
+
+pub async fn get_audit(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(allow::ADMIN)?;
+    let id = parse_id(&q.analysis_id)?;
+    let rows = sqlx::query(
+        "SELECT id, at, actor, event, details, request_id FROM analysis_audit_log
+         WHERE analysis_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .map_err(db_error)?;
+    let entries: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let at: chrono::DateTime<chrono::Utc> = r.get("at");
+            let details: DbJson<Value> = r.get("details");
+            json!({
+                "id": r.get::<i64, _>("id"),
+                "at": at,
+                "actor": r.get::<String, _>("actor"),
+                "event": r.get::<String, _>("event"),
+                "details": details.0,
+                "request_id": r.get::<Option<String>, _>("request_id"),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "analysis_id": id, "entries": entries })))
+}
+
+/// Ready means a submission would succeed now: database reachable and
+/// migrated, rules loaded, quarantine writable.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let not_ready = |check: &str, message: String| {
+        let mut resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "not_ready", "check": check, "message": message })),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        resp
+    };
+    let latest = crate::store::latest_migration();
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&app.db)
+            .await;
+    match applied {
+        Err(e) => return not_ready("database", format!("cannot query the database: {e}")),
+        Ok(v) if v.unwrap_or(0) < latest => {
+            return not_ready(
+                "database",
+                format!(
+                    "schema at migration {:?}, this binary needs {latest}; run `sandgnat migrate`",
+                    v
+                ),
+            )
+        }
+        Ok(_) => {}
+    }
+    if app.rules.count() == 0 {
+        return not_ready("rules", "no YARA rules are loaded".into());
+    }
+    let probe = app
+        .quarantine
+        .join(format!(".ready-{}", std::process::id()));
+    if let Err(e) = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)) {
+        return not_ready(
+            "quarantine",
+            format!("cannot write to {}: {e}", app.quarantine.display()),
+        );
+    }
+    let rules_error = app.board.header().rules_error.load();
+    Json(json!({
+        "status": "ready",
+        "rules": {
+            "loaded": app.rules.count(),
+            // A failed recompile on HUP keeps the running rules; say so.
+            "last_reload_error": (!rules_error.is_empty()).then_some(rules_error),
+        },
+    }))
+    .into_response()
+}

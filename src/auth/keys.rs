@@ -1,0 +1,158 @@
+//! Key administration for `sandgnat keys`: create (the key is printed
+//! once), list (never the secret), revoke.
+
+use rand::RngCore;
+use sqlx::PgPool;
+
+use super::{hash_key, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("unknown role {0:?}; roles are submitter, reader, bridge and admin")]
+    Role(String),
+    #[error("invalid key name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    Name(String),
+    #[error("a key named {0:?} already exists")]
+    Exists(String),
+    #[error("no key named {0:?}")]
+    NotFound(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct KeyInfo {
+    pub name: String,
+    pub role: String,
+    pub prefix: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Creates a key and returns it; only its hash is stored.
+pub async fn create_key(db: &PgPool, name: &str, role: &str) -> Result<String, KeyError> {
+    let role = Role::parse(role).ok_or_else(|| KeyError::Role(role.to_string()))?;
+    if !valid_name(name) {
+        return Err(KeyError::Name(name.to_string()));
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let key = format!("sgk_{}", hex::encode(secret));
+    let result = sqlx::query(
+        "INSERT INTO api_keys (name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(name)
+    .bind(role.as_str())
+    .bind(hash_key(&key).as_slice())
+    .bind(&key[..10])
+    .execute(db)
+    .await;
+    match result {
+        Ok(_) => Ok(key),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            Err(KeyError::Exists(name.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list_keys(db: &PgPool) -> Result<Vec<KeyInfo>, KeyError> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT name, role, key_prefix, created_at, revoked_at FROM api_keys ORDER BY name",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyInfo {
+            name: r.get("name"),
+            role: r.get("role"),
+            prefix: r.get("key_prefix"),
+            created_at: r.get("created_at"),
+            revoked_at: r.get("revoked_at"),
+        })
+        .collect())
+}
+
+pub async fn revoke_key(db: &PgPool, name: &str) -> Result<(), KeyError> {
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE name = $1")
+            .bind(name)
+            .execute(db)
+            .await?;
+    if done.rows_affected() == 0 {
+        return Err(KeyError::NotFound(name.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::KeyRing;
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn created_key_authenticates_until_revoked(db: PgPool) {
+        let key = create_key(&db, "bridge-1", "bridge").await.unwrap();
+        assert!(key.starts_with("sgk_") && key.len() == 68);
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE name = 'bridge-1'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(stored, hash_key(&key).to_vec(), "only the hash is stored");
+
+        let ring = KeyRing::default();
+        ring.refresh(&db).await.unwrap();
+        let caller = ring.authenticate(Some(&key)).unwrap();
+        assert_eq!(caller.role, Role::Bridge);
+        assert!(caller.require(crate::auth::allow::BRIDGE).is_ok());
+        assert_eq!(
+            caller
+                .require(crate::auth::allow::SUBMIT)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(
+            ring.authenticate(Some("sgk_wrong")).unwrap_err().status,
+            401
+        );
+        assert_eq!(ring.authenticate(None).unwrap_err().status, 401);
+
+        revoke_key(&db, "bridge-1").await.unwrap();
+        ring.refresh(&db).await.unwrap();
+        assert_eq!(ring.authenticate(Some(&key)).unwrap_err().status, 401);
+        let listed = list_keys(&db).await.unwrap();
+        assert!(listed[0].revoked_at.is_some());
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn bad_names_roles_and_duplicates_are_refused(db: PgPool) {
+        assert!(matches!(
+            create_key(&db, "x", "root").await,
+            Err(KeyError::Role(_))
+        ));
+        assert!(matches!(
+            create_key(&db, "a b", "admin").await,
+            Err(KeyError::Name(_))
+        ));
+        create_key(&db, "ops", "admin").await.unwrap();
+        assert!(matches!(
+            create_key(&db, "ops", "admin").await,
+            Err(KeyError::Exists(_))
+        ));
+        assert!(matches!(
+            revoke_key(&db, "nobody").await,
+            Err(KeyError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! API keys: how they are made, stored (a SHA-256 hash, never the key),
+//! checked (in constant time against every known hash) and what each role
+//! may do. Workers keep the key list in memory and refresh it every two
+//! seconds, so a revoked key stops working everywhere within five.
+
+mod keys;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+pub use keys::{create_key, list_keys, revoke_key, KeyError, KeyInfo};
+
+use crate::api_error::ApiError;
+
+/// How often workers re-read the key list.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Submitter,
+    Reader,
+    Bridge,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "submitter" => Role::Submitter,
+            "reader" => Role::Reader,
+            "bridge" => Role::Bridge,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submitter => "submitter",
+            Role::Reader => "reader",
+            Role::Bridge => "bridge",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// What a route accepts. Admin may do everything.
+pub mod allow {
+    use super::Role;
+    pub const SUBMIT: &[Role] = &[Role::Submitter, Role::Admin];
+    pub const READ: &[Role] = &[Role::Reader, Role::Submitter, Role::Admin];
+    pub const BRIDGE: &[Role] = &[Role::Bridge, Role::Admin];
+    pub const ADMIN: &[Role] = &[Role::Admin];
+}
+
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[derive(Debug, Clone)]
+struct KnownKey {
+    id: i64,
+    name: String,
+    role: Role,
+    hash: [u8; 32],
+}
+
+/// The keys a worker accepts, refreshed from the database.
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    keys: Arc<RwLock<Option<Vec<KnownKey>>>>,
+}
+
+/// The authenticated client of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: i64,
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
+        if allowed.contains(&self.role) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "key {:?} has role {}; this route needs {}",
+                self.name,
+                self.role.as_str(),
+                allowed
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        ))
+    }
+}
+
+impl KeyRing {
+    /// Loads the active keys; on failure the previous list stays.
+    pub async fn refresh(&self, db: &PgPool) -> Result<(), sqlx::Error> {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, name, role, key_hash FROM api_keys WHERE revoked_at IS NULL",
+        )
+        .fetch_all(db)
+        .await?;
+        let keys = rows
+            .into_iter()
+            .filter_map(|(id, name, role, hash)| {
+                Some(KnownKey {
+                    id,
+                    name,
+                    role: Role::parse(&role)?,
+                    hash: hash.try_into().ok()?,
+                })
+            })
+            .collect();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+        Ok(())
+    }
+
+    /// Keeps the list fresh for as long as the worker runs.
+    pub async fn keep_fresh(self, db: PgPool) {
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.refresh(&db).await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot refresh API keys; keeping the last list");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Finds the key, comparing against every stored hash without an early
+    /// exit, so timing tells nothing about which hash came close.
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(key) = presented.filter(|k| !k.is_empty()) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send an API key in the X-API-Key header",
+            ));
+        };
+        let guard = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let Some(keys) = guard.as_ref() else {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_unavailable",
+                "the key list could not be loaded from the database yet",
+            );
+            e.retry_after = Some(2);
+            return Err(e);
+        };
+        let presented = hash_key(key);
+        let mut found: Option<&KnownKey> = None;
+        for k in keys {
+            if bool::from(k.hash.ct_eq(&presented)) {
+                found = Some(k);
+            }
+        }
+        found
+            .map(|k| Caller {
+                key_id: k.id,
+                name: k.name.clone(),
+                role: k.role,
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is unknown or revoked",
+                )
+            })
+    }
+}
+
+/// Anything the router state can give a key ring from.
+pub trait HasKeyRing {
+    fn key_ring(&self) -> &KeyRing;
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: HasKeyRing + Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        state.key_ring().authenticate(key)
+    }
+}

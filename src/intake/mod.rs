@@ -1,0 +1,444 @@
+//! Sample intake, `POST /v1/submit`: authenticate, stream the body to the
+//! spool while hashing, scan with YARA, move into quarantine, then record
+//! the sample, the analysis, its audit rows and its jobs in one
+//! transaction. Only after the commit does the client get its 202; any
+//! failure before that answers an error and leaves no row behind.
+
+pub mod filetype;
+pub mod metadata;
+pub mod quarantine;
+mod record;
+pub mod spool;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::api_error::ApiError;
+use crate::auth::{allow, Caller};
+use crate::scan::{RuleMatch, ScanError, ScanTarget};
+use crate::worker::state::AppState;
+use metadata::Metadata;
+use spool::{Received, Upload, UploadError};
+
+/// Room for multipart framing and metadata fields above the sample limit.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "sample_too_large",
+                e.to_string(),
+            ),
+            UploadError::NoSpace => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the spool is full; nothing was recorded",
+            ),
+            UploadError::Io(io) => {
+                tracing::error!(error = %io, "spool write failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "spool_error",
+                    "the sample could not be written; nothing was recorded",
+                )
+            }
+        }
+    }
+}
+
+/// A dependency is down: the client should retry later.
+pub fn unavailable(what: &str, why: impl std::fmt::Display) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{what} is unavailable ({why}); nothing was recorded, retry later"),
+    );
+    e.retry_after = Some(5);
+    e
+}
+
+pub async fn submit(
+    State(app): State<AppState>,
+    caller: Caller,
+    req: Request,
+) -> Result<Response, ApiError> {
+    caller.require(allow::SUBMIT)?;
+    let limit = app.settings.intake.max_sample_bytes;
+    let headers = req.headers().clone();
+    let multipart = multipart_boundary(&headers)?;
+    if let Some(len) = content_length(&headers) {
+        let allowed = limit
+            + if multipart.is_some() {
+                MULTIPART_OVERHEAD
+            } else {
+                0
+            };
+        if len > allowed {
+            return Err(UploadError::TooLarge { limit }.into());
+        }
+    }
+    // Fail fast while the body is still unread: a submission that cannot be
+    // recorded should not cost the client its upload first.
+    drop(
+        app.db
+            .acquire()
+            .await
+            .map_err(|e| unavailable("the database", e))?,
+    );
+
+    let mut meta = Metadata::default();
+    if let Some(q) = req.uri().query() {
+        for (k, v) in form_pairs(q) {
+            meta.set(&k, &v)?;
+        }
+    }
+    let body = req.into_body();
+    let received = match multipart {
+        Some(boundary) => receive_multipart(&app, body, boundary, &mut meta).await?,
+        None => {
+            if let Some(name) = headers.get("x-filename").and_then(|v| v.to_str().ok()) {
+                meta.set("filename", name)?;
+            }
+            receive_raw(&app, body).await?
+        }
+    };
+    if received.size == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_sample",
+            "the sample has no bytes",
+        ));
+    }
+    let request_id = header_str(&headers, "x-request-id").unwrap_or_default();
+    let client_ip = header_str(&headers, "x-real-ip");
+    let accepted = process(&app, received, meta, &caller, &request_id, client_ip).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+async fn receive_raw(app: &AppState, body: Body) -> Result<Received, ApiError> {
+    let mut upload = Upload::start(&app.spool, app.settings.intake.max_sample_bytes)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| client_gone(&e))?;
+        upload.push(chunk).await?;
+    }
+    Ok(upload.finish().await?)
+}
+
+async fn receive_multipart(
+    app: &AppState,
+    body: Body,
+    boundary: String,
+    meta: &mut Metadata,
+) -> Result<Received, ApiError> {
+    let limit = app.settings.intake.max_sample_bytes;
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit + MULTIPART_OVERHEAD)
+            .per_field(limit.max(metadata::MAX_FIELD as u64)),
+    );
+    let mut parts =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let mut received = None;
+    while let Some(mut field) = parts.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            if received.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_multipart",
+                    "more than one file part",
+                ));
+            }
+            if meta.filename.is_none() {
+                if let Some(f) = field.file_name().map(str::to_string) {
+                    meta.set("filename", &f)?;
+                }
+            }
+            let mut upload = Upload::start(&app.spool, limit)?;
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                upload.push(chunk).await?;
+            }
+            received = Some(upload.finish().await?);
+        } else {
+            let mut value = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                if value.len() + chunk.len() > metadata::MAX_FIELD {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_metadata",
+                        format!("{name}: longer than {} bytes", metadata::MAX_FIELD),
+                    ));
+                }
+                value.extend_from_slice(&chunk);
+            }
+            let value = String::from_utf8(value).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_metadata",
+                    format!("{name}: not UTF-8"),
+                )
+            })?;
+            meta.set(&name, &value)?;
+        }
+    }
+    received.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_file",
+            "the multipart body has no part named \"file\"",
+        )
+    })
+}
+
+/// Scan, quarantine, record: everything after the bytes are in.
+async fn process(
+    app: &AppState,
+    received: Received,
+    meta: Metadata,
+    caller: &Caller,
+    request_id: &str,
+    client_ip: Option<String>,
+) -> Result<serde_json::Value, ApiError> {
+    let worker = app.clone();
+    let filename = meta
+        .filename
+        .clone()
+        .unwrap_or_else(|| received.sha256.clone());
+    let scan_name = filename.clone();
+    // libyara and the file system are blocking work: keep them off the
+    // event loop so the worker's heartbeat and other requests go on.
+    let (received, file_type, scanned) = tokio::task::spawn_blocking(move || {
+        let file_type = filetype::detect(received.file.path());
+        let target = ScanTarget {
+            path: received.file.path(),
+            filename: &scan_name,
+            filetype: &file_type,
+        };
+        let scanned = worker
+            .rules
+            .scan(&target, worker.settings.yara.scan_timeout);
+        (received, file_type, scanned)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "scan_failed",
+            e.to_string(),
+        )
+    })?;
+    let (matches, scan_error): (Vec<RuleMatch>, Option<String>) = match scanned {
+        Ok(m) => (m, None),
+        // A sample that defeats the scanner is still evidence: keep it and
+        // record why it has no matches.
+        Err(ScanError::Timeout) => (Vec::new(), Some("timeout".into())),
+        Err(ScanError::Yara(e)) => (Vec::new(), Some(e)),
+    };
+
+    let sha256 = received.sha256.clone();
+    let root = app.quarantine.clone();
+    let size = received.size;
+    let (sha1, md5) = (received.sha1.clone(), received.md5.clone());
+    let stored =
+        tokio::task::spawn_blocking(move || quarantine::store(&root, &sha256, received.file))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "quarantine_failed",
+                    e.to_string(),
+                )
+            })?
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "insufficient_storage",
+                        "the quarantine is full; nothing was recorded",
+                    )
+                } else {
+                    tracing::error!(error = %e, "cannot store the sample in quarantine");
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "quarantine_failed",
+                        "the sample could not be stored; nothing was recorded",
+                    )
+                }
+            })?;
+
+    let submission = record::Submission {
+        sha256: sha256_of(&stored),
+        sha1,
+        md5,
+        size,
+        file_type,
+        storage_path: stored.display().to_string(),
+        filename: filename.clone(),
+        meta,
+        key_id: caller.key_id,
+        key_name: caller.name.clone(),
+        client_ip,
+        request_id: request_id.to_string(),
+        matches: &matches,
+        scan_error: scan_error.as_deref(),
+    };
+    let analysis_id = record::record(&app.db, &submission).await.map_err(|e| {
+        if crate::store::is_unavailable(&e) {
+            unavailable("the database", e)
+        } else {
+            tracing::error!(error = %e, "cannot record the submission");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record_failed",
+                "the submission could not be recorded; nothing was kept",
+            )
+        }
+    })?;
+    tracing::info!(analysis_id = %analysis_id, sha256 = %submission.sha256, matches = matches.len(), "sample accepted");
+    Ok(json!({
+        "analysis_id": analysis_id,
+        "sha256": submission.sha256,
+        "sha1": submission.sha1,
+        "md5": submission.md5,
+        "size": size,
+        "filename": filename,
+        "file_type": submission.file_type,
+        "yara": matches,
+        "yara_error": scan_error,
+        "status_url": format!("/v1/analyses/{analysis_id}"),
+    }))
+}
+
+/// The quarantine path ends in the sha256; reading it back keeps the row
+/// and the file name in step by construction.
+fn sha256_of(path: &std::path::Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn client_gone(e: &axum::Error) -> ApiError {
+    tracing::info!(error = %e, "client went away during the upload; nothing recorded");
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "upload_interrupted",
+        format!("the upload ended early: {e}"),
+    )
+}
+
+fn multipart_error(e: multer::Error) -> ApiError {
+    match e {
+        multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "sample_too_large",
+                e.to_string(),
+            )
+        }
+        other => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            other.to_string(),
+        ),
+    }
+}
+
+fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    if !ct.to_ascii_lowercase().starts_with("multipart/") {
+        return Ok(None);
+    }
+    multer::parse_boundary(ct).map(Some).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            format!("bad Content-Type: {e}"),
+        )
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `application/x-www-form-urlencoded` pairs from a query string.
+fn form_pairs(q: &str) -> Vec<(String, String)> {
+    fn hex_val(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+                {
+                    (Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::form_pairs;
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        assert_eq!(
+            form_pairs("tags=a%2Cb&tlp=red&filename=my+file.exe&x"),
+            vec![
+                ("tags".into(), "a,b".into()),
+                ("tlp".into(), "red".into()),
+                ("filename".into(), "my file.exe".into()),
+                ("x".into(), String::new())
+            ]
+        );
+        assert_eq!(form_pairs("a=%zz%4"), vec![("a".into(), "%zz%4".into())]);
+        // Multi-byte input next to a percent sign must not split a character.
+        assert_eq!(form_pairs("a=%é"), vec![("a".into(), "%é".into())]);
+    }
+}

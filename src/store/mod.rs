@@ -1,0 +1,68 @@
+//! The Postgres connection pool and the schema migrations every process
+//! role shares. A worker's pool connects lazily and gives up on a
+//! connection quickly, so a database outage turns into a fast 503, never a
+//! hung request.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::Settings;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database.url: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot reach the database: {0}")]
+    Unreachable(#[source] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A pool that opens connections on first use.
+pub fn lazy_pool(settings: &Settings) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = settings.database.url.parse().map_err(StoreError::Url)?;
+    let options = options.application_name("sandgnat");
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+/// Connects now (for commands and the master), failing with the reason.
+pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
+    let pool = lazy_pool(settings)?;
+    pool.acquire().await.map_err(StoreError::Unreachable)?;
+    Ok(pool)
+}
+
+/// Applies every pending migration; safe to run from several processes.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// The newest migration this binary knows.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Whether an error means the database could not be reached (answer 503
+/// and let the client retry) rather than a fault in what we sent.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}

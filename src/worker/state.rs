@@ -1,0 +1,54 @@
+//! What every route handler of a worker can reach: settings, the database
+//! pool, the API keys, the loaded YARA rules and the quarantine paths.
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::auth::{HasKeyRing, KeyRing};
+use crate::config::Settings;
+use crate::scan::RuleSet;
+use crate::scoreboard::Scoreboard;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub db: PgPool,
+    pub keys: KeyRing,
+    pub rules: Arc<RuleSet>,
+    pub quarantine: PathBuf,
+    pub spool: PathBuf,
+    pub board: Arc<Scoreboard>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl HasKeyRing for AppState {
+    fn key_ring(&self) -> &KeyRing {
+        &self.0.keys
+    }
+}
+
+/// The quarantine and spool directories below the state directory.
+pub fn quarantine_dir(settings: &Settings) -> PathBuf {
+    settings.paths.state_dir.join("quarantine")
+}
+
+pub fn spool_dir(settings: &Settings) -> PathBuf {
+    settings.paths.state_dir.join("spool")
+}
