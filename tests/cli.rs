@@ -10,11 +10,7 @@ fn check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
     std::fs::write(&file, toml).unwrap();
     let mut cmd = Command::new(common::BIN);
     cmd.arg("check-config").arg("--config").arg(&file);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-            cmd.env_remove(k);
-        }
-    }
+    common::clean_env(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }

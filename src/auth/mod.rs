@@ -77,7 +77,13 @@ struct KnownKey {
 #[derive(Clone, Default)]
 pub struct KeyRing {
     keys: Arc<RwLock<Option<Vec<KnownKey>>>>,
+    /// Re-reads caused by unknown keys: a key created a moment ago works at
+    /// once, and a client sending bad keys costs the database at most
+    /// `MISS_REFRESHES_PER_SEC` queries a second per worker.
+    miss_budget: Arc<std::sync::Mutex<(f64, Option<std::time::Instant>)>>,
 }
+
+const MISS_REFRESHES_PER_SEC: f64 = 10.0;
 
 /// The authenticated client of a request.
 #[derive(Debug, Clone)]
@@ -130,6 +136,46 @@ impl KeyRing {
             .collect();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
         Ok(())
+    }
+
+    /// Whether an unknown key may trigger a re-read now.
+    fn may_refresh_on_miss(&self) -> bool {
+        let mut budget = self.miss_budget.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *budget;
+        let now = std::time::Instant::now();
+        let refill = last.map_or(MISS_REFRESHES_PER_SEC, |t| {
+            now.duration_since(t).as_secs_f64() * MISS_REFRESHES_PER_SEC
+        });
+        *tokens = (*tokens + refill).min(MISS_REFRESHES_PER_SEC);
+        *last = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Authenticates, re-reading the key list once if the key is unknown.
+    pub async fn authenticate_fresh(
+        &self,
+        presented: Option<&str>,
+        db: &PgPool,
+    ) -> Result<Caller, ApiError> {
+        match self.authenticate(presented) {
+            Err(e)
+                if (e.status == StatusCode::UNAUTHORIZED
+                    || e.status == StatusCode::SERVICE_UNAVAILABLE)
+                    && presented.is_some_and(|k| !k.is_empty())
+                    && self.may_refresh_on_miss() =>
+            {
+                match self.refresh(db).await {
+                    Ok(()) => self.authenticate(presented),
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Keeps the list fresh for as long as the worker runs.
@@ -192,9 +238,10 @@ impl KeyRing {
     }
 }
 
-/// Anything the router state can give a key ring from.
+/// Anything the router state can give a key ring (and its database) from.
 pub trait HasKeyRing {
     fn key_ring(&self) -> &KeyRing;
+    fn key_db(&self) -> &PgPool;
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -205,6 +252,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        state.key_ring().authenticate(key)
+        state
+            .key_ring()
+            .authenticate_fresh(key, state.key_db())
+            .await
     }
 }

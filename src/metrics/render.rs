@@ -174,6 +174,24 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         sum(&|s| s.bytes_received.load(Relaxed))
     );
 
+    let h = board.header();
+    header(
+        &mut out,
+        "sandgnat_rules_reload_failures_total",
+        "counter",
+        "Rule reloads (HUP) that failed to compile; the running rules stayed.",
+    );
+    let failures = h.rules_reload_failures.load(Relaxed);
+    let _ = writeln!(out, "sandgnat_rules_reload_failures_total {failures}");
+    header(
+        &mut out,
+        "sandgnat_rules_stale",
+        "gauge",
+        "1 when the last rules reload failed and older rules are in use.",
+    );
+    let stale = u8::from(!h.rules_error.load().is_empty());
+    let _ = writeln!(out, "sandgnat_rules_stale {stale}");
+
     header(
         &mut out,
         "sandgnat_worker_restarts_total",

@@ -42,6 +42,10 @@ impl HasKeyRing for AppState {
     fn key_ring(&self) -> &KeyRing {
         &self.0.keys
     }
+
+    fn key_db(&self) -> &PgPool {
+        &self.0.db
+    }
 }
 
 /// The quarantine and spool directories below the state directory.

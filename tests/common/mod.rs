@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -112,11 +114,7 @@ impl Appliance {
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
-                cmd.env_remove(k);
-            }
-        }
+        clean_env(&mut cmd);
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let child = cmd.spawn().expect("start sandgnat serve");
@@ -207,6 +205,42 @@ impl Appliance {
         request_unix(&self.socket, "GET", path, &[])
     }
 
+    /// `sandgnat keys ...` against this appliance's settings.
+    pub fn keys(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("keys")
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("sandgnat.toml"));
+        clean_env(&mut cmd);
+        cmd.output().unwrap()
+    }
+
+    /// A new key with `role`, as an operator would make it.
+    pub fn new_key(&self, role: &str) -> String {
+        let name = format!("{role}-{}", rand_u64() & 0xffffff);
+        let out = self.keys(&["create", "--name", &name, "--role", role]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn submit(&self, key: &str, body: &[u8], extra: &[(&str, &str)]) -> Response {
+        let mut headers = vec![
+            ("X-API-Key", key),
+            ("Content-Type", "application/octet-stream"),
+        ];
+        headers.extend_from_slice(extra);
+        request_unix_body(&self.socket, "POST", "/v1/submit", &headers, Some(body)).unwrap()
+    }
+
+    pub fn get_with_key(&self, path: &str, key: &str) -> Response {
+        request_unix(&self.socket, "GET", path, &[("X-API-Key", key)]).unwrap()
+    }
+
     pub fn metrics_text(&self) -> String {
         let mut s = TcpStream::connect(&self.metrics).expect("connect metrics");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -274,6 +308,16 @@ impl Drop for Appliance {
     }
 }
 
+/// Keeps the test runner's own settings (DATABASE_URL for #[sqlx::test])
+/// away from the appliance, which must use only its config file.
+pub fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
@@ -303,17 +347,49 @@ pub fn request_unix(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    request_unix_body(socket, method, path, headers, None)
+}
+
+/// The same with a body (sent with its Content-Length).
+pub fn request_unix_body(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: sandgnat\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())?;
+    // Write the body while reading the answer, as real clients do: the
+    // server may answer (401, 413) before it has read the body.
+    let writer = body.map(|b| {
+        let mut w = s.try_clone().expect("clone socket");
+        let b = b.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&b);
+        })
+    });
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    let read = s.read_to_end(&mut raw);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    // A reset after a complete answer is the server closing on an unread
+    // body; the answer stands.
+    match (read, parse_response(&raw)) {
+        (_, Ok(r)) => Ok(r),
+        (Err(e), Err(_)) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+    }
 }
 
 pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {

@@ -1,0 +1,458 @@
+//! Sample intake end to end: the real binary, a real database of its own,
+//! real libyara, and the quarantine on disk.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::db::{Relay, TestDb};
+use common::{request_unix_body, Appliance};
+
+const SEC: Duration = Duration::from_secs(1);
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+const EICAR_SHA256: &str = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
+
+fn start(tag: &str, db_url: &str, intake: &str) -> Appliance {
+    Appliance::start(
+        tag,
+        "workers = 2\n",
+        &format!("[database]\nurl = \"{db_url}\"\n[intake]\n{intake}\n"),
+    )
+}
+
+fn json(r: &common::Response) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.body))
+}
+
+fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "sandgnat-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, filename, data) in fields {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\""
+        )
+        .unwrap();
+        if let Some(f) = filename {
+            write!(body, "; filename=\"{f}\"").unwrap();
+        }
+        write!(body, "\r\n\r\n").unwrap();
+        body.extend_from_slice(data);
+        write!(body, "\r\n").unwrap();
+    }
+    write!(body, "--{boundary}--\r\n").unwrap();
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn spool_files(app: &Appliance) -> usize {
+    std::fs::read_dir(app.dir.join("spool"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn eicar_raw_and_multipart_are_scanned_stored_and_recorded() {
+    let db = TestDb::create("eicar");
+    let app = start("eicar", &db.url(), "");
+    let key = app.new_key("submitter");
+
+    let r = app.submit(
+        &key,
+        EICAR,
+        &[("X-Filename", "eicar.com"), ("X-Request-Id", "req-eicar-1")],
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["sha256"], EICAR_SHA256);
+    assert_eq!(v["md5"], "44d88612fea8a8f36de82e1278abb02f");
+    assert_eq!(v["sha1"], "3395856ce81f2b7382dee72602f798b642f14140");
+    assert_eq!(v["size"], EICAR.len());
+    assert_eq!(v["filename"], "eicar.com");
+    let rule = &v["yara"][0];
+    assert_eq!(rule["rule"], "EICAR_Test_File");
+    assert_eq!(rule["strings"][0]["offsets"][0], 0);
+    let first = v["analysis_id"].as_str().unwrap().to_string();
+    assert_eq!(v["status_url"], format!("/v1/analyses/{first}"));
+
+    let (ct, body) = multipart(&[
+        ("file", Some("again.com"), EICAR),
+        ("tags", None, b"apt,loader"),
+        ("tlp", None, b"red"),
+        ("priority", None, b"5"),
+    ]);
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit",
+        &[("X-API-Key", &key), ("Content-Type", &ct)],
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["yara"][0]["rule"], "EICAR_Test_File");
+    assert_eq!(v["filename"], "again.com");
+
+    // The same bytes twice: one sample, two analyses.
+    assert_eq!(db.scalar("SELECT count(*) FROM samples"), "1");
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "2");
+    assert_eq!(db.scalar("SELECT count(*) FROM analysis_audit_log"), "4");
+    assert_eq!(
+        db.scalar(&format!("SELECT string_agg(event, ',' ORDER BY id) FROM analysis_audit_log WHERE analysis_id = '{first}'")),
+        "submitted,scanned"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT request_id FROM analysis_audit_log WHERE analysis_id = '{first}' LIMIT 1"
+        )),
+        "req-eicar-1"
+    );
+    assert_eq!(db.scalar("SELECT tlp || ' ' || array_to_string(tags, ',') FROM analyses WHERE filename = 'again.com'"), "red apt,loader");
+
+    let stored = app
+        .dir
+        .join("quarantine")
+        .join(&EICAR_SHA256[..2])
+        .join(&EICAR_SHA256[2..4])
+        .join(EICAR_SHA256);
+    let meta = std::fs::metadata(&stored).expect("sample in quarantine");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+    assert_eq!(std::fs::read(&stored).unwrap(), EICAR);
+    assert_eq!(spool_files(&app), 0);
+
+    let reader = app.new_key("reader");
+    let r = app.get_with_key(&format!("/v1/analyses/{first}"), &reader);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["sha256"], EICAR_SHA256);
+    assert_eq!(v["yara"][0]["rule"], "EICAR_Test_File");
+
+    // The seed's route still takes submissions.
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/submit",
+        &[("X-API-Key", &key)],
+        Some(b"seed route sample"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    let db = TestDb::create("badinput");
+    let app = start("badinput", &db.url(), "max_sample_bytes = 1024\n");
+    let key = app.new_key("submitter");
+
+    let r = app.submit(&key, &vec![b'a'; 4096], &[]);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(json(&r)["error"], "sample_too_large");
+
+    let r = app.submit(&key, b"", &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&r)["error"], "empty_sample");
+
+    let (ct, body) = multipart(&[("tags", None, b"x")]);
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit",
+        &[("X-API-Key", &key), ("Content-Type", &ct)],
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&r)["error"], "missing_file");
+
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit",
+        &[
+            ("X-API-Key", &key),
+            ("Content-Type", "multipart/form-data; boundary=zz"),
+        ],
+        Some(b"--zz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nunterminated"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(json(&r)["error"], "invalid_multipart");
+
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit",
+        &[("X-API-Key", &key), ("Content-Type", "multipart/form-data")],
+        Some(b"x"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+
+    let r = app.submit(&key, b"data", &[]);
+    assert_eq!(r.status, 202);
+    let r = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit?tlp=purple",
+        &[("X-API-Key", &key)],
+        Some(b"data"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(json(&r)["message"].as_str().unwrap().contains("tlp"));
+
+    let r = app.get_with_key("/v1/analyses/not-a-uuid", &app.new_key("reader"));
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&r)["error"], "invalid_id");
+
+    // Only the one good submission left a trace.
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+    assert_eq!(spool_files(&app), 0);
+}
+
+#[test]
+fn every_role_against_every_route() {
+    let db = TestDb::create("roles");
+    let app = start("roles", &db.url(), "");
+    let keys: Vec<(&str, String)> = ["submitter", "reader", "bridge", "admin"]
+        .iter()
+        .map(|r| (*r, app.new_key(r)))
+        .collect();
+    let submitter = &keys[0].1;
+    let id = json(&app.submit(submitter, b"role matrix sample", &[]))["analysis_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let expect = |role: &str, route: &str| -> u16 {
+        match (role, route) {
+            ("submitter" | "admin", "submit") => 202,
+            ("submitter" | "reader" | "admin", "analysis") => 200,
+            ("admin", "audit") => 200,
+            _ => 403,
+        }
+    };
+    for (role, key) in &keys {
+        let r = app.submit(key, b"role matrix sample", &[]);
+        assert_eq!(
+            r.status,
+            expect(role, "submit"),
+            "{role} submit: {}",
+            r.body
+        );
+        let r = app.get_with_key(&format!("/v1/analyses/{id}"), key);
+        assert_eq!(r.status, expect(role, "analysis"), "{role} analysis");
+        let r = app.get_with_key(&format!("/v1/audit?analysis_id={id}"), key);
+        assert_eq!(r.status, expect(role, "audit"), "{role} audit");
+        if r.status == 200 {
+            let v = json(&r);
+            assert_eq!(v["entries"][0]["event"], "submitted");
+            assert_eq!(v["entries"][1]["event"], "scanned");
+        } else {
+            assert_eq!(json(&r)["error"], "forbidden");
+        }
+    }
+    for route in [
+        "/v1/analyses/".to_string() + &id,
+        format!("/v1/audit?analysis_id={id}"),
+    ] {
+        let r = app.get(&route).unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(json(&r)["error"], "unauthorized");
+        assert_eq!(app.get_with_key(&route, "sgk_not_a_key").status, 401);
+    }
+    let r = request_unix_body(&app.socket, "POST", "/v1/submit", &[], Some(b"x")).unwrap();
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn a_revoked_key_stops_working_within_five_seconds() {
+    let db = TestDb::create("revoke");
+    let app = start("revoke", &db.url(), "");
+    let key = app.new_key("submitter");
+    assert_eq!(app.submit(&key, b"before revocation", &[]).status, 202);
+    let listed = String::from_utf8(app.keys(&["list"]).stdout).unwrap();
+    assert!(!listed.contains(&key), "list never shows the secret");
+    let name = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let revoked_at = Instant::now();
+    assert!(app.keys(&["revoke", &name]).status.success());
+    // Every worker, not just one: ask until several answers in a row agree.
+    app.wait_until("revocation everywhere", 6 * SEC, |a| {
+        (0..6).all(|_| a.submit(&key, b"after", &[]).status == 401)
+    });
+    assert!(revoked_at.elapsed() < 5 * SEC, "{:?}", revoked_at.elapsed());
+    assert!(!app.keys(&["revoke", "no-such-key"]).status.success());
+}
+
+#[test]
+fn the_audit_log_is_append_only() {
+    let db = TestDb::create("appendonly");
+    let app = start("appendonly", &db.url(), "");
+    let key = app.new_key("submitter");
+    assert_eq!(app.submit(&key, b"audit me", &[]).status, 202);
+    for sql in [
+        "UPDATE analysis_audit_log SET event = 'forged'",
+        "DELETE FROM analysis_audit_log",
+        "TRUNCATE analysis_audit_log CASCADE",
+    ] {
+        let err = db.try_exec(sql).expect_err(sql);
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM analysis_audit_log"), "2");
+}
+
+#[test]
+fn database_outage_answers_503_fast_and_recovers_without_restart() {
+    let db = TestDb::create("outage");
+    let relay = Relay::start("127.0.0.1:5432");
+    let app = start("outage", &db.url_via(&relay.addr), "");
+    let key = app.new_key("submitter");
+    assert_eq!(
+        app.submit(&key, b"while the database is up", &[]).status,
+        202
+    );
+
+    relay.cut();
+    let t = Instant::now();
+    let r = app.submit(&key, b"while the database is down", &[]);
+    assert!(t.elapsed() < 2 * SEC + SEC / 2, "took {:?}", t.elapsed());
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json(&r)["error"], "unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+    let r = app.get("/readyz").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(json(&r)["check"], "database");
+    assert_eq!(spool_files(&app), 0);
+
+    relay.restore();
+    app.wait_until("submissions succeed again", 15 * SEC, |a| {
+        a.submit(&key, b"after the database came back", &[]).status == 202
+    });
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM analyses WHERE filename IS NOT NULL"),
+        "2"
+    );
+    assert_eq!(app.get("/readyz").unwrap().status, 200);
+}
+
+#[test]
+fn client_disconnect_mid_upload_records_nothing() {
+    let db = TestDb::create("disconnect");
+    let app = start("disconnect", &db.url(), "");
+    let key = app.new_key("submitter");
+    let mut s = std::os::unix::net::UnixStream::connect(&app.socket).unwrap();
+    write!(
+        s,
+        "POST /v1/submit HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&vec![b'z'; 200_000]).unwrap();
+    app.wait_until("upload under way", 5 * SEC, |a| spool_files(a) == 1);
+    drop(s);
+    app.wait_until("spool file removed", 5 * SEC, |a| spool_files(a) == 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "0");
+    assert_eq!(db.scalar("SELECT count(*) FROM samples"), "0");
+}
+
+#[test]
+fn a_full_spool_answers_507_and_records_nothing() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small spool needs root");
+        return;
+    }
+    let db = TestDb::create("diskfull");
+    let app = start("diskfull", &db.url(), "");
+    let key = app.new_key("submitter");
+    let spool = app.dir.join("spool");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0777", "tmpfs"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "cannot mount a tmpfs for the spool");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(spool.clone());
+    let r = app.submit(&key, &vec![b'q'; 1 << 20], &[]);
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert_eq!(json(&r)["error"], "insufficient_storage");
+    assert_eq!(spool_files(&app), 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "0");
+}
+
+#[test]
+fn rules_that_fail_to_compile_on_hup_keep_the_running_ones() {
+    let db = TestDb::create("rules");
+    let rules = common::temp_dir("rules");
+    std::fs::write(
+        rules.join("marker.yar"),
+        "rule Marker_One { strings: $a = \"sandgnat-marker\" condition: $a }",
+    )
+    .unwrap();
+    let app = Appliance::start(
+        "rules",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[yara]\nrules_dir = \"{}\"\n",
+            db.url(),
+            rules.display()
+        ),
+    );
+    let key = app.new_key("submitter");
+    let r = app.submit(&key, b"xx sandgnat-marker xx", &[]);
+    assert_eq!(json(&r)["yara"][0]["rule"], "Marker_One");
+
+    std::fs::write(
+        rules.join("marker.yar"),
+        "rule Marker_Two {\n  strings: $a = \"x\"\n  condition: $a and\n}\n",
+    )
+    .unwrap();
+    app.signal(libc::SIGHUP);
+    app.expect_notify("READY=1", 20 * SEC);
+    app.wait_until("failure logged", 5 * SEC, |a| {
+        a.log_text().contains("failed to compile")
+    });
+    let ready = json(&app.get("/readyz").unwrap());
+    let why = ready["rules"]["last_reload_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("marker.yar:4") || why.contains("marker.yar:3"),
+        "{ready}"
+    );
+    let metrics = app.metrics_text();
+    assert_eq!(
+        common::metric_value(&metrics, "sandgnat_rules_stale"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The new generation of workers scans with the rules that compiled.
+    let r = app.submit(&key, b"xx sandgnat-marker xx", &[]);
+    assert_eq!(json(&r)["yara"][0]["rule"], "Marker_One");
+
+    let out = std::process::Command::new(common::BIN)
+        .args(["rules", "check"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("marker.yar:"));
+    let _ = std::fs::remove_dir_all(rules);
+}
