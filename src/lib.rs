@@ -6,6 +6,7 @@ pub mod accesslog;
 pub mod api_error;
 pub mod cli;
 pub mod config;
+pub mod frontend;
 pub mod isolation;
 pub mod logging;
 pub mod master;

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing SandGNAT needs on a fresh Debian
-# machine (as root): a C toolchain for jemalloc and libyara, curl, and a
+# machine (as root): a C toolchain for jemalloc and libyara, cmake for
+# pingora's zlib-ng, openssl for the TLS tests, curl, and a
 # Rust toolchain when none is on PATH. Idempotent; quiet when all is there.
 set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# pingora-core's zlib-ng (through flate2) is built with cmake.
+command -v cmake >/dev/null || need_apt+=(cmake)
+# The front-end tests drive `openssl s_client` to prove old TLS is refused.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
