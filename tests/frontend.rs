@@ -432,3 +432,44 @@ fn certificate_swapped_on_hup_is_served_without_restart() {
     });
     assert_eq!(code(&new_cert), "200");
 }
+
+fn frontend_pids(app: &Appliance) -> Vec<i64> {
+    let exited: Vec<i64> = app
+        .events("worker_exit")
+        .iter()
+        .filter(|e| e["role"] == "FrontEnd")
+        .filter_map(|e| e["pid"].as_i64())
+        .collect();
+    app.events("post_fork")
+        .iter()
+        .filter(|e| e["role"] == "FrontEnd")
+        .filter_map(|e| e["pid"].as_i64())
+        .filter(|p| !exited.contains(p))
+        .collect()
+}
+
+#[test]
+fn a_dead_front_end_is_replaced_and_no_waiting_connection_is_lost() {
+    let app = Appliance::start("fe-crash", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let first = frontend_pids(&app);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // SAFETY: kill(2) on the appliance's own front end.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    // Connect at once: the master still holds the listening socket, so
+    // this connection waits in its backlog for the next front end.
+    let out = curl(
+        &cert_of(&app),
+        &["-w", "%{http_code}", "-o", "/dev/null", &url],
+    );
+    assert_eq!(
+        stdout(&out),
+        "200",
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.wait_until("a new front end", Duration::from_secs(10), |a| {
+        let now = frontend_pids(a);
+        now.len() == 1 && now[0] != first[0]
+    });
+}

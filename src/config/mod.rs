@@ -130,8 +130,6 @@ pub struct Proxy {
     pub max_body_bytes: u64,
     /// Seconds to wait for a worker's response (nginx `proxy_read_timeout`).
     pub read_timeout: u64,
-    /// Seconds a client gets to send its request headers.
-    pub header_timeout: u64,
     /// Seconds a client may stay silent while sending a body.
     pub body_timeout: u64,
     /// Seconds an idle keep-alive connection is kept open.
@@ -154,7 +152,6 @@ impl Default for Proxy {
             tls_key: None,
             max_body_bytes: 256 << 20,
             read_timeout: 150,
-            header_timeout: 10,
             body_timeout: 60,
             idle_timeout: 60,
             forwarded_allow_ips: vec!["127.0.0.1".into(), "::1".into()],

@@ -125,7 +125,6 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     }
     range("proxy.max_body_bytes", s.proxy.max_body_bytes, 1, 1 << 40)?;
     range("proxy.read_timeout", s.proxy.read_timeout, 1, 86_400)?;
-    range("proxy.header_timeout", s.proxy.header_timeout, 1, 3_600)?;
     range("proxy.body_timeout", s.proxy.body_timeout, 1, 86_400)?;
     range("proxy.idle_timeout", s.proxy.idle_timeout, 0, 3_600)?;
     for ip in &s.proxy.forwarded_allow_ips {

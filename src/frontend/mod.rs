@@ -111,6 +111,14 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         proxy::FrontEnd::new(&settings, board.clone()),
         "sandgnat front end",
     );
+    if let Some(app) = service.app_logic_mut() {
+        // HTTP/1.1 keep-alive is set per request in `request_filter`;
+        // HTTP/2 connections need their own idle bound.
+        // The options struct is non-exhaustive: fill it field by field.
+        let mut opts = pingora_core::apps::HttpServerOptions::default();
+        opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
+        app.server_options = Some(opts);
+    }
     for (i, name) in args
         .listeners
         .split(',')
