@@ -52,7 +52,7 @@ theirs=$(bash "$bench/load.sh" "https://127.0.0.1:18443/healthz" "" "" "$conns" 
 direct=""
 if command -v oha >/dev/null; then
   # The workers' socket without the front end, to price the front end itself.
-  direct=$(oha --no-tui -j -z "${secs}s" -c "$conns" --unix-socket "$dir/workers.sock" \
+  direct=$(oha --no-tui --output-format json -z "${secs}s" -c "$conns" --unix-socket "$dir/workers.sock" \
     http://localhost/healthz 2>/dev/null | python3 -c '
 import json,sys; d=json.load(sys.stdin)
 print(json.dumps({"rps": d["summary"]["requestsPerSec"], "p99_ms": d["latencyPercentiles"]["p99"]*1000}))' || true)
