@@ -169,6 +169,30 @@ fn oversized_upload_is_refused_before_its_body_is_sent() {
         before,
         "a worker saw the request"
     );
+
+    // A body under the limit streams through whole, over HTTP/2 as well.
+    let ok = app.dir.join("20MiB");
+    std::fs::File::create(&ok)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http2",
+            "--data-binary",
+            &format!("@{}", ok.display()),
+            &url,
+        ],
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{} {:?}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(seen["body-bytes"], 20 << 20, "{seen}");
 }
 
 #[test]

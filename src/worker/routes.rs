@@ -91,12 +91,20 @@ async fn debug_crash() -> &'static str {
 
 /// The request's headers as the worker received them, so tests can see
 /// what the front end forwarded. Fault injection only.
-/// A body is read to its end first, so an upload cut by the front end
-/// shows up here as a failed read.
+/// A body is read to its end first (counted, not kept), so an upload cut
+/// by the front end shows up here as a failed read.
 async fn debug_echo_headers(
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Json<serde_json::Value> {
+    body: axum::body::Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut body_bytes = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))?;
+        body_bytes += frame.data_ref().map_or(0, |d| d.len());
+    }
     let mut map: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(k, v)| {
@@ -106,8 +114,8 @@ async fn debug_echo_headers(
             )
         })
         .collect();
-    map.insert("body-bytes".into(), json!(body.len()));
-    Json(serde_json::Value::Object(map))
+    map.insert("body-bytes".into(), json!(body_bytes));
+    Ok(Json(serde_json::Value::Object(map)))
 }
 
 #[derive(Deserialize)]
