@@ -438,11 +438,39 @@ fn certificate_swapped_on_hup_is_served_without_restart() {
     std::fs::copy(&new_cert, certs.join("self-signed.pem")).unwrap();
     std::fs::copy(&new_key, certs.join("self-signed.key")).unwrap();
     let master = app.pid();
+    let old_frontend = frontend_pids(&app);
+    // Clients keep coming during the reload (certificate not checked:
+    // they only show that no request fails while front ends change).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut args = vec!["-sk", "-o", "/dev/null", "-o", "/dev/null"];
+                args.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &url, &url, &url]);
+                let out = Command::new("curl").args(&args).output().expect("curl");
+                codes.extend(stdout(&out).lines().map(str::to_string));
+            }
+            codes
+        })
+    };
     app.signal(libc::SIGHUP);
     app.wait_until(
         "the new certificate is served",
         Duration::from_secs(20),
         |_| code(&new_cert) == "200",
+    );
+    app.wait_until("the old front end left", Duration::from_secs(20), |a| {
+        let now = frontend_pids(a);
+        now.len() == 1 && now != old_frontend
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = load.join().unwrap();
+    assert!(codes.len() >= 3, "{codes:?}");
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "a request failed during the reload: {codes:?}"
     );
     assert_eq!(app.pid(), master);
 
