@@ -98,6 +98,8 @@ pub struct Ctx {
     client: Option<String>,
     tls: bool,
     body_seen: u64,
+    /// We answered `Expect: 100-continue` ourselves.
+    continued: bool,
     _live: Live,
 }
 
@@ -177,6 +179,7 @@ impl ProxyHttp for FrontEnd {
             client: None,
             tls: false,
             body_seen: 0,
+            continued: false,
             _live: Live::new(),
         }
     }
@@ -250,6 +253,15 @@ impl ProxyHttp for FrontEnd {
             // one read) and sent upstream first. A bad chunk further in is
             // only caught when it arrives, after the worker got the head.
             session.enable_retry_buffering();
+            let expects = session
+                .get_header("expect")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if expects {
+                // The client holds its body until told to go on; the worker
+                // will not be asked again (the header is dropped upstream).
+                session.write_continue_response().await?;
+                ctx.continued = true;
+            }
             if session.read_request_body().await.is_err() {
                 respond(
                     session,
@@ -338,6 +350,9 @@ impl ProxyHttp for FrontEnd {
         req.insert_header("x-forwarded-proto", proto)?;
         req.insert_header("x-real-ip", ctx.client.clone().unwrap_or(peer))?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.continued {
+            req.remove_header("expect");
+        }
         // HTTP/2 clients send :authority instead of Host; workers speak
         // HTTP/1.1 and need Host.
         if req.headers.get("host").is_none() {
