@@ -144,6 +144,8 @@ pub struct Header {
     magic: AtomicU64,
     pub restarts: [AtomicU64; RESTART_REASONS.len()],
     pub boot_failures: AtomicU64,
+    /// Rate-limit checks counted in process because Redis did not answer.
+    pub ratelimit_fallbacks: AtomicU64,
 }
 
 /// A mapping of the scoreboard into this process.

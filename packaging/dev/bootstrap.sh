@@ -12,6 +12,8 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v cmake >/dev/null || need_apt+=(cmake)
 # The front-end tests drive `openssl s_client` to prove old TLS is refused.
 command -v openssl >/dev/null || need_apt+=(openssl)
+# The shared rate-limit test runs a private redis-server.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -57,6 +57,10 @@ pub struct FrontEndArgs {
 
 const EXIT_BOOT_ERROR: u8 = 3;
 
+/// How long a retiring front end keeps serving connections it already
+/// accepted before it looks at the in-flight count.
+const ACCEPTED_GRACE: Duration = Duration::from_secs(1);
+
 pub fn run(args: FrontEndArgs) -> ExitCode {
     // SAFETY: descriptor 3 was placed by the master for exactly this.
     let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
@@ -208,6 +212,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         let _ = stop_tx.send(true);
         if graceful_stop {
             let deadline = Instant::now() + graceful;
+            // Requests are counted once their head is read; a connection
+            // accepted just before the stop may still be in its TLS
+            // handshake. Give those (and idle keep-alive clients that send
+            // one more request) a moment before counting in-flight work.
+            tokio::time::sleep(ACCEPTED_GRACE.min(graceful)).await;
             while proxy::IN_FLIGHT.load(Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

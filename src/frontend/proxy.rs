@@ -21,7 +21,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::limits::{self, HeaderLimits, Refusal};
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{RateLimiter, SharedCounts};
 use crate::config::Settings;
 use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 
@@ -43,6 +43,8 @@ pub struct FrontEnd {
     trust_all: bool,
     per_ip: RateLimiter,
     per_key: RateLimiter,
+    /// Redis-shared counts when `redis.url` is set.
+    shared: Option<SharedCounts>,
     board: Arc<Scoreboard>,
 }
 
@@ -69,6 +71,11 @@ impl FrontEnd {
             trust_all: p.forwarded_allow_ips.iter().any(|ip| ip == "*"),
             per_ip: RateLimiter::new(p.rate_limit_per_ip),
             per_key: RateLimiter::new(p.rate_limit_per_key),
+            shared: settings
+                .redis
+                .url
+                .as_deref()
+                .and_then(|url| SharedCounts::new(url, board.clone())),
             board,
         }
     }
@@ -83,6 +90,13 @@ impl FrontEnd {
                 && now.saturating_sub(slot.heartbeat_ms.load(Relaxed)) <= STALE_HEARTBEAT_MS
                 && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
         })
+    }
+
+    async fn admit(&self, limiter: &RateLimiter, kind: &str, key: &str) -> bool {
+        match &self.shared {
+            Some(shared) => shared.admit(limiter, kind, key).await,
+            None => limiter.admit(key),
+        }
     }
 
     fn trusts(&self, peer: Option<IpAddr>) -> bool {
@@ -214,7 +228,7 @@ impl ProxyHttp for FrontEnd {
             .filter(|v| v.parse::<IpAddr>().is_ok());
         ctx.client = forwarded.or_else(|| ctx.peer.map(|ip| ip.to_string()));
         let client = ctx.client.clone().unwrap_or_default();
-        if !self.per_ip.admit(&client) {
+        if !self.admit(&self.per_ip, "ip", &client).await {
             let msg = format!("too many requests from {client}; slow down");
             respond(
                 session,
@@ -233,7 +247,7 @@ impl ProxyHttp for FrontEnd {
         {
             // Counted under a digest so no key is kept in memory in clear.
             let id = super::tls::fingerprint(&key);
-            if !self.per_key.admit(&id) {
+            if !self.admit(&self.per_key, "key", &id).await {
                 respond(
                     session,
                     ctx,
