@@ -159,6 +159,7 @@ fn oversized_upload_is_refused_before_its_body_is_sent() {
         "{text} {:?}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("300 MiB upload: refused after the client sent {sent} bytes");
     assert!(
         sent < 32 << 20,
         "the client sent {sent} bytes of a 300 MiB body before being refused"

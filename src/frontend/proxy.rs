@@ -172,7 +172,32 @@ async fn respond(
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_body(Some(body), true).await?;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        linger(session).await;
+    }
+    Ok(())
+}
+
+/// How long, and how many bytes, a refused upload is read and thrown away
+/// after its 413 (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// Closing a socket with unread bytes in it makes the kernel send a reset,
+/// which can destroy the 413 before the client reads it. Read a bounded
+/// amount first, so the client sees why it was stopped.
+async fn linger(session: &mut Session) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(b)) => drained += b.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
