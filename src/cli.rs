@@ -1,6 +1,6 @@
 //! The command line: operator commands (`serve`, `check-config`) and the
-//! internal roles the master starts (`worker`, `metrics-listener`). Flags
-//! are the highest-precedence settings source.
+//! internal roles the master starts (`worker`, `metrics-listener`,
+//! `front-end`). Flags are the highest-precedence settings source.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -86,6 +86,9 @@ enum Command {
     /// Internal: a worker process, started by the master.
     #[command(hide = true)]
     Worker(crate::worker::WorkerArgs),
+    /// Internal: the TLS front end, started by the master.
+    #[command(hide = true, name = "front-end")]
+    FrontEnd(crate::frontend::FrontEndArgs),
     /// Internal: the metrics listener, started by the master.
     #[command(hide = true, name = "metrics-listener")]
     MetricsListener(crate::metrics::MetricsArgs),
@@ -322,6 +325,7 @@ pub fn main() -> ExitCode {
         }
         Command::Worker(args) => crate::worker::run(args),
         Command::MetricsListener(args) => crate::metrics::run(args),
+        Command::FrontEnd(args) => crate::frontend::run(args),
     }
 }
 

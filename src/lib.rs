@@ -8,6 +8,7 @@ pub mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod frontend;
 pub mod intake;
 pub mod isolation;
 pub mod logging;

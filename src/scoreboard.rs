@@ -38,6 +38,7 @@ pub const RESTART_REASONS: [&str; 6] = [
 ];
 pub const ROLE_WORKER: u32 = 1;
 pub const ROLE_METRICS: u32 = 2;
+pub const ROLE_FRONTEND: u32 = 3;
 const RECENT: usize = 8;
 const TEXT_WORDS: usize = 32;
 const MAGIC: u64 = 0x5341_4e44_474e_4154; // "SANDGNAT"
@@ -146,6 +147,8 @@ pub struct Header {
     /// Why the last rules reload failed; empty when the last one worked.
     pub rules_error: Text,
     pub rules_reload_failures: AtomicU64,
+    /// Rate-limit checks counted in process because Redis did not answer.
+    pub ratelimit_fallbacks: AtomicU64,
 }
 
 /// A mapping of the scoreboard into this process.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing SandGNAT needs on a fresh Debian
 # machine (as root): a C toolchain for jemalloc and libyara, OpenSSL's
-# headers, the PostgreSQL client, curl, and a
+# headers, cmake for pingora's zlib-ng, the PostgreSQL client, redis, curl, and a
 # Rust toolchain when none is on PATH. Idempotent; quiet when all is there.
 set -euo pipefail
 need_apt=()
@@ -11,6 +11,12 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # libyara is built from source and links OpenSSL for its hash module.
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
+# pingora-core's zlib-ng (through flate2) is built with cmake.
+command -v cmake >/dev/null || need_apt+=(cmake)
+# The front-end tests drive `openssl s_client` to prove old TLS is refused.
+command -v openssl >/dev/null || need_apt+=(openssl)
+# The shared rate-limit test runs a private redis-server.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

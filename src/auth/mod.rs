@@ -171,7 +171,9 @@ impl KeyRing {
             {
                 match self.refresh(db).await {
                     Ok(()) => self.authenticate(presented),
-                    Err(_) => Err(e),
+                    // Unknown here and the database cannot say otherwise:
+                    // the key may be new, so answer "retry", not "refused".
+                    Err(db_err) => Err(crate::intake::unavailable("the key store", db_err)),
                 }
             }
             other => other,

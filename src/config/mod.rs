@@ -30,7 +30,11 @@ const SEED_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Keys whose values are lists; in the environment they are comma-separated.
-const LIST_KEYS: &[&str] = &["proxy.bind", "proxy.plain_bind"];
+const LIST_KEYS: &[&str] = &[
+    "proxy.bind",
+    "proxy.plain_bind",
+    "proxy.forwarded_allow_ips",
+];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -122,8 +126,21 @@ pub struct Proxy {
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted; checked before a worker sees a byte.
     pub max_body_bytes: u64,
+    /// Seconds to wait for a worker's response (nginx `proxy_read_timeout`).
     pub read_timeout: u64,
+    /// Seconds a client may stay silent while sending a body.
+    pub body_timeout: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    pub idle_timeout: u64,
+    /// Peers whose X-Forwarded-* headers are believed (gunicorn's
+    /// `forwarded_allow_ips`); `*` trusts everyone.
+    pub forwarded_allow_ips: Vec<String>,
+    /// Requests per second allowed per client IP (0: no limit).
+    pub rate_limit_per_ip: u32,
+    /// Requests per second allowed per API key (0: no limit).
+    pub rate_limit_per_key: u32,
 }
 
 impl Default for Proxy {
@@ -135,6 +152,11 @@ impl Default for Proxy {
             tls_key: None,
             max_body_bytes: 256 << 20,
             read_timeout: 150,
+            body_timeout: 60,
+            idle_timeout: 60,
+            forwarded_allow_ips: vec!["127.0.0.1".into(), "::1".into()],
+            rate_limit_per_ip: 1000,
+            rate_limit_per_key: 500,
         }
     }
 }

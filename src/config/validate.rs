@@ -125,6 +125,17 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     }
     range("proxy.max_body_bytes", s.proxy.max_body_bytes, 1, 1 << 40)?;
     range("proxy.read_timeout", s.proxy.read_timeout, 1, 86_400)?;
+    range("proxy.body_timeout", s.proxy.body_timeout, 1, 86_400)?;
+    range("proxy.idle_timeout", s.proxy.idle_timeout, 0, 3_600)?;
+    for ip in &s.proxy.forwarded_allow_ips {
+        if ip != "*" && ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "proxy.forwarded_allow_ips",
+                format!("{ip:?}"),
+                "IP addresses such as 127.0.0.1 or ::1, or \"*\"",
+            ));
+        }
+    }
     range(
         "intake.max_sample_bytes",
         s.intake.max_sample_bytes,

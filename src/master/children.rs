@@ -1,6 +1,7 @@
 //! The master's children: spawning them, noticing they are ready, aborting
 //! the silent ones, reaping the dead with the reason they went, and keeping
-//! the pool at its target size (with back-off when workers cannot boot).
+//! the pool at its target size (with back-off when workers cannot boot),
+//! and keeping one front end serving the public sockets.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -13,7 +14,7 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use super::{spawn, Arbiter, Phase, ABORT_GRACE, EXIT_BOOT_ERROR};
-use crate::scoreboard::{monotonic_ms, SlotState, ROLE_METRICS, ROLE_WORKER};
+use crate::scoreboard::{monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_WORKER};
 use crate::sockets::{METRICS, WORKERS};
 use crate::systemd;
 
@@ -21,6 +22,7 @@ use crate::systemd;
 pub enum Role {
     Worker,
     Metrics,
+    FrontEnd,
 }
 
 /// Why the master asked a child to leave.
@@ -70,6 +72,7 @@ impl Arbiter {
             match role {
                 Role::Worker => ROLE_WORKER,
                 Role::Metrics => ROLE_METRICS,
+                Role::FrontEnd => ROLE_FRONTEND,
             },
             Relaxed,
         );
@@ -78,6 +81,7 @@ impl Arbiter {
             match role {
                 Role::Worker => "worker".into(),
                 Role::Metrics => "metrics-listener".into(),
+                Role::FrontEnd => "front-end".into(),
             },
             "--slot".into(),
             slot.to_string().into(),
@@ -112,6 +116,17 @@ impl Arbiter {
                 args.push("--listeners".into());
                 args.push(names.join(",").into());
             }
+            Role::FrontEnd => {
+                // Only the public sockets: the front end reaches workers
+                // by connecting to their socket like any client.
+                let mut names = Vec::new();
+                for l in self.listeners.public() {
+                    names.push(l.name.clone());
+                    fds.push(l.fd.as_raw_fd());
+                }
+                args.push("--listeners".into());
+                args.push(names.join(",").into());
+            }
         }
         match spawn::spawn(&self.exe, &args, &fds) {
             Ok(child) => {
@@ -127,7 +142,10 @@ impl Arbiter {
                     pid,
                     slot,
                     role,
-                    generation: self.generation,
+                    generation: match role {
+                        Role::FrontEnd => self.frontend_generation,
+                        _ => self.generation,
+                    },
                     started: Instant::now(),
                     ready_seen: false,
                     retiring: None,
@@ -278,8 +296,13 @@ impl Arbiter {
                 }
             }
         }
+        self.retire_replaced_frontends();
         let ready_now = self.current_workers().filter(|c| c.ready_seen).count() as u32;
         if ready_now < self.target.min(self.settings.server.workers) {
+            return;
+        }
+        // Ready means a client can be served: the front end must be up too.
+        if !self.ready && self.wants_frontend() && !self.frontend_ready() {
             return;
         }
         if !self.ready {
@@ -303,6 +326,42 @@ impl Arbiter {
             self.reloading = false;
             tracing::info!(generation, "reload complete");
             systemd::notify("READY=1");
+        }
+    }
+
+    fn wants_frontend(&self) -> bool {
+        self.listeners.public().next().is_some()
+    }
+
+    fn current_frontend(&self) -> Option<&Child> {
+        self.children.iter().find(|c| {
+            c.role == Role::FrontEnd
+                && c.generation == self.frontend_generation
+                && c.retiring.is_none()
+        })
+    }
+
+    fn frontend_ready(&self) -> bool {
+        self.current_frontend().is_some_and(|c| c.ready_seen)
+    }
+
+    /// Once the newest front end is ready, older ones (HUP) finish their
+    /// requests and leave; until then they keep serving, which is what
+    /// keeps a failed new front end from costing any connection.
+    fn retire_replaced_frontends(&mut self) {
+        if !self.frontend_ready() {
+            return;
+        }
+        let generation = self.frontend_generation;
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.role == Role::FrontEnd && c.generation < generation)
+        {
+            if c.retiring.is_none() {
+                tracing::info!(pid = c.pid.as_raw(), "retiring replaced front end");
+            }
+            c.retire(Retire::Reload);
         }
     }
 
@@ -352,6 +411,9 @@ impl Arbiter {
             .any(|c| c.role == Role::Metrics && c.retiring.is_none());
         if !has_metrics {
             self.spawn_child(Role::Metrics);
+        }
+        if self.wants_frontend() && self.current_frontend().is_none() {
+            self.spawn_child(Role::FrontEnd);
         }
     }
 }

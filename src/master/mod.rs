@@ -72,6 +72,9 @@ pub struct Arbiter {
     target: u32,
     /// Bumped on HUP: workers of an older generation are replaced.
     generation: u64,
+    /// Bumped on a HUP whose certificate checks out: the front end of an
+    /// older generation is replaced once the new one is ready.
+    frontend_generation: u64,
     boot_failures: u32,
     last_boot_error: String,
     next_spawn: Instant,
@@ -96,6 +99,8 @@ pub enum StartError {
     Account(#[from] crate::isolation::IsolationError),
     #[error("cannot compile YARA rules: {0}")]
     Rules(#[from] crate::scan::RulesError),
+    #[error(transparent)]
+    Tls(#[from] crate::frontend::tls::TlsError),
     #[error("cannot {what}: {source}")]
     Io {
         what: &'static str,
@@ -120,9 +125,20 @@ impl Arbiter {
             crate::logging::give_files_to(uid.as_raw(), gid.as_raw());
         }
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        check_certificate(&settings)?;
         let listeners = Listeners::bind(&settings, launch.inherited)?;
         for l in &listeners.all {
             tracing::info!(listener = %l.name, "listening");
+        }
+        if let Some((uid, gid)) = account {
+            // The front end drops to the service account and then connects
+            // to the workers' socket (mode 0660) like any client.
+            nix::unistd::chown(&settings.server.socket, Some(uid), Some(gid)).map_err(|e| {
+                StartError::Io {
+                    what: "give the workers' socket to the service account",
+                    source: e.into(),
+                }
+            })?;
         }
         let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
         let settings_fd =
@@ -148,6 +164,7 @@ impl Arbiter {
             argv: launch.argv,
             children: Vec::new(),
             generation: 0,
+            frontend_generation: 0,
             boot_failures: 0,
             last_boot_error: String::new(),
             next_spawn: now,
@@ -310,6 +327,15 @@ impl Arbiter {
                 return;
             }
         };
+        // A certificate that does not load keeps the running front end
+        // (and its certificate); the rest of the reload goes on.
+        let new_frontend = match check_certificate(&settings) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "HUP: new certificate refused; the front end keeps serving the old one");
+                false
+            }
+        };
         self.settings_fd = fd;
         self.account = account;
         self.recompile_rules(&settings);
@@ -319,6 +345,9 @@ impl Arbiter {
         self.target = settings.server.workers;
         self.settings = settings;
         self.generation += 1;
+        if new_frontend {
+            self.frontend_generation += 1;
+        }
         self.reloading = true;
         // The metrics listener may have moved; it is cheap to restart.
         for c in self.children.iter_mut().filter(|c| c.role == Role::Metrics) {
@@ -418,6 +447,18 @@ impl Arbiter {
             let _ = std::fs::remove_file(&self.settings.server.socket);
         }
     }
+}
+
+/// Makes the self-signed pair if needed and checks that the pair the front
+/// end will serve loads, so a bad one stops `serve` at once and a HUP
+/// never replaces a working front end with one that cannot boot.
+fn check_certificate(settings: &Settings) -> Result<(), crate::frontend::tls::TlsError> {
+    if settings.proxy.bind.is_empty() {
+        return Ok(());
+    }
+    crate::frontend::tls::ensure_pair(settings)?;
+    let (cert, key) = crate::frontend::tls::pair_paths(settings);
+    crate::frontend::tls::load(&cert, &key).map(|_| ())
 }
 
 fn resolve_account(

@@ -205,5 +205,17 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
             "sandgnat_worker_restarts_total{{reason=\"{reason}\"}} {n}"
         );
     }
+
+    header(
+        &mut out,
+        "sandgnat_ratelimit_redis_fallbacks_total",
+        "counter",
+        "Rate-limit checks counted in process because Redis was unreachable.",
+    );
+    let _ = writeln!(
+        out,
+        "sandgnat_ratelimit_redis_fallbacks_total {}",
+        board.header().ratelimit_fallbacks.load(Relaxed)
+    );
     out
 }

@@ -51,7 +51,11 @@ pub fn router(state: AppState) -> Router {
         router = router
             .route("/__debug/hang", get(debug_hang))
             .route("/__debug/crash", get(debug_crash))
-            .route("/__debug/sleep", get(debug_sleep));
+            .route("/__debug/sleep", get(debug_sleep))
+            .route(
+                "/__debug/echo-headers",
+                get(debug_echo_headers).post(debug_echo_headers),
+            );
     }
     router
         .route_layer(middleware::from_fn(tag_route))
@@ -102,6 +106,35 @@ async fn debug_hang() -> &'static str {
 /// Kills the worker mid-request. Fault injection only.
 async fn debug_crash() -> &'static str {
     std::process::abort()
+}
+
+/// The request's headers as the worker received them, so tests can see
+/// what the front end forwarded. Fault injection only.
+/// A body is read to its end first (counted, not kept), so an upload cut
+/// by the front end shows up here as a failed read.
+async fn debug_echo_headers(
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut body_bytes = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))?;
+        body_bytes += frame.data_ref().map_or(0, |d| d.len());
+    }
+    let mut map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
+        .collect();
+    map.insert("body-bytes".into(), json!(body_bytes));
+    Ok(Json(serde_json::Value::Object(map)))
 }
 
 #[derive(Deserialize)]

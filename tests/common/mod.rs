@@ -20,6 +20,10 @@ pub struct Appliance {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub metrics: String,
+    /// The front end's TLS address (`proxy.bind`).
+    pub tls: String,
+    /// The front end's plain-HTTP address (`proxy.plain_bind`).
+    pub plain: String,
     pub child: Child,
     notify: UnixDatagram,
     pub log: PathBuf,
@@ -64,15 +68,32 @@ impl Appliance {
     /// and starts the master; returns once it sent READY=1.
     pub fn start(tag: &str, server_extra: &str, other_sections: &str) -> Self {
         let app = Self::spawn(tag, server_extra, other_sections);
-        app.expect_notify("READY=1", Duration::from_secs(20));
+        app.expect_notify("READY=1", Duration::from_secs(30));
         app
     }
 
     pub fn spawn(tag: &str, server_extra: &str, other_sections: &str) -> Self {
+        Self::spawn_with(tag, server_extra, "", other_sections)
+    }
+
+    /// As `start`, with `proxy_extra` appended to the `[proxy]` section.
+    pub fn start_with(tag: &str, server_extra: &str, proxy_extra: &str, other: &str) -> Self {
+        let app = Self::spawn_with(tag, server_extra, proxy_extra, other);
+        app.expect_notify("READY=1", Duration::from_secs(30));
+        app
+    }
+
+    pub fn spawn_with(
+        tag: &str,
+        server_extra: &str,
+        proxy_extra: &str,
+        other_sections: &str,
+    ) -> Self {
         let dir = temp_dir(tag);
         let socket = dir.join("workers.sock");
         let metrics = format!("127.0.0.1:{}", free_port());
         let tls = format!("127.0.0.1:{}", free_port());
+        let plain = format!("127.0.0.1:{}", free_port());
         let is_root = unsafe { libc::geteuid() } == 0;
         let account = if is_root {
             "user = \"nobody\"\ngroup = \"nogroup\"\n"
@@ -81,7 +102,7 @@ impl Appliance {
         };
         let config = format!(
             "[server]\nsocket = \"{}\"\n{account}{server_extra}\n\
-             [proxy]\nbind = [\"{tls}\"]\n\
+             [proxy]\nbind = [\"{tls}\"]\nplain_bind = [\"{plain}\"]\n{proxy_extra}\n\
              [metrics]\nbind = \"{metrics}\"\n\
              [paths]\nstate_dir = \"{}\"\n\
              {other_sections}\n",
@@ -122,6 +143,8 @@ impl Appliance {
             dir,
             socket,
             metrics,
+            tls,
+            plain,
             child,
             notify,
             log,

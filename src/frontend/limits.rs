@@ -1,0 +1,200 @@
+//! What a request must look like before any of it reaches a worker: strict
+//! HTTP/1 framing read from the raw header bytes, and gunicorn's size
+//! limits. Pure functions over bytes, so each rule has a unit test.
+//!
+//! The raw bytes matter because pingora's parser is lenient on purpose
+//! (bare LF line ends) and quietly drops Content-Length when
+//! Transfer-Encoding is present; a request smuggler relies on exactly the
+//! difference between two parsers, so we refuse anything ambiguous here.
+
+use http::StatusCode;
+
+/// Why a request is refused, with its status and machine code.
+#[derive(Debug, PartialEq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+fn bad(message: impl Into<String>) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Gunicorn's limits; 0 means unlimited for the line and the field size.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    pub request_line: usize,
+    pub fields: usize,
+    pub field_size: usize,
+}
+
+/// What the framing check learned about the body.
+#[derive(Debug, PartialEq)]
+pub struct Framing {
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Checks the raw HTTP/1 request head (request line, fields, blank line).
+pub fn check_head(raw: &[u8], limits: HeaderLimits) -> Result<Framing, Refusal> {
+    let crlf = raw.windows(2).filter(|w| w == b"\r\n").count();
+    if crlf != count(raw, b'\n') {
+        return Err(bad("bare LF line ending; lines must end in CRLF"));
+    }
+    let text = raw.strip_suffix(b"\r\n\r\n").unwrap_or(raw);
+    let mut lines = text
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let line = lines.next().unwrap_or_default();
+    if limits.request_line > 0 && line.len() > limits.request_line {
+        return Err(refuse(
+            StatusCode::URI_TOO_LONG,
+            "request_line_too_long",
+            format!(
+                "request line is {} bytes; the limit is {}",
+                line.len(),
+                limits.request_line
+            ),
+        ));
+    }
+    let mut framing = Framing {
+        content_length: None,
+        chunked: false,
+    };
+    let mut fields = 0usize;
+    let mut te_seen = false;
+    for field in lines {
+        if field.is_empty() {
+            continue;
+        }
+        fields += 1;
+        if limits.fields > 0 && fields > limits.fields {
+            return Err(refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too_many_header_fields",
+                format!("more than {} header fields", limits.fields),
+            ));
+        }
+        if limits.field_size > 0 && field.len() > limits.field_size {
+            return Err(bad(format!(
+                "a header field is {} bytes; the limit is {}",
+                field.len(),
+                limits.field_size
+            )));
+        }
+        if field[0] == b' ' || field[0] == b'\t' {
+            return Err(bad("obsolete line folding in a header field"));
+        }
+        let Some(colon) = field.iter().position(|&b| b == b':') else {
+            return Err(bad("a header field has no colon"));
+        };
+        let (name, value) = (&field[..colon], &field[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(bad("invalid header field name"));
+        }
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(bad("control character in a header field value"));
+        }
+        let value = value.trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                return Err(bad("Content-Length is not a number"));
+            };
+            if framing.content_length.is_some_and(|prev| prev != n) {
+                return Err(bad("conflicting Content-Length fields"));
+            }
+            framing.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only plain `chunked`, once: anything else is a framing we
+            // would read differently from some other parser on the path.
+            if te_seen || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(bad(
+                    "unsupported Transfer-Encoding; only a single `chunked` is accepted",
+                ));
+            }
+            te_seen = true;
+            framing.chunked = true;
+        }
+    }
+    if framing.chunked && framing.content_length.is_some() {
+        return Err(bad("both Content-Length and Transfer-Encoding are present"));
+    }
+    Ok(framing)
+}
+
+fn count(raw: &[u8], byte: u8) -> usize {
+    raw.iter().filter(|&&b| b == byte).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeaderLimits = HeaderLimits {
+        request_line: 4094,
+        fields: 100,
+        field_size: 8190,
+    };
+
+    fn check(raw: &str) -> Result<Framing, Refusal> {
+        check_head(raw.as_bytes(), LIMITS)
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        let f = check("POST /v1/submit HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(f.content_length, Some(5));
+        let f = check("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        assert!(f.chunked);
+        // Repeating the same length is harmless (RFC 9110 §8.6).
+        check("GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n").unwrap();
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-A: a\x01b\r\n\r\n",
+        ] {
+            let r = check(raw).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn gunicorn_limits_have_their_statuses() {
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(5000));
+        assert_eq!(check(&long).unwrap_err().status, StatusCode::URI_TOO_LONG);
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            check(&many).unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        let big = format!("GET / HTTP/1.1\r\nX-A: {}\r\n\r\n", "v".repeat(9000));
+        assert_eq!(check(&big).unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,238 @@
+//! The front end role: TLS termination, request limits, forwarding headers
+//! and rate limits in front of the workers' Unix socket, built on pingora's
+//! HTTP proxy (rustls backend).
+//!
+//! It runs as a supervised child of the master, not inside it: pingora is
+//! multi-threaded and the master must stay single-threaded (a child's
+//! parent-death signal is bound to the forking thread), and a panic or a
+//! leak here then costs one process that the master restarts. The master
+//! keeps owning the public sockets, so a front end that dies or is
+//! replaced on HUP loses no connection waiting in a backlog.
+//!
+//! Pingora is handed the inherited sockets instead of binding: its
+//! listening `Service` looks every address up in a `Fds` table before it
+//! binds (the mechanism its own zero-downtime upgrade uses), so we fill
+//! that table with the descriptors the master passed down and run the
+//! service's `start_service` on our own tokio runtime. That keeps all of
+//! pingora's accept, TLS, HTTP/1, HTTP/2 and proxy machinery, while its
+//! `Server` (daemonising, its own signal handling, its own upgrade
+//! socket) stays out: the master already does those jobs.
+//!
+//! A new certificate is served by a new front end: on HUP the master checks
+//! the pair with [`tls::load`] first and, only if it is good, starts a new
+//! front end and retires the old one once the new one is ready.
+
+pub mod limits;
+pub mod proxy;
+pub mod ratelimit;
+pub mod tls;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Fds;
+use pingora_core::services::Service as _;
+
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::sockets::{FIRST_LISTENER_FD, SCOREBOARD_FD};
+
+/// What the master tells the front end on its command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FrontEndArgs {
+    #[arg(long)]
+    pub slot: usize,
+    #[arg(long)]
+    pub master_pid: u32,
+    /// Names of the public listeners (`tls:<addr>`, `plain:<addr>`) at
+    /// descriptors 5, 6, ... in order.
+    #[arg(long, default_value = "")]
+    pub listeners: String,
+}
+
+const EXIT_BOOT_ERROR: u8 = 3;
+
+/// How long a retiring front end keeps serving connections it already
+/// accepted before it looks at the in-flight count.
+const ACCEPTED_GRACE: Duration = Duration::from_secs(1);
+
+pub fn run(args: FrontEndArgs) -> ExitCode {
+    // SAFETY: descriptor 3 was placed by the master for exactly this.
+    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("sandgnat front-end: cannot attach to the scoreboard: {e}");
+            return ExitCode::from(EXIT_BOOT_ERROR);
+        }
+    };
+    let fail = |why: String| {
+        let slot = board.slot(args.slot);
+        slot.boot_error.store(&why);
+        slot.set_state(SlotState::BootFailed);
+        tracing::error!(reason = %why, "front end failed to boot");
+        eprintln!("sandgnat front-end: {why}");
+        ExitCode::from(EXIT_BOOT_ERROR)
+    };
+    let settings = match crate::master::inherited_settings() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
+    };
+    let _log = match crate::logging::init(&settings.log, "frontend") {
+        Ok(g) => g,
+        Err(e) => return fail(format!("cannot open log files: {e}")),
+    };
+    // The key is read before privileges are dropped: it is usually
+    // readable by root only.
+    let (cert, key) = tls::pair_paths(&settings);
+    let tls_config = match tls::load(&cert, &key) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let account = if nix::unistd::Uid::effective().is_root() {
+        match crate::isolation::resolve_account(
+            settings.server.effective_user(),
+            settings.server.effective_group(),
+        ) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        None
+    };
+    if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
+        return fail(e.to_string());
+    }
+
+    let fds = Arc::new(Mutex::new(Fds::new()));
+    let conf = Arc::new(ServerConf::default());
+    let mut service = pingora_proxy::http_proxy_service_with_name(
+        &conf,
+        proxy::FrontEnd::new(&settings, board.clone()),
+        "sandgnat front end",
+    );
+    if let Some(app) = service.app_logic_mut() {
+        // HTTP/1.1 keep-alive is set per request in `request_filter`;
+        // HTTP/2 connections need their own idle bound.
+        // The options struct is non-exhaustive: fill it field by field.
+        let mut opts = pingora_core::apps::HttpServerOptions::default();
+        opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
+        app.server_options = Some(opts);
+    }
+    for (i, name) in args
+        .listeners
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .enumerate()
+    {
+        let fd = FIRST_LISTENER_FD + i as RawFd;
+        // Tokio needs the socket non-blocking; the flag is on the shared
+        // open file, which the master never accepts on.
+        if let Err(e) = set_nonblocking(fd) {
+            return fail(format!("cannot use listener {name}: {e}"));
+        }
+        let (kind, addr) = name.split_once(':').unwrap_or(("", name));
+        fds.lock().add(addr.to_string(), fd);
+        match kind {
+            "tls" => {
+                let mut tls = match TlsSettings::intermediate("", "") {
+                    Ok(t) => t,
+                    Err(e) => return fail(format!("cannot set up TLS: {e}")),
+                };
+                tls.set_cert_resolver(tls_config.cert_resolver.clone());
+                tls.enable_h2();
+                service.add_tls_with_settings(addr, None, tls);
+            }
+            "plain" => service.add_tcp(addr),
+            _ => return fail(format!("unknown listener {name}")),
+        }
+    }
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("sandgnat-fe")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the event loop: {e}")),
+    };
+    let graceful = Duration::from_secs(settings.server.graceful_timeout);
+    let signals = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::quit())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    });
+    let (mut term, mut quit, mut int) = match signals {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot watch signals: {e}")),
+    };
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The sockets already listen (the master bound them), so clients
+        // that arrive before the accept loops start wait in the backlog.
+        tokio::spawn(async move {
+            service.start_service(Some(fds), stop_rx, 1).await;
+        });
+        let slot = board.slot(args.slot);
+        slot.pid.store(std::process::id(), Relaxed);
+        slot.beat();
+        slot.set_state(SlotState::Ready);
+        tracing::info!(
+            cert = %cert.display(),
+            sha256 = tls::file_fingerprint(&cert).unwrap_or_default(),
+            "front end ready"
+        );
+        let beat_board = board.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                beat_board.slot(args.slot).beat();
+                if std::os::unix::process::parent_id() != args.master_pid {
+                    std::process::exit(0);
+                }
+            }
+        });
+        let graceful_stop = tokio::select! {
+            _ = term.recv() => true,
+            _ = quit.recv() => false,
+            _ = int.recv() => false,
+        };
+        // Stop accepting; connections already open finish their request
+        // and pingora closes them instead of keeping them alive.
+        let _ = stop_tx.send(true);
+        if graceful_stop {
+            let deadline = Instant::now() + graceful;
+            // Requests are counted once their head is read; a connection
+            // accepted just before the stop may still be in its TLS
+            // handshake. Give those (and idle keep-alive clients that send
+            // one more request) a moment before counting in-flight work.
+            tokio::time::sleep(ACCEPTED_GRACE.min(graceful)).await;
+            while proxy::IN_FLIGHT.load(Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tracing::info!(graceful = graceful_stop, "front end leaving");
+        ExitCode::SUCCESS
+    })
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    // SAFETY: the descriptor was placed by the master and lives as long as
+    // this process.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl(borrowed.as_raw_fd(), FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(borrowed.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    Ok(())
+}

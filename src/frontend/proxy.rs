@@ -1,0 +1,508 @@
+//! The front end's request phases, as a thin `ProxyHttp` implementation:
+//! `request_filter` refuses what must never reach a worker (framing,
+//! gunicorn's limits, body size, rate, no worker able to answer);
+//! `request_body_filter` cuts a chunked body at the limit;
+//! `upstream_request_filter` sets the forwarding headers;
+//! `response_filter` echoes the request id; `fail_to_proxy` turns every
+//! failure into the appliance's JSON error.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::StatusCode;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::limits::{self, HeaderLimits, Refusal};
+use super::ratelimit::{RateLimiter, SharedCounts};
+use crate::config::Settings;
+use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
+
+/// A worker whose heartbeat is older than this is not counted as able to
+/// take a request (workers beat every 500 ms).
+const STALE_HEARTBEAT_MS: u64 = 1500;
+
+/// Requests being served, so a retiring front end knows when it is idle.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct FrontEnd {
+    socket: PathBuf,
+    limits: HeaderLimits,
+    max_body: u64,
+    read_timeout: Duration,
+    body_timeout: Duration,
+    idle_timeout: u64,
+    trusted: Vec<IpAddr>,
+    trust_all: bool,
+    per_ip: RateLimiter,
+    per_key: RateLimiter,
+    /// Redis-shared counts when `redis.url` is set.
+    shared: Option<SharedCounts>,
+    board: Arc<Scoreboard>,
+}
+
+impl FrontEnd {
+    pub fn new(settings: &Settings, board: Arc<Scoreboard>) -> Self {
+        let p = &settings.proxy;
+        let s = &settings.server;
+        FrontEnd {
+            socket: s.socket.clone(),
+            limits: HeaderLimits {
+                request_line: s.limit_request_line as usize,
+                fields: s.limit_request_fields as usize,
+                field_size: s.limit_request_field_size as usize,
+            },
+            max_body: p.max_body_bytes,
+            read_timeout: Duration::from_secs(p.read_timeout),
+            body_timeout: Duration::from_secs(p.body_timeout),
+            idle_timeout: p.idle_timeout,
+            trusted: p
+                .forwarded_allow_ips
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+            trust_all: p.forwarded_allow_ips.iter().any(|ip| ip == "*"),
+            per_ip: RateLimiter::new(p.rate_limit_per_ip),
+            per_key: RateLimiter::new(p.rate_limit_per_key),
+            shared: settings
+                .redis
+                .url
+                .as_deref()
+                .and_then(|url| SharedCounts::new(url, board.clone())),
+            board,
+        }
+    }
+
+    /// True when some worker is alive, recent and has room for a request.
+    fn worker_available(&self) -> bool {
+        let now = monotonic_ms();
+        (0..crate::scoreboard::SLOTS).any(|i| {
+            let slot = self.board.slot(i);
+            slot.role.load(Relaxed) == ROLE_WORKER
+                && slot.state() == SlotState::Ready
+                && now.saturating_sub(slot.heartbeat_ms.load(Relaxed)) <= STALE_HEARTBEAT_MS
+                && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
+        })
+    }
+
+    async fn admit(&self, limiter: &RateLimiter, kind: &str, key: &str) -> bool {
+        match &self.shared {
+            Some(shared) => shared.admit(limiter, kind, key).await,
+            None => limiter.admit(key),
+        }
+    }
+
+    fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        self.trust_all || peer.is_some_and(|ip| self.trusted.contains(&ip))
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    peer: Option<IpAddr>,
+    /// The client as the workers should see it (after trusted forwarding).
+    client: Option<String>,
+    tls: bool,
+    body_seen: u64,
+    /// We answered `Expect: 100-continue` ourselves.
+    continued: bool,
+    _live: Live,
+}
+
+struct Live;
+
+impl Live {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Relaxed);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Relaxed);
+    }
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// A request id from a client is kept only if it is short and plain, so
+/// it cannot inject anything into logs.
+fn acceptable_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+fn json_error(code: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
+            .unwrap_or_default(),
+    )
+}
+
+/// Writes a JSON error and marks the connection as not reusable when the
+/// request body was not read.
+async fn respond(
+    session: &mut Session,
+    ctx: &Ctx,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Result<()> {
+    let body = json_error(code, message);
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(s) = retry_after {
+        resp.insert_header("retry-after", s.to_string())?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        linger(session).await;
+    }
+    Ok(())
+}
+
+/// How long, and how many bytes, a refused upload is read and thrown away
+/// after its 413 (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// Closing a socket with unread bytes in it makes the kernel send a reset,
+/// which can destroy the 413 before the client reads it. Read a bounded
+/// amount first, so the client sees why it was stopped.
+async fn linger(session: &mut Session) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(b)) => drained += b.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+#[async_trait]
+impl ProxyHttp for FrontEnd {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: String::new(),
+            peer: None,
+            client: None,
+            tls: false,
+            body_seen: 0,
+            continued: false,
+            _live: Live::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.peer = peer_ip(session);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.request_id = session
+            .get_header("x-request-id")
+            .map(|v| v.as_bytes())
+            .filter(|v| acceptable_request_id(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        session.set_keepalive(Some(self.idle_timeout));
+        session.set_read_timeout(Some(self.body_timeout));
+
+        let framing = match self.check_framing(session) {
+            Ok(f) => f,
+            Err(r) => {
+                respond(session, ctx, r.status, r.code, &r.message, None).await?;
+                return Ok(true);
+            }
+        };
+        let trusted = self.trusts(ctx.peer);
+        let forwarded = trusted
+            .then(|| session.get_header("x-forwarded-for"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string())
+            .filter(|v| v.parse::<IpAddr>().is_ok());
+        ctx.client = forwarded.or_else(|| ctx.peer.map(|ip| ip.to_string()));
+        let client = ctx.client.clone().unwrap_or_default();
+        if !self.admit(&self.per_ip, "ip", &client).await {
+            let msg = format!("too many requests from {client}; slow down");
+            respond(
+                session,
+                ctx,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &msg,
+                Some(1),
+            )
+            .await?;
+            return Ok(true);
+        }
+        if let Some(key) = session
+            .get_header("x-api-key")
+            .map(|v| v.as_bytes().to_vec())
+        {
+            // Counted under a digest so no key is kept in memory in clear.
+            let id = super::tls::fingerprint(&key);
+            if !self.admit(&self.per_key, "key", &id).await {
+                respond(
+                    session,
+                    ctx,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests with this API key; slow down",
+                    Some(1),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        if framing.chunked && session.as_http1().is_some() {
+            // Parse the first chunk before any worker is contacted, so a
+            // garbled chunk size at the start is refused here. The bytes
+            // read are kept in pingora's retry buffer (64 KiB, the size of
+            // one read) and sent upstream first. A bad chunk further in is
+            // only caught when it arrives, after the worker got the head.
+            session.enable_retry_buffering();
+            let expects = session
+                .get_header("expect")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if expects {
+                // The client holds its body until told to go on; the worker
+                // will not be asked again (the header is dropped upstream).
+                session.write_continue_response().await?;
+                ctx.continued = true;
+            }
+            if session.read_request_body().await.is_err() {
+                respond(
+                    session,
+                    ctx,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "malformed chunked body",
+                    None,
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        if !self.worker_available() {
+            respond(
+                session,
+                ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_worker",
+                "no worker can take the request right now; retry shortly",
+                Some(1),
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > self.max_body {
+                // Cut here: the worker never gets the byte past the limit.
+                *body = None;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    format!("request body over proxy.max_body_bytes ({})", self.max_body),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let socket = self.socket.to_string_lossy();
+        let mut peer = HttpPeer::new_uds(&socket, false, String::new())?;
+        // A Unix socket connects at once or not at all; waiting longer
+        // than this only hides a dead pool.
+        peer.options.connection_timeout = Some(Duration::from_secs(1));
+        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let peer = ctx.peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let trusted = self.trusts(ctx.peer);
+        // Appended, as nginx's $proxy_add_x_forwarded_for does; a client's
+        // own list is kept only when the client is a trusted proxy.
+        let xff = match session
+            .get_header("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if trusted => format!("{prev}, {peer}"),
+            _ => peer.clone(),
+        };
+        let proto = match session
+            .get_header("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(p) if trusted && (p == "http" || p == "https") => p.to_string(),
+            _ => if ctx.tls { "https" } else { "http" }.to_string(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        req.insert_header("x-forwarded-proto", proto)?;
+        req.insert_header("x-real-ip", ctx.client.clone().unwrap_or(peer))?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.continued {
+            req.remove_header("expect");
+        }
+        // HTTP/2 clients send :authority instead of Host; workers speak
+        // HTTP/1.1 and need Host.
+        if req.headers.get("host").is_none() {
+            if let Some(auth) = req.uri.authority().map(|a| a.to_string()) {
+                req.insert_header("host", auth)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use pingora_core::ErrorSource;
+        let (status, code, message) = match e.etype() {
+            ErrorType::HTTPStatus(413) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is over {} bytes", self.max_body),
+            ),
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_worker",
+                "no worker accepted the request; retry shortly".to_string(),
+            ),
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Upstream => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "worker_timeout",
+                "the worker did not answer within proxy.read_timeout".to_string(),
+            ),
+            ErrorType::ReadTimedout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "client_timeout",
+                "the request body did not arrive in time".to_string(),
+            ),
+            ErrorType::HTTPStatus(c) => (
+                StatusCode::from_u16(*c).unwrap_or(StatusCode::BAD_GATEWAY),
+                "proxy_error",
+                e.to_string(),
+            ),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (
+                    StatusCode::BAD_GATEWAY,
+                    "worker_error",
+                    "the worker failed while answering".to_string(),
+                ),
+                ErrorSource::Downstream => (
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request could not be read".to_string(),
+                ),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "the front end failed".to_string(),
+                ),
+            },
+        };
+        let dead = matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        ) && e.esource() == &ErrorSource::Downstream;
+        if status.is_server_error() {
+            tracing::warn!(request_id = %ctx.request_id, status = status.as_u16(), error = %e, "request failed in the front end");
+        }
+        if !dead && session.response_written().is_none() {
+            let _ = respond(session, ctx, status, code, &message, None).await;
+        }
+        FailToProxy {
+            error_code: if dead { 0 } else { status.as_u16() },
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+impl FrontEnd {
+    fn check_framing(&self, session: &Session) -> std::result::Result<limits::Framing, Refusal> {
+        let framing = match session.as_http1() {
+            Some(h1) => limits::check_head(&h1.get_headers_raw_bytes(), self.limits)?,
+            // HTTP/2 frames its own body; only the size is ours to check.
+            None => limits::Framing {
+                content_length: session
+                    .get_header("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
+                chunked: false,
+            },
+        };
+        if let Some(n) = framing.content_length {
+            if n > self.max_body {
+                return Err(Refusal {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    code: "body_too_large",
+                    message: format!(
+                        "Content-Length {n} is over the limit of {} bytes",
+                        self.max_body
+                    ),
+                });
+            }
+        }
+        Ok(framing)
+    }
+}

@@ -1,0 +1,626 @@
+//! The TLS front end, end to end: the real binary, real TLS (curl and
+//! `openssl s_client` against the generated certificate), real workers
+//! behind it. Framing cases are sent as raw bytes on the plain listener,
+//! since they are about bytes a well-behaved TLS client would never send.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::Appliance;
+
+fn cert_of(app: &Appliance) -> PathBuf {
+    app.dir.join("certs").join("self-signed.pem")
+}
+
+/// Runs curl against the front end, trusting `ca`; returns its output.
+fn curl(ca: &PathBuf, args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn requests_seen_by_workers(app: &Appliance) -> f64 {
+    app.metric_sum("sandgnat_requests_total", "")
+}
+
+#[test]
+fn tls_request_reaches_a_worker_with_forwarding_headers() {
+    let app = Appliance::start("fe-fwd", "workers = 1\n", "");
+    let log = app.log_text();
+    assert!(
+        log.contains("self-signed") && log.contains("sha256"),
+        "no fingerprint warning for the generated certificate:\n{log}"
+    );
+    let url = format!("https://{}/__debug/echo-headers", app.tls);
+    // 127.0.0.1 is in the default forwarded_allow_ips: its X-Forwarded-For
+    // is kept and ours appended.
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http2",
+            "-D",
+            "-",
+            "-H",
+            "X-Forwarded-For: 203.0.113.7",
+            "-w",
+            "\nversion=%{http_version}",
+            &url,
+        ],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "curl failed: {text} {:?}", out.stderr);
+    assert!(text.contains("version=2"), "ALPN did not pick h2: {text}");
+    let body_start = text.find('{').expect("json body");
+    let body_end = text.rfind('}').expect("json body");
+    let seen: serde_json::Value = serde_json::from_str(&text[body_start..=body_end]).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{seen}");
+    assert_eq!(seen["x-real-ip"], "203.0.113.7", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(seen["host"], app.tls.as_str(), "{seen}");
+    let id = seen["x-request-id"].as_str().expect("request id");
+    assert!(id.len() >= 16, "{seen}");
+    let echoed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .expect("x-request-id in the response");
+    assert_eq!(echoed.trim(), id);
+
+    // HTTP/1.1 works too, and a client's own request id is kept.
+    let out = curl(
+        &cert_of(&app),
+        &["--http1.1", "-H", "X-Request-Id: abc-123", &url],
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["x-request-id"], "abc-123");
+}
+
+#[test]
+fn tls_1_1_is_refused_and_1_2_accepted() {
+    let app = Appliance::start("fe-tls11", "workers = 1\n", "");
+    let s_client = |version: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &app.tls, version])
+            .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let ok = s_client("-tls1_2");
+    assert!(ok.contains("TLSv1.2"), "TLS 1.2 should work:\n{ok}");
+    let old = s_client("-tls1_1");
+    if old.contains("no protocols available") || old.contains("unknown option") {
+        eprintln!(
+            "SKIPPED: this openssl cannot offer TLS 1.1, so its refusal cannot be shown:\n{old}"
+        );
+        return;
+    }
+    // rustls answers a TLS 1.1 hello with a fatal alert (handshake
+    // failure); no cipher is ever agreed.
+    assert!(
+        old.contains("alert") && old.contains("Cipher is (NONE)"),
+        "TLS 1.1 was not refused by the server:\n{old}"
+    );
+}
+
+#[test]
+fn oversized_upload_is_refused_before_its_body_is_sent() {
+    let app = Appliance::start("fe-big", "workers = 1\n", "");
+    let file = app.dir.join("300MiB");
+    // Sparse: a 300 MiB body without 300 MiB on disk.
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let before = requests_seen_by_workers(&app);
+    let url = format!("https://{}/__debug/echo-headers", app.tls);
+    let started = Instant::now();
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-w",
+            "%{http_code} %{size_upload}",
+            &url,
+        ],
+    );
+    let text = stdout(&out);
+    let mut parts = text.split_whitespace();
+    let code = parts.next().unwrap_or_default();
+    let sent: u64 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert_eq!(
+        code,
+        "413",
+        "{text} {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("300 MiB upload: refused after the client sent {sent} bytes");
+    assert!(
+        sent < 32 << 20,
+        "the client sent {sent} bytes of a 300 MiB body before being refused"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        requests_seen_by_workers(&app),
+        before,
+        "a worker saw the request"
+    );
+
+    // A body under the limit streams through whole, over HTTP/2 as well.
+    let ok = app.dir.join("20MiB");
+    std::fs::File::create(&ok)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http2",
+            "--data-binary",
+            &format!("@{}", ok.display()),
+            &url,
+        ],
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{} {:?}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(seen["body-bytes"], 20 << 20, "{seen}");
+}
+
+#[test]
+fn chunked_upload_over_the_limit_is_cut_with_413() {
+    let app = Appliance::start_with("fe-chunk", "workers = 1\n", "max_body_bytes = 1048576", "");
+    let file = app.dir.join("2MiB");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let url = format!("https://{}/__debug/echo-headers", app.tls);
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.ends_with("413"),
+        "{text} {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"error\":\"body_too_large\""), "{text}");
+    // Under the limit still goes through.
+    let small = app.dir.join("small");
+    std::fs::write(&small, vec![b'x'; 1000]).unwrap();
+    let out = curl(
+        &cert_of(&app),
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &format!("@{}", small.display()),
+            "-w",
+            "\n%{http_code} %{time_total}",
+            &url,
+        ],
+    );
+    // With `Expect: 100-continue` the client holds the body back: the
+    // front end must answer the expectation rather than wait for it.
+    let text = stdout(&out);
+    let last = text.lines().last().unwrap_or_default();
+    let (code, secs) = last.split_once(' ').unwrap_or_default();
+    assert_eq!(code, "200", "{text}");
+    let secs: f64 = secs.parse().unwrap_or(99.0);
+    assert!(secs < 0.8, "a small chunked upload took {secs} s");
+}
+
+/// Sends raw bytes on the plain listener; returns the status line's code.
+fn raw_status(app: &Appliance, raw: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status for {:?}: {text:?}", String::from_utf8_lossy(raw)))
+}
+
+#[test]
+fn malformed_framing_gets_400_and_never_reaches_a_worker() {
+    let app = Appliance::start("fe-framing", "workers = 1\n", "");
+    // The plain listener works for a good request (so the 400s below are
+    // not just a dead listener).
+    let good = b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&app, good), 200);
+    app.wait_until(
+        "the worker counted the good request",
+        Duration::from_secs(5),
+        |a| requests_seen_by_workers(a) >= 1.0,
+    );
+    let before = requests_seen_by_workers(&app);
+    let cases: &[(&str, &[u8], u16)] = &[
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "conflicting Content-Lengths",
+            b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            400,
+        ),
+        (
+            "bad chunk size",
+            b"POST /healthz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "obsolete line folding",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",
+            400,
+        ),
+        ("bare LF", b"GET /healthz HTTP/1.1\nHost: a\n\n", 400),
+        (
+            "invalid header name",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nBad(Name): 1\r\n\r\n",
+            400,
+        ),
+        (
+            "invalid header value",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n",
+            400,
+        ),
+    ];
+    for (what, raw, want) in cases {
+        assert_eq!(raw_status(&app, raw), *want, "{what}");
+        assert_eq!(
+            requests_seen_by_workers(&app),
+            before,
+            "{what} reached a worker"
+        );
+    }
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(5000));
+    assert_eq!(raw_status(&app, long.as_bytes()), 414, "long request line");
+    let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    assert_eq!(raw_status(&app, many.as_bytes()), 431, "too many fields");
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: {}\r\n\r\n",
+        "v".repeat(9000)
+    );
+    assert_eq!(raw_status(&app, big.as_bytes()), 400, "field too large");
+    assert_eq!(
+        requests_seen_by_workers(&app),
+        before,
+        "a refused request reached a worker"
+    );
+}
+
+#[test]
+fn rate_limit_answers_429_and_untrusted_forwarding_is_replaced() {
+    let app = Appliance::start_with(
+        "fe-rate",
+        "workers = 1\n",
+        "rate_limit_per_ip = 5\nforwarded_allow_ips = [\"192.0.2.1\"]",
+        "",
+    );
+    let url = format!("https://{}/__debug/echo-headers", app.tls);
+    // From an untrusted peer, a client's X-Forwarded-For is dropped.
+    let out = curl(
+        &cert_of(&app),
+        &["-H", "X-Forwarded-For: 203.0.113.7", &url],
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stdout(&out)));
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1", "{seen}");
+
+    let mut args = vec!["-D", "-", "-o", "/dev/null"];
+    for _ in 0..20 {
+        args.push(&url);
+    }
+    let out = curl(&cert_of(&app), &args);
+    let text = stdout(&out);
+    let limited = text.matches(" 429").count();
+    assert!(
+        limited >= 1,
+        "20 quick requests with a limit of 5/s: {text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn no_worker_able_to_answer_gives_a_quick_503() {
+    let app = Appliance::start("fe-503", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let ok = curl(
+        &cert_of(&app),
+        &["-w", "%{http_code}", "-o", "/dev/null", &url],
+    );
+    assert_eq!(stdout(&ok), "200");
+    let pids = app.worker_pids();
+    assert!(!pids.is_empty());
+    for pid in &pids {
+        // SAFETY: kill(2) on our own workers.
+        unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+    }
+    // A stopped worker is noticed by its heartbeat going stale (1.5 s);
+    // nothing announces a heartbeat that did not happen, so wait past it.
+    std::thread::sleep(Duration::from_millis(2000));
+    let out = curl(
+        &cert_of(&app),
+        &["-w", "\n%{http_code} %{time_total}", &url],
+    );
+    for pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+    }
+    let text = stdout(&out);
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let mut parts = last.split(' ');
+    assert_eq!(parts.next(), Some("503"), "{text}");
+    let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(99.0);
+    assert!(secs < 1.0, "503 took {secs} s");
+    assert!(text.contains("\"error\":\"no_worker\""), "{text}");
+}
+
+fn openssl_pair(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl req");
+    assert!(st.status.success(), "{:?}", st);
+    (cert, key)
+}
+
+#[test]
+fn certificate_swapped_on_hup_is_served_without_restart() {
+    let app = Appliance::start("fe-hup", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let code = |ca: &PathBuf| stdout(&curl(ca, &["-w", "%{http_code}", "-o", "/dev/null", &url]));
+    assert_eq!(code(&cert_of(&app)), "200");
+    let (new_cert, new_key) = openssl_pair(&app.dir, "next");
+    // The generated pair is kept across reloads; replacing its files is
+    // how an operator swaps it.
+    let certs = app.dir.join("certs");
+    std::fs::copy(&new_cert, certs.join("self-signed.pem")).unwrap();
+    std::fs::copy(&new_key, certs.join("self-signed.key")).unwrap();
+    let master = app.pid();
+    let old_frontend = frontend_pids(&app);
+    // Clients keep coming during the reload (certificate not checked:
+    // they only show that no request fails while front ends change).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut args = vec!["-sk", "-o", "/dev/null", "-o", "/dev/null"];
+                args.extend(["-o", "/dev/null", "-w", "%{http_code}\n", &url, &url, &url]);
+                let out = Command::new("curl").args(&args).output().expect("curl");
+                codes.extend(stdout(&out).lines().map(str::to_string));
+            }
+            codes
+        })
+    };
+    app.signal(libc::SIGHUP);
+    app.wait_until(
+        "the new certificate is served",
+        Duration::from_secs(20),
+        |_| code(&new_cert) == "200",
+    );
+    app.wait_until("the old front end left", Duration::from_secs(20), |a| {
+        let now = frontend_pids(a);
+        now.len() == 1 && now != old_frontend
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes = load.join().unwrap();
+    assert!(codes.len() >= 3, "{codes:?}");
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "a request failed during the reload: {codes:?}"
+    );
+    assert_eq!(app.pid(), master);
+
+    // A key that does not match: refused, the running front end keeps the
+    // certificate that works.
+    let (_, other_key) = openssl_pair(&app.dir, "other");
+    std::fs::copy(&other_key, certs.join("self-signed.key")).unwrap();
+    app.signal(libc::SIGHUP);
+    app.wait_until("the refusal is logged", Duration::from_secs(20), |a| {
+        a.log_text().contains("new certificate refused")
+    });
+    assert_eq!(code(&new_cert), "200");
+}
+
+fn frontend_pids(app: &Appliance) -> Vec<i64> {
+    let exited: Vec<i64> = app
+        .events("worker_exit")
+        .iter()
+        .filter(|e| e["role"] == "FrontEnd")
+        .filter_map(|e| e["pid"].as_i64())
+        .collect();
+    app.events("post_fork")
+        .iter()
+        .filter(|e| e["role"] == "FrontEnd")
+        .filter_map(|e| e["pid"].as_i64())
+        .filter(|p| !exited.contains(p))
+        .collect()
+}
+
+#[test]
+fn a_dead_front_end_is_replaced_and_no_waiting_connection_is_lost() {
+    let app = Appliance::start("fe-crash", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let first = frontend_pids(&app);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // SAFETY: kill(2) on the appliance's own front end.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    // Connect at once: the master still holds the listening socket, so
+    // this connection waits in its backlog for the next front end.
+    let out = curl(
+        &cert_of(&app),
+        &["-w", "%{http_code}", "-o", "/dev/null", &url],
+    );
+    assert_eq!(
+        stdout(&out),
+        "200",
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.wait_until("a new front end", Duration::from_secs(10), |a| {
+        let now = frontend_pids(a);
+        now.len() == 1 && now[0] != first[0]
+    });
+}
+
+/// A private redis-server on a free loopback port, stopped on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = common::free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["ping"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count_429(app: &Appliance, n: usize) -> usize {
+    let url = format!("https://{}/healthz", app.tls);
+    let mut args = vec!["-w", "%{http_code}\n"];
+    for _ in 0..n {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = curl(&cert_of(app), &args);
+    stdout(&out).lines().filter(|l| *l == "429").count()
+}
+
+#[test]
+fn rate_limits_are_shared_through_redis_and_fall_back_when_it_is_gone() {
+    let Some(redis) = Redis::start() else {
+        eprintln!("SKIPPED: no redis-server on this machine");
+        return;
+    };
+    let app = Appliance::start_with(
+        "fe-redis",
+        "workers = 1\n",
+        "rate_limit_per_ip = 5",
+        &format!("[redis]\nurl = \"redis://127.0.0.1:{}/\"\n", redis.port),
+    );
+    assert!(count_429(&app, 20) >= 1);
+    let keys = redis.cli(&["--scan", "--pattern", "sandgnat:rl:ip:*"]);
+    assert!(
+        keys.contains("127.0.0.1"),
+        "no shared counter in Redis: {keys:?}"
+    );
+    assert_eq!(
+        app.metric("sandgnat_ratelimit_redis_fallbacks_total"),
+        Some(0.0)
+    );
+
+    // Redis goes away: requests are still limited, counted in process.
+    drop(redis);
+    assert!(count_429(&app, 20) >= 1);
+    assert!(
+        app.metric("sandgnat_ratelimit_redis_fallbacks_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    let warnings = app.log_text().matches("Redis unreachable").count();
+    assert_eq!(warnings, 1, "the fallback is logged once");
+}
