@@ -10,6 +10,7 @@ pub mod isolation;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod queue;
 pub mod scoreboard;
 pub mod shutdown;
 pub mod sockets;

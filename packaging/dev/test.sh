@@ -9,6 +9,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # rebuilds what changed.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sandgnat-target}
 export CARGO_TERM_COLOR=never
+# The queue tests (#[sqlx::test]) create a throwaway database per test here.
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
