@@ -14,6 +14,7 @@ pub mod isolation;
 pub mod logging;
 pub mod master;
 pub mod metrics;
+pub mod queue;
 pub mod scan;
 pub mod scoreboard;
 pub mod shutdown;
