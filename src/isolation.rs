@@ -41,6 +41,21 @@ pub fn resolve_account(user: &str, group: &str) -> Result<(Uid, Gid), IsolationE
     Ok((u.uid, g.gid))
 }
 
+/// The account children switch to: `server.user`/`server.group` when this
+/// process runs as root, none otherwise (it already is the service user).
+pub fn service_account(
+    settings: &crate::config::Settings,
+) -> Result<Option<(Uid, Gid)>, IsolationError> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    resolve_account(
+        settings.server.effective_user(),
+        settings.server.effective_group(),
+    )
+    .map(Some)
+}
+
 /// Applies every restriction; `account` is used only when running as root.
 pub fn restrict(account: Option<(Uid, Gid)>, master_pid: u32) -> Result<(), IsolationError> {
     if let (true, Some((uid, gid))) = (Uid::effective().is_root(), account) {

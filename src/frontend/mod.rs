@@ -93,16 +93,9 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let account = if nix::unistd::Uid::effective().is_root() {
-        match crate::isolation::resolve_account(
-            settings.server.effective_user(),
-            settings.server.effective_group(),
-        ) {
-            Ok(a) => Some(a),
-            Err(e) => return fail(e.to_string()),
-        }
-    } else {
-        None
+    let account = match crate::isolation::service_account(&settings) {
+        Ok(a) => a,
+        Err(e) => return fail(e.to_string()),
     };
     if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
         return fail(e.to_string());

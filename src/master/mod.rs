@@ -120,7 +120,7 @@ impl Arbiter {
             version = env!("CARGO_PKG_VERSION"),
             "starting sandgnat master"
         );
-        let account = resolve_account(&settings)?;
+        let account = crate::isolation::service_account(&settings)?;
         if let Some((uid, gid)) = account {
             crate::logging::give_files_to(uid.as_raw(), gid.as_raw());
         }
@@ -300,7 +300,7 @@ impl Arbiter {
                 return;
             }
         };
-        let account = match resolve_account(&settings) {
+        let account = match crate::isolation::service_account(&settings) {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "reload refused, keeping the running settings");
@@ -459,19 +459,6 @@ fn check_certificate(settings: &Settings) -> Result<(), crate::frontend::tls::Tl
     crate::frontend::tls::ensure_pair(settings)?;
     let (cert, key) = crate::frontend::tls::pair_paths(settings);
     crate::frontend::tls::load(&cert, &key).map(|_| ())
-}
-
-fn resolve_account(
-    settings: &Settings,
-) -> Result<Option<(nix::unistd::Uid, nix::unistd::Gid)>, crate::isolation::IsolationError> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Ok(None);
-    }
-    crate::isolation::resolve_account(
-        settings.server.effective_user(),
-        settings.server.effective_group(),
-    )
-    .map(Some)
 }
 
 /// The settings as JSON in a memfd, which children read at descriptor 4.

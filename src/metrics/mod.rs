@@ -50,16 +50,10 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         }
     };
     let _log = crate::logging::init(&settings.log, "metrics");
-    let account = if nix::unistd::Uid::effective().is_root() {
-        crate::isolation::resolve_account(
-            settings.server.effective_user(),
-            settings.server.effective_group(),
-        )
-        .ok()
-    } else {
-        None
-    };
-    if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
+    // A missing account fails the boot: it must never fall back to root.
+    let isolated = crate::isolation::service_account(&settings)
+        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
+    if let Err(e) = isolated {
         tracing::error!(error = %e, "metrics listener cannot isolate itself");
         return ExitCode::from(3);
     }

@@ -111,17 +111,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 
 /// Everything a worker does to itself before serving.
 fn boot(settings: &Settings, args: &WorkerArgs) -> Result<(), String> {
-    let account = if nix::unistd::Uid::effective().is_root() {
-        Some(
-            crate::isolation::resolve_account(
-                settings.server.effective_user(),
-                settings.server.effective_group(),
-            )
-            .map_err(|e| e.to_string())?,
-        )
-    } else {
-        None
-    };
+    let account = crate::isolation::service_account(settings).map_err(|e| e.to_string())?;
     crate::isolation::restrict(account, args.master_pid).map_err(|e| e.to_string())?;
     if settings.debug.fail_worker_boot {
         return Err("debug.fail_worker_boot is set".into());
