@@ -1,6 +1,6 @@
 //! The command line: operator commands (`serve`, `check-config`) and the
 //! internal roles the master starts (`worker`, `metrics-listener`,
-//! `front-end`). Flags are the highest-precedence settings source.
+//! `front-end`, `job-runner`). Flags are the highest-precedence settings source.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The job queue.
+    Queue {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// YARA rules.
     Rules {
         #[command(subcommand)]
@@ -92,6 +99,9 @@ enum Command {
     /// Internal: the metrics listener, started by the master.
     #[command(hide = true, name = "metrics-listener")]
     MetricsListener(crate::metrics::MetricsArgs),
+    /// Internal: a job runner (static analysis, webhooks), started by the master.
+    #[command(hide = true, name = "job-runner")]
+    JobRunner(crate::runner::RunnerArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +118,16 @@ enum KeysAction {
     List,
     /// Revoke a key by name; every worker refuses it within 5 seconds.
     Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Jobs per queue and state, and the age of the oldest claimable job.
+    Stats {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +180,41 @@ async fn connect_migrated(settings: &Settings) -> Result<sqlx::PgPool, ExitCode>
         ExitCode::FAILURE
     })?;
     Ok(pool)
+}
+
+fn queue_cmd(settings: Settings, action: QueueAction) -> ExitCode {
+    let QueueAction::Stats { json } = action;
+    block_on(async move {
+        let pool = match connect_migrated(&settings).await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let stats = match crate::queue::stats(&pool).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sandgnat: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if json {
+            println!("{}", serde_json::json!({ "queues": stats }));
+        } else {
+            println!(
+                "{:<10} {:<10} {:>8} {:>12}",
+                "QUEUE", "STATE", "JOBS", "OLDEST(s)"
+            );
+            for s in &stats {
+                let oldest = s
+                    .oldest_available_seconds
+                    .map_or("-".to_string(), |v| format!("{v:.1}"));
+                println!(
+                    "{:<10} {:<10} {:>8} {:>12}",
+                    s.queue, s.state, s.jobs, oldest
+                );
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn keys(settings: Settings, action: KeysAction) -> ExitCode {
@@ -304,6 +359,10 @@ pub fn main() -> ExitCode {
             Ok(s) => keys(s, action),
             Err(code) => code,
         },
+        Command::Queue { config, action } => match load_settings(config.config) {
+            Ok(s) => queue_cmd(s, action),
+            Err(code) => code,
+        },
         Command::Rules {
             action: RulesAction::Check { dir, config },
         } => rules_check(dir, config.config),
@@ -326,6 +385,7 @@ pub fn main() -> ExitCode {
         Command::Worker(args) => crate::worker::run(args),
         Command::MetricsListener(args) => crate::metrics::run(args),
         Command::FrontEnd(args) => crate::frontend::run(args),
+        Command::JobRunner(args) => crate::runner::run(args),
     }
 }
 

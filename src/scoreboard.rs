@@ -39,6 +39,11 @@ pub const RESTART_REASONS: [&str; 6] = [
 pub const ROLE_WORKER: u32 = 1;
 pub const ROLE_METRICS: u32 = 2;
 pub const ROLE_FRONTEND: u32 = 3;
+pub const ROLE_RUNNER: u32 = 4;
+/// Job kinds the runners count, and how a job they held ended: the labels
+/// of `sandgnat_job_runner_jobs_total`.
+pub const RUNNER_KINDS: [&str; 3] = ["static", "webhook", "other"];
+pub const RUNNER_OUTCOMES: [&str; 4] = ["completed", "retried", "discarded", "lost"];
 const RECENT: usize = 8;
 const TEXT_WORDS: usize = 32;
 const MAGIC: u64 = 0x5341_4e44_474e_4154; // "SANDGNAT"
@@ -149,6 +154,10 @@ pub struct Header {
     pub rules_reload_failures: AtomicU64,
     /// Rate-limit checks counted in process because Redis did not answer.
     pub ratelimit_fallbacks: AtomicU64,
+    /// Job runners replaced, by reason (kept apart from the workers').
+    pub runner_restarts: [AtomicU64; RESTART_REASONS.len()],
+    /// Jobs the runners finished, by kind and outcome.
+    pub runner_jobs: [[AtomicU64; RUNNER_OUTCOMES.len()]; RUNNER_KINDS.len()],
 }
 
 /// A mapping of the scoreboard into this process.
@@ -310,6 +319,24 @@ impl Scoreboard {
     pub fn count_restart(&self, reason: &str) {
         if let Some(i) = RESTART_REASONS.iter().position(|r| *r == reason) {
             self.header().restarts[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn count_runner_restart(&self, reason: &str) {
+        if let Some(i) = RESTART_REASONS.iter().position(|r| *r == reason) {
+            self.header().runner_restarts[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A runner finished a job of `kind` with `outcome` (unknown names are
+    /// counted as `other` / ignored).
+    pub fn count_runner_job(&self, kind: &str, outcome: &str) {
+        let k = RUNNER_KINDS
+            .iter()
+            .position(|n| *n == kind)
+            .unwrap_or(RUNNER_KINDS.len() - 1);
+        if let Some(o) = RUNNER_OUTCOMES.iter().position(|n| *n == outcome) {
+            self.header().runner_jobs[k][o].fetch_add(1, Relaxed);
         }
     }
 }

@@ -38,6 +38,11 @@ impl Trigger {
 }
 
 impl Shutdown {
+    /// Whether a stop was asked for, without waiting.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow() != Stop::Running
+    }
+
     /// Resolves once a stop was asked for (at once if it already was).
     pub async fn requested(&mut self) {
         // An error means every trigger is gone: nobody can ask any more,

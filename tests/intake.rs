@@ -18,7 +18,8 @@ fn start(tag: &str, db_url: &str, intake: &str) -> Appliance {
     Appliance::start(
         tag,
         "workers = 2\n",
-        &format!("[database]\nurl = \"{db_url}\"\n[intake]\n{intake}\n"),
+        // No job runners: these tests look at what intake alone records.
+        &format!("[database]\nurl = \"{db_url}\"\n[intake]\n{intake}\n[queue]\nrunners = 0\n"),
     )
 }
 
@@ -110,6 +111,19 @@ fn eicar_raw_and_multipart_are_scanned_stored_and_recorded() {
         "req-eicar-1"
     );
     assert_eq!(db.scalar("SELECT tlp || ' ' || array_to_string(tags, ',') FROM analyses WHERE filename = 'again.com'"), "red apt,loader");
+    // Each submission committed its jobs with it: a detonation for the
+    // bridge and static analysis (on by default), with the priority given.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT string_agg(queue || ':' || kind || ':' || state, ',' ORDER BY queue)
+               FROM jobs WHERE analysis_id = '{first}'"
+        )),
+        "analysis:detonate:available,static:static:available"
+    );
+    assert_eq!(
+        db.scalar("SELECT DISTINCT j.priority FROM jobs j JOIN analyses a ON a.id = j.analysis_id WHERE a.filename = 'again.com'"),
+        "5"
+    );
 
     let stored = app
         .dir
@@ -233,6 +247,7 @@ fn every_role_against_every_route() {
             ("submitter" | "admin", "submit") => 202,
             ("submitter" | "reader" | "admin", "analysis") => 200,
             ("admin", "audit") => 200,
+            ("bridge" | "admin", "claim" | "content") => 200,
             _ => 403,
         }
     };
@@ -246,6 +261,21 @@ fn every_role_against_every_route() {
         );
         let r = app.get_with_key(&format!("/v1/analyses/{id}"), key);
         assert_eq!(r.status, expect(role, "analysis"), "{role} analysis");
+        let r = request_unix_body(
+            &app.socket,
+            "POST",
+            "/v1/queues/analysis/claim",
+            &[("X-API-Key", key)],
+            Some(b"{}"),
+        )
+        .unwrap();
+        assert_eq!(r.status, expect(role, "claim"), "{role} claim: {}", r.body);
+        let sha = json(&app.submit(submitter, b"role matrix sample", &[]))["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = app.get_with_key(&format!("/v1/samples/{sha}/content"), key);
+        assert_eq!(r.status, expect(role, "content"), "{role} content");
         let r = app.get_with_key(&format!("/v1/audit?analysis_id={id}"), key);
         assert_eq!(r.status, expect(role, "audit"), "{role} audit");
         if r.status == 200 {

@@ -238,12 +238,97 @@ pub struct Redis {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Queue {
+    /// Job-runner processes (static analysis, webhooks) the master keeps.
     pub runners: u32,
+    /// Seconds a finished job stays in the jobs table before it is pruned
+    /// (its result stays on the analysis).
+    pub retention: u64,
+    /// Seconds between maintenance passes (expired leases, pruning); one
+    /// process at a time does it, across every node.
+    pub maintenance_interval: u64,
+    /// The lease a claim gets when the claimer does not ask for one.
+    pub lease_seconds: u64,
+    /// Upper bounds on what a claimer may ask for.
+    pub max_lease_seconds: u64,
+    pub max_wait_seconds: u64,
+    pub max_claim_batch: u32,
+    /// Retry backoff: `retry_base * 2^(attempt-1)` plus up to 25 % jitter,
+    /// never more than `retry_cap` seconds.
+    pub retry_base: f64,
+    pub retry_cap: f64,
+    /// Webhooks may go to loopback, link-local and private addresses.
+    pub webhook_allow_private: bool,
+    /// Secret for the webhooks' HMAC-SHA256 signature; unset: webhooks are
+    /// sent unsigned and a warning is logged at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    pub webhook_timeout: u64,
+    pub analysis: QueueLimits,
+    #[serde(rename = "static")]
+    pub static_: QueueLimits,
+    pub notify: QueueLimits,
 }
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue { runners: 2 }
+        Queue {
+            runners: 2,
+            retention: 7 * 24 * 3600,
+            maintenance_interval: 10,
+            lease_seconds: 300,
+            max_lease_seconds: 24 * 3600,
+            max_wait_seconds: 60,
+            max_claim_batch: 100,
+            retry_base: 10.0,
+            retry_cap: 3600.0,
+            webhook_allow_private: false,
+            webhook_secret: None,
+            webhook_timeout: 10,
+            analysis: QueueLimits {
+                max_running: 8,
+                max_attempts: 3,
+            },
+            static_: QueueLimits {
+                max_running: 0,
+                max_attempts: 3,
+            },
+            notify: QueueLimits {
+                max_running: 0,
+                max_attempts: 8,
+            },
+        }
+    }
+}
+
+impl Queue {
+    /// The limits of a named queue; queues the product does not create
+    /// get no concurrency cap.
+    pub fn limits(&self, queue: &str) -> QueueLimits {
+        match queue {
+            "analysis" => self.analysis.clone(),
+            "static" => self.static_.clone(),
+            "notify" => self.notify.clone(),
+            _ => QueueLimits::default(),
+        }
+    }
+}
+
+/// Per-queue limits (`queue.analysis.max_running`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueLimits {
+    /// Jobs running at once in this queue across every worker and node
+    /// (e.g. the number of sandbox VMs); 0: bounded only by the claimers.
+    pub max_running: u32,
+    pub max_attempts: u32,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_running: 0,
+            max_attempts: 3,
+        }
     }
 }
 
@@ -301,10 +386,15 @@ impl Default for Log {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Debug {
-    /// Serve `/__debug/hang`, `/__debug/crash` and `/__debug/sleep?ms=N`.
+    /// Serve `/__debug/hang`, `/__debug/crash` and `/__debug/sleep?ms=N`;
+    /// make the static analysis of a sample named `__debug_hang__` hang.
     pub fault_injection: bool,
     /// Make every worker fail while booting.
     pub fail_worker_boot: bool,
+    /// Record submissions without enqueueing their jobs. For measuring what
+    /// the queue costs the submit path (benches/queue.sh) only: analyses
+    /// made this way never leave `queued`.
+    pub no_enqueue: bool,
 }
 
 /// Where settings come from, kept so that HUP can read them again.
@@ -408,6 +498,9 @@ impl Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.redis.url = shown.redis.url.as_deref().map(redact_url);
+        if shown.queue.webhook_secret.is_some() {
+            shown.queue.webhook_secret = Some("(hidden)".into());
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 

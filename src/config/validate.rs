@@ -144,6 +144,51 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     )?;
     range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
     range("queue.runners", s.queue.runners, 0, 64)?;
+    let q = &s.queue;
+    range("queue.retention", q.retention, 60, 10 * 365 * 86_400)?;
+    range(
+        "queue.maintenance_interval",
+        q.maintenance_interval,
+        1,
+        3_600,
+    )?;
+    range(
+        "queue.max_lease_seconds",
+        q.max_lease_seconds,
+        1,
+        7 * 86_400,
+    )?;
+    range(
+        "queue.lease_seconds",
+        q.lease_seconds,
+        1,
+        q.max_lease_seconds,
+    )?;
+    range("queue.max_wait_seconds", q.max_wait_seconds, 0, 600)?;
+    range("queue.max_claim_batch", q.max_claim_batch, 1, 10_000)?;
+    range("queue.retry_base", q.retry_base, 0.001, 86_400.0)?;
+    range("queue.retry_cap", q.retry_cap, q.retry_base, 7.0 * 86_400.0)?;
+    range("queue.webhook_timeout", q.webhook_timeout, 1, 300)?;
+    for (running, attempts, limits) in [
+        (
+            "queue.analysis.max_running",
+            "queue.analysis.max_attempts",
+            &q.analysis,
+        ),
+        (
+            "queue.static.max_running",
+            "queue.static.max_attempts",
+            &q.static_,
+        ),
+        (
+            "queue.notify.max_running",
+            "queue.notify.max_attempts",
+            &q.notify,
+        ),
+    ] {
+        range(running, limits.max_running, 0, 100_000)?;
+        range(attempts, limits.max_attempts, 1, 100)?;
+    }
     range(
         "database.max_connections",
         s.database.max_connections,

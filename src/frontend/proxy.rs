@@ -39,6 +39,9 @@ pub struct FrontEnd {
     read_timeout: Duration,
     body_timeout: Duration,
     idle_timeout: u64,
+    /// How long a pooled connection to a worker may sit idle: under the
+    /// workers' own keep-alive, so the front end lets go first.
+    upstream_idle: Duration,
     trusted: Vec<IpAddr>,
     trust_all: bool,
     per_ip: RateLimiter,
@@ -63,6 +66,7 @@ impl FrontEnd {
             read_timeout: Duration::from_secs(p.read_timeout),
             body_timeout: Duration::from_secs(p.body_timeout),
             idle_timeout: p.idle_timeout,
+            upstream_idle: Duration::from_millis((s.keepalive * 1000).saturating_sub(500).max(100)),
             trusted: p
                 .forwarded_allow_ips
                 .iter()
@@ -358,7 +362,36 @@ impl ProxyHttp for FrontEnd {
         peer.options.connection_timeout = Some(Duration::from_secs(1));
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
+        peer.options.idle_timeout = Some(self.upstream_idle);
         Ok(Box::new(peer))
+    }
+
+    /// A pooled connection that a worker closed while it sat idle (a worker
+    /// retiring on HUP, its keep-alive running out) fails the write of the
+    /// next request before the worker has read a byte of it; sending that
+    /// request again on a fresh connection is safe for any method, as long
+    /// as its body is still in the retry buffer. Other errors keep
+    /// pingora's rule: only idempotent requests on reused connections.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let intact = !session.as_ref().retry_buffer_truncated();
+        let idempotent = session.req_header().method.is_idempotent();
+        let unsent = client_reused && *e.etype() == ErrorType::WriteError;
+        if !intact || !(idempotent || unsent) {
+            e.set_retry(false);
+        } else if unsent {
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn upstream_request_filter(

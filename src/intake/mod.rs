@@ -289,8 +289,11 @@ async fn process(
         request_id: request_id.to_string(),
         matches: &matches,
         scan_error: scan_error.as_deref(),
+        queue: &app.settings.queue,
+        static_analysis: app.settings.intake.static_analysis_enabled,
+        no_enqueue: app.settings.debug.no_enqueue,
     };
-    let analysis_id = record::record(&app.db, &submission).await.map_err(|e| {
+    let recorded = record::record(&app.db, &submission).await.map_err(|e| {
         if crate::store::is_unavailable(&e) {
             unavailable("the database", e)
         } else {
@@ -302,6 +305,10 @@ async fn process(
             )
         }
     })?;
+    for queue in &recorded.queues {
+        app.notifier.poke(queue);
+    }
+    let analysis_id = recorded.analysis_id;
     tracing::info!(analysis_id = %analysis_id, sha256 = %submission.sha256, matches = matches.len(), "sample accepted");
     Ok(json!({
         "analysis_id": analysis_id,

@@ -1,6 +1,7 @@
 //! The one transaction that makes a submission durable: the sample (new,
 //! or seen again), the analysis, its `submitted` and `scanned` audit rows,
-//! and the analysis jobs. Nothing is visible until it all commits.
+//! and the analysis jobs. Nothing is visible until it all commits, and no
+//! NOTIFY happens inside it (the caller wakes the queues after commit).
 
 use serde_json::json;
 use sqlx::types::Json;
@@ -8,6 +9,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::metadata::Metadata;
+use crate::queue::{self, NewJob};
 use crate::scan::RuleMatch;
 
 pub struct Submission<'a> {
@@ -25,9 +27,57 @@ pub struct Submission<'a> {
     pub request_id: String,
     pub matches: &'a [RuleMatch],
     pub scan_error: Option<&'a str>,
+    pub queue: &'a crate::config::Queue,
+    pub static_analysis: bool,
+    /// `debug.no_enqueue`: benchmarks only.
+    pub no_enqueue: bool,
 }
 
-pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Uuid, sqlx::Error> {
+/// What a committed submission left for the queue to announce.
+pub struct Recorded {
+    pub analysis_id: Uuid,
+    /// Queues that got claimable jobs: wake them after commit.
+    pub queues: Vec<&'static str>,
+}
+
+/// The jobs a submission creates (DESIGN.md §3): a detonation for the
+/// bridge, static analysis inside the appliance when enabled, and a
+/// webhook held until the analysis finishes when a callback URL was given.
+fn jobs_for(id: Uuid, s: &Submission<'_>) -> Vec<NewJob> {
+    let sample = json!({
+        "analysis_id": id,
+        "sha256": s.sha256,
+        "size": s.size,
+        "filename": s.filename,
+        "file_type": s.file_type,
+        "tlp": s.meta.tlp,
+        "tags": s.meta.tags,
+        "sample_url": format!("/v1/samples/{}/content", s.sha256),
+    });
+    let job = |queue: &str, kind: &str, payload: serde_json::Value| NewJob {
+        priority: s.meta.priority,
+        max_attempts: s.queue.limits(queue).max_attempts as i32,
+        analysis_id: Some(id),
+        ..NewJob::new(queue, kind, payload)
+    };
+    let mut jobs = vec![job("analysis", "detonate", sample.clone())];
+    if s.static_analysis {
+        jobs.push(job("static", "static", sample));
+    }
+    if let Some(url) = &s.meta.callback_url {
+        jobs.push(NewJob {
+            hold: true,
+            ..job(
+                "notify",
+                "webhook",
+                json!({ "analysis_id": id, "url": url }),
+            )
+        });
+    }
+    jobs
+}
+
+pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::Error> {
     let id = Uuid::new_v4();
     let mut tx = db.begin().await?;
     sqlx::query(
@@ -75,22 +125,44 @@ pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Uuid, sqlx::Error
         "rules": s.matches.iter().map(|m| format!("{}:{}", m.namespace, m.rule)).collect::<Vec<_>>(),
         "error": s.scan_error,
     });
-    for (actor, event, details) in [
-        (actor.as_str(), "submitted", submitted),
-        ("sandgnat", "scanned", scanned),
-    ] {
-        sqlx::query(
-            "INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(actor)
-        .bind(event)
-        .bind(Json(details))
-        .bind(&s.request_id)
-        .execute(&mut *tx)
-        .await?;
+    // Both rows in one statement, in this order (ids follow it).
+    sqlx::query(
+        "INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
+         VALUES ($1, $2, 'submitted', $3, $5), ($1, 'sandgnat', 'scanned', $4, $5)",
+    )
+    .bind(id)
+    .bind(&actor)
+    .bind(Json(submitted))
+    .bind(Json(scanned))
+    .bind(&s.request_id)
+    .execute(&mut *tx)
+    .await?;
+    let mut queues = Vec::new();
+    let jobs = if s.no_enqueue {
+        Vec::new()
+    } else {
+        jobs_for(id, s)
+    };
+    for job in jobs.iter().filter(|j| !j.hold) {
+        queues.push(match job.queue.as_str() {
+            "analysis" => "analysis",
+            "static" => "static",
+            _ => "notify",
+        });
+    }
+    if !jobs.is_empty() {
+        // One statement for all of them: the submit path pays one round
+        // trip for the queue, whatever the number of jobs.
+        queue::enqueue_many(&mut tx, jobs)
+            .await
+            .map_err(|e| match e {
+                queue::QueueError::Db(e) => e,
+                other => sqlx::Error::Protocol(other.to_string()),
+            })?;
     }
     tx.commit().await?;
-    Ok(id)
+    Ok(Recorded {
+        analysis_id: id,
+        queues,
+    })
 }

@@ -1,7 +1,8 @@
 //! The master's children: spawning them, noticing they are ready, aborting
 //! the silent ones, reaping the dead with the reason they went, and keeping
 //! the pool at its target size (with back-off when workers cannot boot),
-//! and keeping one front end serving the public sockets.
+//! keeping one front end serving the public sockets, and keeping
+//! `queue.runners` job runners claiming the appliance's own jobs.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -14,7 +15,9 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use super::{spawn, Arbiter, Phase, ABORT_GRACE, EXIT_BOOT_ERROR};
-use crate::scoreboard::{monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_WORKER};
+use crate::scoreboard::{
+    monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_RUNNER, ROLE_WORKER,
+};
 use crate::sockets::{METRICS, WORKERS};
 use crate::systemd;
 
@@ -23,6 +26,9 @@ pub enum Role {
     Worker,
     Metrics,
     FrontEnd,
+    /// Runs the built-in job kinds (static analysis, webhooks); holds no
+    /// socket.
+    Runner,
 }
 
 /// Why the master asked a child to leave.
@@ -30,7 +36,7 @@ pub enum Role {
 pub enum Retire {
     /// Replaced by a newer generation (HUP).
     Reload,
-    /// The pool shrank (TTOU).
+    /// The pool shrank (TTOU, or fewer `queue.runners`).
     Shrink,
     /// Silent past `timeout`: aborted.
     Timeout,
@@ -73,6 +79,7 @@ impl Arbiter {
                 Role::Worker => ROLE_WORKER,
                 Role::Metrics => ROLE_METRICS,
                 Role::FrontEnd => ROLE_FRONTEND,
+                Role::Runner => ROLE_RUNNER,
             },
             Relaxed,
         );
@@ -82,6 +89,7 @@ impl Arbiter {
                 Role::Worker => "worker".into(),
                 Role::Metrics => "metrics-listener".into(),
                 Role::FrontEnd => "front-end".into(),
+                Role::Runner => "job-runner".into(),
             },
             "--slot".into(),
             slot.to_string().into(),
@@ -127,6 +135,9 @@ impl Arbiter {
                 args.push("--listeners".into());
                 args.push(names.join(",").into());
             }
+            // The scoreboard and the settings only: a runner reaches the
+            // database and the quarantine itself and listens on nothing.
+            Role::Runner => {}
         }
         match spawn::spawn(&self.exe, &args, &fds) {
             Ok(child) => {
@@ -208,10 +219,10 @@ impl Arbiter {
             reason = reason.unwrap_or("stopped"),
             "child exited"
         );
-        if child.role == Role::Worker {
-            if let Some(r) = reason {
-                self.board.count_restart(r);
-            }
+        match (child.role, reason) {
+            (Role::Worker, Some(r)) => self.board.count_restart(r),
+            (Role::Runner, Some(r)) => self.board.count_runner_restart(r),
+            _ => {}
         }
         if reason == Some("boot_error") {
             let why = slot.boot_error.load();
@@ -232,7 +243,8 @@ impl Arbiter {
                 failures = self.boot_failures,
                 retry_in_ms = delay.as_millis() as u64,
                 reason = %self.last_boot_error,
-                "worker failed to boot"
+                role = ?child.role,
+                "child failed to boot"
             );
             self.next_spawn = Instant::now() + delay;
             if self.boot_failures >= self.settings.server.max_boot_failures
@@ -414,6 +426,49 @@ impl Arbiter {
         }
         if self.wants_frontend() && self.current_frontend().is_none() {
             self.spawn_child(Role::FrontEnd);
+        }
+        self.manage_runners();
+    }
+
+    fn current_runners(&self) -> impl Iterator<Item = &Child> {
+        self.children.iter().filter(move |c| {
+            c.role == Role::Runner && c.generation == self.generation && c.retiring.is_none()
+        })
+    }
+
+    /// Keeps `queue.runners` job runners of the current generation. Older
+    /// ones (HUP) and extra ones are asked to leave: each finishes or
+    /// abandons the job in hand within `graceful_timeout` on its own.
+    fn manage_runners(&mut self) {
+        let generation = self.generation;
+        let want = self.settings.queue.runners;
+        let live = self.current_runners().count() as u32;
+        let mut extra = live.saturating_sub(want);
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.role == Role::Runner && c.retiring.is_none())
+        {
+            if c.generation < generation {
+                tracing::info!(
+                    pid = c.pid.as_raw(),
+                    "retiring job runner of an older generation"
+                );
+                c.retire(Retire::Reload);
+            } else if extra > 0 {
+                tracing::info!(pid = c.pid.as_raw(), "retiring job runner");
+                c.retire(Retire::Shrink);
+                extra -= 1;
+            }
+        }
+        // While children fail to boot, one at a time.
+        let booting = self.current_runners().filter(|c| !c.ready_seen).count() as u32;
+        let mut spawn_now = want.saturating_sub(live);
+        if self.boot_failures > 0 {
+            spawn_now = spawn_now.min(1u32.saturating_sub(booting));
+        }
+        for _ in 0..spawn_now {
+            self.spawn_child(Role::Runner);
         }
     }
 }

@@ -18,8 +18,12 @@ const SCRATCH: RawFd = 1000;
 
 /// Runs `exe args...` with `fds[i]` available as descriptor `3 + i`.
 pub fn spawn(exe: &Path, args: &[OsString], fds: &[RawFd]) -> io::Result<Child> {
+    spawn_command(Command::new(exe), args, fds)
+}
+
+/// `spawn` for a command the caller has prepared (e.g. its environment).
+pub fn spawn_command(mut cmd: Command, args: &[OsString], fds: &[RawFd]) -> io::Result<Child> {
     let fds = fds.to_vec();
-    let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null());
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe calls (fcntl, dup2, close_range).

@@ -51,7 +51,12 @@ impl Upgrade {
         args.push(names.join(",").into());
         args.push(PIPE_FLAG.into());
         args.push(pipe_fd.to_string().into());
-        let child = spawn::spawn(exe, &args, &fds)?;
+        let mut cmd = std::process::Command::new(exe);
+        // systemd's WATCHDOG_PID names this master; once the new one holds
+        // MAINPID, it is the one that must ping, and an unset WATCHDOG_PID
+        // means "whoever reads WATCHDOG_USEC" (sd_watchdog_enabled(3)).
+        cmd.env_remove("WATCHDOG_PID");
+        let child = spawn::spawn_command(cmd, &args, &fds)?;
         drop(write);
         Ok(Upgrade {
             pid: child.id() as i32,

@@ -2,6 +2,7 @@
 //! `metrics.bind`, read straight from the scoreboard and the kernel. It
 //! never asks a worker anything, so a hung pool still shows up in metrics.
 
+pub mod queue;
 pub mod render;
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -71,6 +72,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         })
         .collect();
     let watched = Arc::new(watched);
+    let queue_metrics = queue::QueueMetrics::default();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,6 +100,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
         slot.beat();
         slot.set_state(SlotState::Ready);
+        tokio::spawn(queue_metrics.clone().refresh(settings.clone()));
         let beat_board = board.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -121,11 +124,20 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             };
             let board = board.clone();
             let watched = watched.clone();
+            let queue_metrics = queue_metrics.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let board = board.clone();
                     let watched = watched.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&board, &watched, req)) }
+                    let queue_text = queue_metrics.text();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(answer(
+                            &board,
+                            &watched,
+                            &queue_text,
+                            req,
+                        ))
+                    }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -137,7 +149,12 @@ pub fn run(args: MetricsArgs) -> ExitCode {
     })
 }
 
-fn answer(board: &Scoreboard, watched: &[Watched], req: Request<Incoming>) -> Response<Body> {
+fn answer(
+    board: &Scoreboard,
+    watched: &[Watched],
+    queue_text: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.uri().path() != "/metrics" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -156,6 +173,6 @@ fn answer(board: &Scoreboard, watched: &[Watched], req: Request<Incoming>) -> Re
         .collect();
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(Body::from(render::render(board, &pending)))
+        .body(Body::from(render::render(board, &pending) + queue_text))
         .unwrap_or_default()
 }

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::scoreboard::{
-    Scoreboard, SlotState, BUCKETS, RESTART_REASONS, ROLE_WORKER, ROUTES, SLOTS, STATUSES,
-    STATUS_SLOTS,
+    Scoreboard, SlotState, BUCKETS, RESTART_REASONS, ROLE_RUNNER, ROLE_WORKER, ROUTES,
+    RUNNER_KINDS, RUNNER_OUTCOMES, SLOTS, STATUSES, STATUS_SLOTS,
 };
 use crate::worker::routes;
 
@@ -206,6 +206,8 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         );
     }
 
+    runners(&mut out, board);
+
     header(
         &mut out,
         "sandgnat_ratelimit_redis_fallbacks_total",
@@ -218,4 +220,73 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         board.header().ratelimit_fallbacks.load(Relaxed)
     );
     out
+}
+
+/// The job runners, apart from the workers: they serve no request, so
+/// they appear in none of the `sandgnat_worker_*` series.
+fn runners(out: &mut String, board: &Scoreboard) {
+    let live: Vec<usize> = (1..SLOTS)
+        .filter(|&i| {
+            let s = board.slot(i);
+            s.role.load(Relaxed) == ROLE_RUNNER && s.state() != SlotState::Free
+        })
+        .collect();
+    header(
+        out,
+        "sandgnat_job_runners",
+        "gauge",
+        "Job-runner processes by state.",
+    );
+    for (label, state) in [("booting", SlotState::Booting), ("ready", SlotState::Ready)] {
+        let n = live
+            .iter()
+            .filter(|&&i| board.slot(i).state() == state)
+            .count();
+        let _ = writeln!(out, "sandgnat_job_runners{{state=\"{label}\"}} {n}");
+    }
+    header(
+        out,
+        "sandgnat_job_runner_busy",
+        "gauge",
+        "1 while a job runner holds a job, per runner.",
+    );
+    for &i in &live {
+        let s = board.slot(i);
+        let pid = s.pid.load(Relaxed);
+        if pid != 0 {
+            let _ = writeln!(
+                out,
+                "sandgnat_job_runner_busy{{pid=\"{pid}\"}} {}",
+                s.in_flight.load(Relaxed).min(1)
+            );
+        }
+    }
+    header(
+        out,
+        "sandgnat_job_runner_restarts_total",
+        "counter",
+        "Job runners replaced, by reason.",
+    );
+    for (i, reason) in RESTART_REASONS.iter().enumerate() {
+        let n = board.header().runner_restarts[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_job_runner_restarts_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    header(
+        out,
+        "sandgnat_job_runner_jobs_total",
+        "counter",
+        "Jobs the runners let go of, by kind and outcome (lost: the lease ran out or was taken).",
+    );
+    for (k, kind) in RUNNER_KINDS.iter().enumerate() {
+        for (o, outcome) in RUNNER_OUTCOMES.iter().enumerate() {
+            let n = board.header().runner_jobs[k][o].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "sandgnat_job_runner_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
 }

@@ -1,33 +1,128 @@
-//! Completion with lease fencing: the update matches only while the job is
-//! running under the caller's token, so a stale holder changes nothing.
+//! The end of an attempt, fenced by the lease token: complete with a
+//! result, or fail with an error that is kept in the job's history, then
+//! either wait for a retry (backoff) or be discarded after `max_attempts`.
 
-use super::{JobId, QueueError};
 use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::lease::fence_failure;
+use super::{Backoff, JobId, QueueError};
+
+/// What a finished attempt belonged to, for the caller's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub kind: String,
+    pub analysis_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub kind: String,
+    pub analysis_id: Option<Uuid>,
+    /// `retryable` or `discarded`.
+    pub state: String,
+    pub run_at: chrono::DateTime<chrono::Utc>,
+}
 
 pub async fn complete(
     conn: &mut PgConnection,
     id: JobId,
     token: i32,
     result: serde_json::Value,
-) -> Result<(), QueueError> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'completed', result = $3, lease_until = NULL, finished_at = now()
-          WHERE id = $1 AND attempt = $2 AND state = 'running'",
+) -> Result<Finished, QueueError> {
+    let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'completed', result = $3, lease_until = NULL,
+                finished_at = now(), updated_at = now()
+          WHERE id = $1 AND attempt = $2 AND state = 'running' AND lease_until > now()
+         RETURNING kind, analysis_id",
     )
     .bind(id)
     .bind(token)
     .bind(result)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if done.rows_affected() == 1 {
-        return Ok(());
+    match row {
+        Some((kind, analysis_id)) => Ok(Finished { kind, analysis_id }),
+        None => Err(fence_failure(conn, id).await),
     }
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1")
+}
+
+/// `retry: false` discards at once (the holder knows another try is
+/// pointless, e.g. a sample the sandbox cannot run).
+pub async fn fail(
+    conn: &mut PgConnection,
+    id: JobId,
+    token: i32,
+    error: serde_json::Value,
+    retry: bool,
+    backoff: &Backoff,
+) -> Result<Failed, QueueError> {
+    let delay = backoff.delay(token);
+    let row: Option<(String, Option<Uuid>, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(
+            "UPDATE jobs SET
+                    state = CASE WHEN $3 AND attempt < max_attempts THEN 'retryable'
+                                 ELSE 'discarded' END,
+                    run_at = CASE WHEN $3 AND attempt < max_attempts
+                                  THEN now() + make_interval(secs => $5) ELSE run_at END,
+                    finished_at = CASE WHEN $3 AND attempt < max_attempts THEN NULL
+                                       ELSE now() END,
+                    errors = errors || jsonb_build_array(jsonb_build_object(
+                                 'attempt', attempt, 'at', now(), 'error', $4::jsonb)),
+                    lease_until = NULL, updated_at = now()
+              WHERE id = $1 AND attempt = $2 AND state = 'running' AND lease_until > now()
+             RETURNING kind, analysis_id, state, run_at",
+        )
         .bind(id)
-        .fetch_optional(conn)
+        .bind(token)
+        .bind(retry)
+        .bind(error)
+        .bind(delay.as_secs_f64())
+        .fetch_optional(&mut *conn)
         .await?;
-    Err(match exists {
-        Some(_) => QueueError::StaleLease,
-        None => QueueError::NotFound,
-    })
+    match row {
+        Some((kind, analysis_id, state, run_at)) => Ok(Failed {
+            kind,
+            analysis_id,
+            state,
+            run_at,
+        }),
+        None => Err(fence_failure(conn, id).await),
+    }
+}
+
+/// Completes a batch in one statement, each job fenced by its own token:
+/// what a claimer that works through a batch uses. Returns, per job in
+/// order, what `complete` would have returned for it.
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    done: &[(JobId, i32, serde_json::Value)],
+) -> Result<Vec<Result<Finished, QueueError>>, QueueError> {
+    let ids: Vec<JobId> = done.iter().map(|d| d.0).collect();
+    let tokens: Vec<i32> = done.iter().map(|d| d.1).collect();
+    let results: Vec<&serde_json::Value> = done.iter().map(|d| &d.2).collect();
+    let rows: Vec<(JobId, String, Option<Uuid>)> = sqlx::query_as(
+        "UPDATE jobs j SET state = 'completed', result = d.result, lease_until = NULL,
+                finished_at = now(), updated_at = now()
+           FROM unnest($1::uuid[], $2::int4[], $3::jsonb[]) AS d(id, token, result)
+          WHERE j.id = d.id AND j.attempt = d.token AND j.state = 'running'
+            AND j.lease_until > now()
+         RETURNING j.id, j.kind, j.analysis_id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&results)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(done.len());
+    for (id, _, _) in done {
+        match rows.iter().find(|r| r.0 == *id) {
+            Some((_, kind, analysis_id)) => out.push(Ok(Finished {
+                kind: kind.clone(),
+                analysis_id: *analysis_id,
+            })),
+            None => out.push(Err(fence_failure(conn, *id).await)),
+        }
+    }
+    Ok(out)
 }

@@ -1,17 +1,40 @@
-//! The Postgres job queue (DESIGN.md §3): jobs live in the `jobs` table
-//! (migrations/20261122000002_jobs.sql); this module owns enqueueing inside a
-//! caller's transaction, claiming with `FOR UPDATE SKIP LOCKED`, and
-//! completion with lease fencing (the lease token is the attempt number).
+//! The Postgres job queue (DESIGN.md §3). Jobs live in the `jobs` table
+//! (migrations `*_jobs.sql`, `*_queue_lifecycle.sql`); this module owns
+//! their life: enqueueing inside a caller's transaction, claiming with
+//! `FOR UPDATE SKIP LOCKED` under a per-queue concurrency cap, fenced
+//! heartbeat / complete / fail (the lease token is the attempt number),
+//! cancellation, expired-lease reclaim, retention, wake-ups and stats.
+//!
+//! State machine: `available` / `scheduled` / `retryable` (waiting; claimable
+//! once `run_at` passes) → `running` → `completed`, back to `retryable`, or
+//! `discarded` after `max_attempts`; `cancelled` from any live state.
 
+mod backoff;
+mod cancel;
 mod claim;
 mod enqueue;
 mod error;
 mod finish;
+mod inspect;
+mod lease;
+mod maintain;
+mod wake;
 
-pub use claim::{claim, ClaimedJob};
-pub use enqueue::{enqueue, JobId, NewJob};
+pub use backoff::Backoff;
+pub use cancel::{cancel, Cancelled};
+pub use claim::{claim, Claim, ClaimedJob};
+pub use enqueue::{enqueue, enqueue_many, release_held, JobId, NewJob};
 pub use error::QueueError;
-pub use finish::complete;
+pub use finish::{complete, complete_many, fail, Failed, Finished};
+pub use inspect::{get, stats, Job, QueueStats};
+pub use lease::heartbeat;
+pub use maintain::{maintain, reclaim_expired, Maintenance, Reclaimed};
+pub use wake::{Notifier, Wakeups, CHANNEL};
 
 /// The migrations of the whole appliance, embedded in the binary.
 pub use crate::store::MIGRATOR;
+
+/// States a job waits in before a claim (claimable once `run_at` passes).
+pub const WAITING: &[&str] = &["available", "scheduled", "retryable"];
+/// States a job never leaves.
+pub const FINISHED: &[&str] = &["completed", "discarded", "cancelled"];

@@ -94,11 +94,18 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             spool: state::spool_dir(&settings),
             rules,
             board: board.clone(),
+            notifier: crate::queue::Notifier::new(db.clone()),
+            wakeups: crate::queue::Wakeups::new(db.clone()),
         });
         // Keys are needed before the first request; a database that is down
         // now is retried by the refresher.
         let _ = state.keys.refresh(&db).await;
-        tokio::spawn(state.keys.clone().keep_fresh(db));
+        tokio::spawn(state.keys.clone().keep_fresh(db.clone()));
+        tokio::spawn(crate::analyses::upkeep::run(
+            db,
+            settings.queue.clone(),
+            state.notifier.clone(),
+        ));
         server::Worker::new(settings, board.clone(), args.clone(), state)
             .serve(listener)
             .await

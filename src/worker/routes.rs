@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use crate::api_error::ApiError;
-use crate::{analyses, intake};
+use crate::{analyses, bridge, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
@@ -26,6 +26,14 @@ pub const ROUTES: &[&str] = &[
     "/submit",
     "/v1/analyses/{id}",
     "/v1/audit",
+    "/v1/queues/{queue}/claim",
+    "/v1/jobs/{id}",
+    "/v1/jobs/{id}/heartbeat",
+    "/v1/jobs/{id}/progress",
+    "/v1/jobs/{id}/complete",
+    "/v1/jobs/{id}/fail",
+    "/v1/jobs/{id}/cancel",
+    "/v1/samples/{sha256}/content",
 ];
 
 /// The route a response was produced by, attached by `tag_route`.
@@ -46,7 +54,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/submit", post(intake::submit))
         .route("/submit", post(intake::submit))
         .route("/v1/analyses/{id}", get(analyses::get_analysis))
-        .route("/v1/audit", get(analyses::get_audit));
+        .route("/v1/audit", get(analyses::get_audit))
+        .route("/v1/queues/{queue}/claim", post(bridge::claim))
+        .route("/v1/jobs/{id}", get(bridge::get_job))
+        .route("/v1/jobs/{id}/heartbeat", post(bridge::heartbeat))
+        .route("/v1/jobs/{id}/progress", post(bridge::progress))
+        .route("/v1/jobs/{id}/complete", post(bridge::complete))
+        .route("/v1/jobs/{id}/fail", post(bridge::fail))
+        .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
+        .route("/v1/samples/{sha256}/content", get(bridge::sample_content));
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))

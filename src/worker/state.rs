@@ -23,6 +23,10 @@ pub struct Inner {
     pub quarantine: PathBuf,
     pub spool: PathBuf,
     pub board: Arc<Scoreboard>,
+    /// Wakes claimers after a commit that enqueued jobs.
+    pub notifier: crate::queue::Notifier,
+    /// Where long-polling claims wait.
+    pub wakeups: crate::queue::Wakeups,
 }
 
 impl AppState {

@@ -3,6 +3,10 @@
 //! and readiness (`GET /readyz`), which checks every dependency a
 //! submission needs.
 
+pub mod jobs;
+pub mod status;
+pub mod upkeep;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,7 +32,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-fn db_error(e: sqlx::Error) -> ApiError {
+pub fn db_error(e: sqlx::Error) -> ApiError {
     if crate::store::is_unavailable(&e) {
         unavailable("the database", e)
     } else {
@@ -48,20 +52,49 @@ pub async fn get_analysis(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(allow::READ)?;
     let id = parse_id(&raw)?;
+    // One snapshot for the analysis and its jobs: a job never shows as
+    // completed without the result it put on the analysis.
+    let mut tx = app.db.begin().await.map_err(db_error)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
     let row = sqlx::query(
         "SELECT a.status, a.filename, a.tags, a.tlp, a.priority, a.yara_matches,
-                a.created_at, a.updated_at, s.sha256, s.sha1, s.md5, s.size, s.file_type
+                a.results, a.created_at, a.updated_at, s.sha256, s.sha1, s.md5, s.size, s.file_type
          FROM analyses a JOIN samples s ON s.sha256 = a.sample_sha256
          WHERE a.id = $1",
     )
     .bind(id)
-    .fetch_optional(&app.db)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?
     .ok_or_else(|| ApiError::not_found(format!("no analysis {id}")))?;
     let created: chrono::DateTime<chrono::Utc> = row.get("created_at");
     let updated: chrono::DateTime<chrono::Utc> = row.get("updated_at");
     let yara: DbJson<Value> = row.get("yara_matches");
+    let results: DbJson<Value> = row.get("results");
+    // Live and recently finished jobs; pruned ones left their results above.
+    let jobs: Vec<Value> =
+        sqlx::query_as::<_, (Uuid, String, String, String, i32, i32, Option<Value>, Value)>(
+            "SELECT id, queue, kind, state, attempt, max_attempts, progress, errors
+           FROM jobs WHERE analysis_id = $1 ORDER BY created_at, id",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(
+            |(job_id, queue, kind, state, attempt, max_attempts, progress, errors)| {
+                json!({
+                    "id": job_id, "queue": queue, "kind": kind, "state": state,
+                    "attempt": attempt, "max_attempts": max_attempts,
+                    "progress": progress, "errors": errors,
+                })
+            },
+        )
+        .collect();
     Ok(Json(json!({
         "analysis_id": id,
         "status": row.get::<String, _>("status"),
@@ -75,6 +108,8 @@ pub async fn get_analysis(
         "size": row.get::<i64, _>("size"),
         "file_type": row.get::<String, _>("file_type"),
         "yara": yara.0,
+        "results": results.0,
+        "jobs": jobs,
         "created_at": created,
         "updated_at": updated,
     })))

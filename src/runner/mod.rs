@@ -1,0 +1,182 @@
+//! The job-runner role (`sandgnat job-runner`, started by the master,
+//! `queue.runners` of them): an isolated process that claims the jobs the
+//! appliance runs itself — `static` (when `intake.static_analysis_enabled`)
+//! and `webhook` — one at a time, and reports each outcome through
+//! `analyses::jobs` so the analysis status, its results and its audit
+//! trail follow. It holds no listening socket: only the scoreboard and the
+//! settings are inherited; it reaches Postgres and reads the quarantine
+//! itself, as the service account.
+//!
+//! Supervised like a worker: it beats its heartbeat from its event loop,
+//! and while a static analysis runs on the blocking pool the heartbeat
+//! stays at the time that analysis started, so an analysis stuck in a
+//! parser for `server.timeout` gets the runner aborted and replaced (the
+//! job's lease then runs out and the job is retried, then discarded).
+//!
+//! Stopping: TERM (a graceful stop, or HUP replacing the runner) stops
+//! claiming and gives the job in hand `server.graceful_timeout` to
+//! finish, after which it is abandoned (failed with a retry, so another
+//! runner takes it at once); INT and QUIT leave at once (the job's lease
+//! runs out and it is retried).
+
+mod work;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::shutdown::{self, Trigger};
+use crate::sockets::SCOREBOARD_FD;
+
+/// What the master tells a runner on its command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerArgs {
+    #[arg(long)]
+    pub slot: usize,
+    #[arg(long)]
+    pub master_pid: u32,
+}
+
+const EXIT_BOOT_ERROR: u8 = 3;
+/// How often the event loop proves it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+pub fn run(args: RunnerArgs) -> ExitCode {
+    // SAFETY: descriptor 3 was placed by the master for exactly this.
+    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("sandgnat job-runner: cannot attach to the scoreboard: {e}");
+            return ExitCode::from(EXIT_BOOT_ERROR);
+        }
+    };
+    let fail = |why: String| {
+        let slot = board.slot(args.slot);
+        slot.boot_error.store(&why);
+        slot.set_state(SlotState::BootFailed);
+        tracing::error!(reason = %why, "job runner failed to boot");
+        eprintln!("sandgnat job-runner: {why}");
+        ExitCode::from(EXIT_BOOT_ERROR)
+    };
+    let settings = match crate::master::inherited_settings() {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
+    };
+    let _log = match crate::logging::init(&settings.log, "runner") {
+        Ok(g) => g,
+        Err(e) => return fail(format!("cannot open log files: {e}")),
+    };
+    // A missing account fails the boot: a runner never stays root.
+    let isolated = crate::isolation::service_account(&settings)
+        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
+    if let Err(e) = isolated {
+        return fail(e.to_string());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the event loop: {e}")),
+    };
+    let outcome = runtime.block_on(async {
+        // Lazy: a database that is down now is retried by the claim loop.
+        let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
+        let signals = Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
+        let (trigger, shutdown) = shutdown::channel();
+        tokio::spawn(signals.watch(trigger.clone()));
+        let frozen = Arc::new(AtomicU32::new(0));
+        let slot = board.slot(args.slot);
+        slot.pid.store(std::process::id(), Relaxed);
+        slot.beat();
+        slot.set_state(SlotState::Ready);
+        tokio::spawn(heartbeat(
+            board.clone(),
+            args.slot,
+            frozen.clone(),
+            args.master_pid,
+            trigger,
+        ));
+        if settings.queue.webhook_secret.is_none() {
+            tracing::warn!("queue.webhook_secret is not set: webhooks are sent unsigned");
+        }
+        tracing::info!(
+            slot = args.slot,
+            static_analysis = settings.intake.static_analysis_enabled,
+            "job runner ready"
+        );
+        work::Runner::new(settings.clone(), db, board.clone(), args.slot, frozen)
+            .run(shutdown)
+            .await;
+        Ok::<(), String>(())
+    });
+    // An analysis abandoned on the blocking pool must not hold the exit.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => {
+            tracing::info!("job runner exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Beats the scoreboard heartbeat, except while `frozen` counts a blocking
+/// analysis in progress (its start time is then the last sign of life).
+async fn heartbeat(
+    board: Arc<Scoreboard>,
+    slot: usize,
+    frozen: Arc<AtomicU32>,
+    master_pid: u32,
+    trigger: Trigger,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        if frozen.load(Relaxed) == 0 {
+            board.slot(slot).beat();
+        }
+        if std::os::unix::process::parent_id() != master_pid {
+            tracing::warn!("master is gone; stopping");
+            trigger.graceful();
+        }
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    async fn watch(mut self, trigger: Trigger) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("TERM: no new jobs; finishing the one in hand");
+                    trigger.graceful();
+                }
+                // A fast stop: the job in hand is left to its lease.
+                _ = self.int.recv() => std::process::exit(0),
+                _ = self.quit.recv() => std::process::exit(0),
+                _ = self.usr1.recv() => crate::logging::reopen(),
+            }
+        }
+    }
+}

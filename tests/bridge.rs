@@ -1,0 +1,272 @@
+//! The analysis bridge's flow end to end, through the real binary and a
+//! database of its own: submit → claim → download the sample → heartbeat
+//! → complete, and what readers then see; fencing and cancellation over
+//! HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::db::TestDb;
+use common::{request_unix_body, Appliance, Response};
+use serde_json::{json, Value};
+
+const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+fn start(tag: &str, db: &TestDb, extra: &str) -> Appliance {
+    Appliance::start(
+        tag,
+        "workers = 2\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nstatic_analysis_enabled = false\n{extra}",
+            db.url()
+        ),
+    )
+}
+
+fn json_of(r: &Response) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.body))
+}
+
+fn post(app: &Appliance, key: &str, path: &str, body: Value) -> Response {
+    let bytes = body.to_string();
+    request_unix_body(
+        &app.socket,
+        "POST",
+        path,
+        &[("X-API-Key", key), ("Content-Type", "application/json")],
+        Some(bytes.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn claim(app: &Appliance, key: &str, body: Value) -> Vec<Value> {
+    let r = post(app, key, "/v1/queues/analysis/claim", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    json_of(&r)["jobs"].as_array().unwrap().clone()
+}
+
+#[test]
+fn the_bridge_flow_from_submit_to_result() {
+    let db = TestDb::create("bridge_flow");
+    let app = start("bridge-flow", &db, "");
+    let submitter = app.new_key("submitter");
+    let bridge = app.new_key("bridge");
+    let reader = app.new_key("reader");
+
+    let sub = app.submit(&submitter, EICAR, &[("X-Filename", "eicar.com")]);
+    assert_eq!(sub.status, 202, "{}", sub.body);
+    let accepted = json_of(&sub);
+    let analysis = accepted["analysis_id"].as_str().unwrap().to_string();
+    let sha256 = accepted["sha256"].as_str().unwrap().to_string();
+    // The job committed with the submission.
+    let seen = app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader);
+    let seen = json_of(&seen);
+    assert_eq!(seen["status"], "queued");
+    assert_eq!(seen["jobs"][0]["kind"], "detonate");
+    assert_eq!(seen["jobs"][0]["state"], "available");
+
+    let jobs = claim(&app, &bridge, json!({"max_jobs": 5, "lease_seconds": 60}));
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job["kind"], "detonate");
+    assert_eq!(job["analysis_id"], analysis.as_str());
+    assert_eq!(job["payload"]["sha256"], sha256.as_str());
+    let id = job["id"].as_str().unwrap().to_string();
+    let token = job["lease_token"].as_i64().unwrap();
+
+    // The sample, as stored.
+    let content = app.get_with_key(job["payload"]["sample_url"].as_str().unwrap(), &bridge);
+    assert_eq!(content.status, 200);
+    assert_eq!(content.body.as_bytes(), EICAR);
+    assert_eq!(content.header("x-content-type-options"), Some("nosniff"));
+    // Readers and submitters cannot download malware.
+    let refused = app.get_with_key(&format!("/v1/samples/{sha256}/content"), &reader);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let running = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    assert_eq!(running["status"], "running");
+
+    let hb = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/heartbeat"),
+        json!({"lease_token": token, "lease_seconds": 600}),
+    );
+    assert_eq!(hb.status, 200, "{}", hb.body);
+    let pr = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/progress"),
+        json!({"lease_token": token, "progress": {"stage": "detonating", "vm": "win10-3"}}),
+    );
+    assert_eq!(pr.status, 200, "{}", pr.body);
+    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    assert_eq!(seen["jobs"][0]["progress"]["stage"], "detonating");
+
+    // A stale token changes nothing.
+    let stale = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/complete"),
+        json!({"lease_token": token + 1, "result": {"verdict": "clean"}}),
+    );
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert_eq!(json_of(&stale)["error"], "lease_lost");
+    let stale_fail = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/fail"),
+        json!({"lease_token": token + 1, "error": "x"}),
+    );
+    assert_eq!(stale_fail.status, 409, "{}", stale_fail.body);
+
+    let done = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/complete"),
+        json!({"lease_token": token, "result": {"verdict": "malicious", "score": 10}}),
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(json_of(&done)["analysis_status"], "completed");
+    let again = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/complete"),
+        json!({"lease_token": token, "result": {}}),
+    );
+    assert_eq!(again.status, 409);
+
+    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    assert_eq!(seen["status"], "completed");
+    assert_eq!(seen["results"]["detonate"]["verdict"], "malicious");
+    let job_view = json_of(&app.get_with_key(&format!("/v1/jobs/{id}"), &bridge));
+    assert_eq!(job_view["state"], "completed");
+    assert_eq!(job_view["result"]["score"], 10);
+
+    let admin = app.new_key("admin");
+    let audit = json_of(&app.get_with_key(&format!("/v1/audit?analysis_id={analysis}"), &admin));
+    let events: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "submitted",
+            "scanned",
+            "status_changed",
+            "job_completed",
+            "status_changed"
+        ]
+    );
+    let changes: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "status_changed")
+        .map(|e| {
+            (
+                e["details"]["from"].as_str().unwrap().to_string(),
+                e["details"]["to"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("queued".to_string(), "running".to_string()),
+            ("running".to_string(), "completed".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_long_poll_claim_wakes_on_submit_and_bad_claims_are_4xx() {
+    let db = TestDb::create("bridge_poll");
+    let app = start("bridge-poll", &db, "");
+    let submitter = app.new_key("submitter");
+    let bridge = app.new_key("bridge");
+
+    for (body, want) in [
+        (json!({"max_jobs": 0}), "max_jobs"),
+        (json!({"lease_seconds": 0}), "lease_seconds"),
+        (json!({"wait_seconds": 100000}), "wait_seconds"),
+        (json!({"bogus": 1}), "bogus"),
+    ] {
+        let r = post(&app, &bridge, "/v1/queues/analysis/claim", body);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(want), "{}", r.body);
+    }
+    let r = post(&app, &bridge, "/v1/queues/nope/claim", json!({}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = post(&app, &submitter, "/v1/queues/analysis/claim", json!({}));
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // An empty wait answers at once with no jobs.
+    assert!(claim(&app, &bridge, json!({})).is_empty());
+
+    let socket = app.socket.clone();
+    let bridge2 = bridge.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let body = json!({"wait_seconds": 20}).to_string();
+        let r = request_unix_body(
+            &socket,
+            "POST",
+            "/v1/queues/analysis/claim",
+            &[("X-API-Key", &bridge2)],
+            Some(body.as_bytes()),
+        )
+        .unwrap();
+        (start, Instant::now(), r)
+    });
+    // The claim is in flight in a worker (waiting: there is no job yet).
+    app.wait_until("the claim to wait", Duration::from_secs(10), |a| {
+        a.metric_sum("sandgnat_worker_pending_requests", "") >= 1.0
+    });
+    let sub = app.submit(&submitter, b"sample for the long poll", &[]);
+    assert_eq!(sub.status, 202, "{}", sub.body);
+    let submitted = Instant::now();
+    let (_, answered, r) = waiter.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["jobs"].as_array().unwrap().len(), 1);
+    assert!(
+        answered.duration_since(submitted) < Duration::from_millis(900),
+        "woken {:?} after the submit",
+        answered.duration_since(submitted)
+    );
+}
+
+#[test]
+fn cancel_is_admin_only_and_fences_the_holder() {
+    let db = TestDb::create("bridge_cancel");
+    let app = start("bridge-cancel", &db, "");
+    let submitter = app.new_key("submitter");
+    let bridge = app.new_key("bridge");
+    let admin = app.new_key("admin");
+    let sub = json_of(&app.submit(&submitter, b"to be cancelled", &[]));
+    let analysis = sub["analysis_id"].as_str().unwrap();
+    let job = claim(&app, &bridge, json!({}))[0].clone();
+    let id = job["id"].as_str().unwrap();
+    let path = format!("/v1/jobs/{id}/cancel");
+    assert_eq!(post(&app, &bridge, &path, json!({})).status, 403);
+    let r = post(&app, &admin, &path, json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json_of(&r)["previous"], "running");
+    assert_eq!(json_of(&r)["analysis_status"], "failed");
+    let hb = post(
+        &app,
+        &bridge,
+        &format!("/v1/jobs/{id}/heartbeat"),
+        json!({"lease_token": job["lease_token"]}),
+    );
+    assert_eq!(hb.status, 409, "{}", hb.body);
+    assert_eq!(post(&app, &admin, &path, json!({})).status, 409);
+    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &admin));
+    assert_eq!(seen["status"], "failed");
+    let bad = post(&app, &admin, "/v1/jobs/not-a-uuid/cancel", json!({}));
+    assert_eq!(bad.status, 400);
+}
