@@ -17,6 +17,18 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # The shared rate-limit test runs a private redis-server.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# packaging/test-deb.sh: systemd-analyze (verify, security); setpriv,
+# unshare (util-linux) and ps (procps) to start the service as its unit
+# does and watch it; strace to hold its system calls against the unit's
+# seccomp filter; python3 for the stand-in notification socket; jq for
+# the answers; adduser because the package depends on it.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v pgrep >/dev/null || need_apt+=(procps)
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v strace >/dev/null || need_apt+=(strace)
+command -v adduser >/dev/null || need_apt+=(adduser)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

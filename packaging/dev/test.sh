@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit and
-# end-to-end tests against the real binary.
+# end-to-end tests against the real binary, then the Debian package
+# installed, run and purged on this machine (packaging/test-deb.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash packaging/dev/bootstrap.sh
@@ -15,3 +16,4 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+bash packaging/test-deb.sh
