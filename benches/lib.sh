@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts: build and start SandGNAT (release) with
-# N workers and its own database, next to the Python baseline.
+# Shared by the benchmark scripts: the tools, the Python baseline, and a
+# release SandGNAT with N workers and its own database ($BENCH_DB),
+# its front end on a TLS and a plain loopback port.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -9,33 +10,75 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sandgnat-target}
 bin=$CARGO_TARGET_DIR/release/sandgnat
 run=$BENCH_DIR/sandgnat
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+# Overridable so that two benchmark runs on one machine do not collide
+# (give each its own BENCH_DIR and BENCH_DB); ports are free ones unless set.
+bench_db=${BENCH_DB:-sandgnat_bench}
 
+# Installs the load generators when missing, builds the release binary and
+# starts the baseline unless it already answers (a baseline someone else
+# started is used as it is and left running).
 need_tools() {
+  command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
   command -v oha >/dev/null || { echo "installing oha (load generator for Unix sockets)" >&2; cargo install oha --locked >&2; }
-  (cd "$repo" && cargo build --release --locked >&2)
+  build_release
+  baseline_up
+}
+
+# SANDGNAT_BIN=path skips the build and runs that binary instead.
+# The target directory is shared with other work trees, whose builds
+# replace release/sandgnat: build, then run a private copy, taken only
+# while cargo's dep-info says the binary came from this tree.
+build_release() {
+  if [ -n "${SANDGNAT_BIN:-}" ]; then bin=$SANDGNAT_BIN; echo "using SANDGNAT_BIN=$bin (not rebuilt)" >&2; return; fi
+  local copy=$BENCH_DIR/bin/sandgnat-$(basename "$repo")
+  mkdir -p "$BENCH_DIR/bin"
+  for _ in 1 2 3; do
+    (cd "$repo" && cargo build --release --locked >&2)
+    if grep -q "^$CARGO_TARGET_DIR/release/sandgnat: $repo/" "$CARGO_TARGET_DIR/release/sandgnat.d"; then
+      cp "$CARGO_TARGET_DIR/release/sandgnat" "$copy.tmp" && mv "$copy.tmp" "$copy"
+      grep -q "^$CARGO_TARGET_DIR/release/sandgnat: $repo/" "$CARGO_TARGET_DIR/release/sandgnat.d" && { bin=$copy; return; }
+    fi
+    echo "release/sandgnat was just rebuilt from another tree; building again" >&2
+  done
+  echo "cannot get a release binary of $repo" >&2; return 1
+}
+
+baseline_up() {
+  if curl -skf https://127.0.0.1:18443/healthz >/dev/null 2>&1 && curl -sf http://127.0.0.1:18080/healthz >/dev/null 2>&1; then
+    return
+  fi
   bash "$shared/bench/baseline/baseline.sh" up >&2
 }
 
-# start_sandgnat WORKERS [extra toml]
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_sandgnat WORKERS [extra toml]: sets sandgnat_pid, key, tls_port,
+# plain_port. The rate limits are off: one client address makes all the
+# load, and the limits would only measure themselves.
 start_sandgnat() {
   local workers=$1 extra=${2:-}
   rm -rf "$run"; mkdir -p "$run"; chmod 0755 "$run"
-  psql "$admin_url" -qtAc "DROP DATABASE IF EXISTS sandgnat_bench WITH (FORCE)" >/dev/null
-  psql "$admin_url" -qtAc "CREATE DATABASE sandgnat_bench" >/dev/null
+  psql "$admin_url" -qtAc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
+  psql "$admin_url" -qtAc "CREATE DATABASE $bench_db" >/dev/null
   local user=""; [ "$(id -u)" = 0 ] && user=$'user = "nobody"\ngroup = "nogroup"'
+  tls_port=${BENCH_TLS_PORT:-$(free_port)}; plain_port=${BENCH_PLAIN_PORT:-$(free_port)}
+  metrics_port=${BENCH_METRICS_PORT:-$(free_port)}
   cat > "$run/sandgnat.toml" <<TOML
 [server]
 workers = $workers
 socket = "$run/workers.sock"
 $user
 [proxy]
-bind = ["127.0.0.1:28443"]
+bind = ["127.0.0.1:$tls_port"]
+plain_bind = ["127.0.0.1:$plain_port"]
+rate_limit_per_ip = 0
+rate_limit_per_key = 0
 [metrics]
-bind = "127.0.0.1:28001"
+bind = "127.0.0.1:$metrics_port"
 [paths]
 state_dir = "$run"
 [database]
-url = "postgres://postgres@127.0.0.1:5432/sandgnat_bench"
+url = "postgres://postgres@127.0.0.1:5432/$bench_db"
 [yara]
 rules_dir = "$BENCH_DIR/rules"
 [log]
@@ -52,20 +95,31 @@ TOML
     curl -sf --unix-socket "$run/workers.sock" http://x/healthz >/dev/null 2>&1 && break
     sleep 0.1
   done
-  # Every worker up, not just the first.
+  # Every worker and the front end up, not just the first worker.
   for _ in $(seq 100); do
-    [ "$(curl -s http://127.0.0.1:28001/metrics | grep -c '^sandgnat_worker_max_connections')" -ge "$workers" ] && break
+    [ "$(curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -c '^sandgnat_worker_max_connections')" -ge "$workers" ] &&
+      curl -skf "https://127.0.0.1:$tls_port/healthz" >/dev/null 2>&1 && break
     sleep 0.1
   done
+  curl -skf "https://127.0.0.1:$tls_port/healthz" >/dev/null || { echo "sandgnat did not come up; see $run/out.log" >&2; return 1; }
 }
 
 stop_sandgnat() {
   [ -n "${sandgnat_pid:-}" ] && kill -TERM "$sandgnat_pid" 2>/dev/null && wait "$sandgnat_pid" 2>/dev/null || true
+  sandgnat_pid=""
 }
 
-worker_pids() { pgrep -f "sandgnat worker .*--master-pid $sandgnat_pid" || true; }
+# The master's children by role (the binary may be a renamed copy).
+child_pids() { local p; for p in $(pgrep -P "$sandgnat_pid"); do tr '\0' ' ' < "/proc/$p/cmdline" | grep -q "^[^ ]* $1 " && echo "$p"; done; true; }
+worker_pids() { child_pids worker; }
+front_end_pid() { local p; p=$(child_pids front-end); echo "${p%%$'\n'*}"; }
 gunicorn_worker_pids() { pgrep -P "$(cat "$BENCH_DIR/baseline/gunicorn.pid")" || true; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+# Resets a process's peak RSS (VmHWM) to its current RSS.
+reset_hwm() { echo 5 > "/proc/$1/clear_refs"; }
+# A JSON list of the RSS (MiB) of each pid given.
+rss_list_mib() { local out="" p; for p in "$@"; do out+="${out:+,}$(awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$p/status")"; done; echo "[$out]"; }
 
 # oha_json ARGS... -> one JSON line: rps, p50/p99 ms, errors
 oha_json() {
@@ -75,7 +129,7 @@ d = json.load(sys.stdin)
 s, l = d["summary"], d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
 ok = sum(v for k, v in codes.items() if k.startswith("2"))
-print(json.dumps({"rps": round(s["requestsPerSec"], 1), "p50_ms": round(l["p50"] * 1000, 2),
-  "p99_ms": round(l["p99"] * 1000, 2), "ok": ok, "non_2xx": sum(codes.values()) - ok,
+print(json.dumps({"rps": round(s["requestsPerSec"], 1), "p50_ms": round(l["p50"] * 1000, 3),
+  "p99_ms": round(l["p99"] * 1000, 3), "ok": ok, "non_2xx": sum(codes.values()) - ok,
   "errors": sum(d.get("errorDistribution", {}).values())}))'
 }
