@@ -1,33 +1,72 @@
 #!/usr/bin/env bash
 # POST /v1/submit, side by side in one run with the Flask baseline (same
-# rules, same samples, same load generator): 4 KiB at 16 connections,
-# 1 MiB at 8, 16 MiB at 4; then a worker's peak RSS while it takes one
-# 128 MiB sample. Both sides hash, scan, store and record every sample.
-# usage: benches/submit.sh [SECONDS=10]
+# rules, same samples, same load generator, alternating round by round):
+# 4 KiB at 16 connections, 1 MiB at 8, 16 MiB at 4. Both sides hash, scan,
+# store and record every sample. Then the machine's ceiling for the work
+# (benches/ceiling.rs: one pass of sha256+sha1+md5+YARA over bytes in
+# memory, per core, times the cores) and a worker's peak RSS while it
+# takes one 128 MiB sample.
+# usage: benches/submit.sh [SECONDS=10] [ROUNDS=3]
 source "$(dirname "$0")/lib.sh"
 secs=${1:-10}
+rounds=${2:-3}
 need_tools
-start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456'
-trap stop_sandgnat EXIT
 samples=$BENCH_DIR/samples
 head -c 4096 "$samples/1m.bin" > "$samples/4k-bench.bin"
-for spec in "4k-bench.bin 16" "1m.bin 8" "16m.bin 4"; do
-  set -- $spec
-  file=$1 conns=$2
-  size=$(stat -c %s "$samples/$file")
-  ours=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \
-    -H "X-API-Key: $key" -H "X-Filename: $file" --unix-socket "$run/workers.sock" http://x/v1/submit)
-  theirs=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \
-    -H "X-API-Key: bench-key" -H "X-Filename: $file" http://127.0.0.1:18080/submit)
-  python3 - "$ours" "$theirs" "$size" "$conns" "$file" <<'PY'
+
+# The ceiling program, release-built and run directly (`cargo bench` would
+# rebuild the crate under the bench profile).
+ceiling_exe=$(cd "$repo" && cargo build --release --locked --bench ceiling --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ceiling" and m.get("executable"):
+        print(m["executable"])')
+ceiling=$("$ceiling_exe")
+echo "$ceiling"
+
+start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456'
+trap stop_sandgnat EXIT
+results=()
+for r in $(seq "$rounds"); do
+  for spec in "4k-bench.bin 16" "1m.bin 8" "16m.bin 4"; do
+    set -- $spec
+    file=$1 conns=$2
+    ours=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \
+      -H "X-API-Key: $key" -H "X-Filename: $file" --unix-socket "$run/workers.sock" http://x/v1/submit)
+    theirs=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \
+      -H "X-API-Key: bench-key" -H "X-Filename: $file" http://127.0.0.1:18080/submit)
+    line=$(python3 - "$ours" "$theirs" "$(stat -c %s "$samples/$file")" "$conns" "$file" "$r" <<'PY'
 import json, sys
-o, t, size, conns, name = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-mb = lambda r: round(r["rps"] * size / 1e6, 1)
-print(json.dumps({"bench": "submit", "sample": name, "bytes": size, "connections": conns,
-  "sandgnat": {**o, "mb_s": mb(o)}, "baseline": {**t, "mb_s": mb(t)},
+o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+size, conns, name, rnd = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+mb = lambda x: round(x["rps"] * size / 1e6, 1)
+print(json.dumps({"bench": "submit", "round": rnd, "sample": name, "bytes": size,
+  "connections": conns, "sandgnat": {**o, "mb_s": mb(o)}, "baseline": {**t, "mb_s": mb(t)},
   "rps_ratio": round(o["rps"] / max(t["rps"], 0.01), 2)}))
 PY
+)
+    echo "$line"
+    results+=("$line")
+  done
 done
+python3 - "$ceiling" "${results[@]}" <<'PY'
+import json, sys
+ceiling = json.loads(sys.argv[1])["ceiling_mb_s"]
+runs = [json.loads(a) for a in sys.argv[2:]]
+for name in dict.fromkeys(r["sample"] for r in runs):
+    rs = [r for r in runs if r["sample"] == name]
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    ours = med([r["sandgnat"]["mb_s"] for r in rs])
+    print(json.dumps({"bench": "submit_summary", "sample": name, "rounds": len(rs),
+      "median_rps": med([r["sandgnat"]["rps"] for r in rs]),
+      "median_baseline_rps": med([r["baseline"]["rps"] for r in rs]),
+      "median_rps_ratio": med([r["rps_ratio"] for r in rs]),
+      "median_mb_s": ours, "ceiling_mb_s": ceiling,
+      "pct_of_ceiling": round(100 * ours / ceiling, 1),
+      "failed": sum(r["sandgnat"]["non_2xx"] + r["sandgnat"]["errors"] for r in rs),
+      "baseline_failed": sum(r["baseline"]["non_2xx"] + r["baseline"]["errors"] for r in rs)}))
+PY
+
 # Peak RSS of the worker that takes a 128 MiB sample.
 big=$samples/128m-bench.bin
 [ -f "$big" ] || head -c $((128 << 20)) /dev/urandom > "$big"
