@@ -9,7 +9,9 @@
 # conservative (ours against gunicorn's better figure of the two tools).
 # Also each SandGNAT worker's memory after boot with no traffic and after
 # the load: VmRSS, and its parts (RssAnon: private; RssFile: pages of the
-# binary and libraries, shared by every worker).
+# binary and libraries, shared by every worker), and from smaps_rollup the
+# worker's own share: PSS (shared pages divided among the processes that
+# map them) and USS (pages no other process maps).
 # usage: benches/healthz.sh [SECONDS=10] [ROUNDS=3]
 source "$(dirname "$0")/lib.sh"
 secs=${1:-10}; rounds=${2:-3}; conns=64
@@ -18,11 +20,13 @@ start_sandgnat 4
 trap stop_sandgnat EXIT
 sleep 2   # let boot-time allocations settle before reading memory
 pids=$(worker_pids)
-mem() {   # one JSON list: per worker {pid, rss, anon, file} in MiB
+mem() {   # one JSON list: per worker {pid, rss, anon, file, pss, uss} in MiB
   local out="" p
   for p in $pids; do
     out+="${out:+,}$(awk -v p="$p" '/^VmRSS/{r=$2} /^RssAnon/{a=$2} /^RssFile/{f=$2}
-      END {printf "{\"pid\":%d,\"rss_mib\":%.1f,\"anon_mib\":%.1f,\"file_mib\":%.1f}", p, r/1024, a/1024, f/1024}' "/proc/$p/status")"
+      /^Pss:/{s=$2} /^Private_(Clean|Dirty):/{u+=$2}
+      END {printf "{\"pid\":%d,\"rss_mib\":%.1f,\"anon_mib\":%.1f,\"file_mib\":%.1f,\"pss_mib\":%.1f,\"uss_mib\":%.1f}", p, r/1024, a/1024, f/1024, s/1024, u/1024}' \
+      "/proc/$p/status" "/proc/$p/smaps_rollup")"
   done
   echo "[$out]"
 }
@@ -57,5 +61,7 @@ print(json.dumps({"bench": "healthz_summary", "connections": conns, "workers": 4
   **{f"median_{k}": med(k) for k in ("rps_ratio_same_tool", "p99_ratio_same_tool", "rps_ratio_vs_best", "p99_ratio_vs_best")},
   "max_idle_worker_rss_mib": max(m["rss_mib"] for m in idle),
   "max_idle_worker_anon_mib": max(m["anon_mib"] for m in idle),
+  "max_idle_worker_pss_mib": max(m["pss_mib"] for m in idle),
+  "max_idle_worker_uss_mib": max(m["uss_mib"] for m in idle),
   "worker_memory_idle": idle, "worker_memory_after_load": after}))
 PY

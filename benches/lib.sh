@@ -7,7 +7,11 @@ repo=$(cd "$here/.." && pwd)
 shared=${SHARED_DIR:-$repo/../shared}
 export BENCH_DIR=${BENCH_DIR:-/tmp/sandgnat-bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sandgnat-target}
-bin=$CARGO_TARGET_DIR/release/sandgnat
+# BENCH_PROFILE=deb measures the binary the package ships (the same
+# settings as release, built by packaging/test-deb.sh) without a second
+# optimised build.
+profile=${BENCH_PROFILE:-release}
+bin=$CARGO_TARGET_DIR/$profile/sandgnat
 run=$BENCH_DIR/sandgnat
 admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # Overridable so that two benchmark runs on one machine do not collide
@@ -33,14 +37,25 @@ build_release() {
   local copy=$BENCH_DIR/bin/sandgnat-$(basename "$repo")
   mkdir -p "$BENCH_DIR/bin"
   for _ in 1 2 3; do
-    (cd "$repo" && cargo build --release --locked >&2)
-    if grep -q "^$CARGO_TARGET_DIR/release/sandgnat: $repo/" "$CARGO_TARGET_DIR/release/sandgnat.d"; then
-      cp "$CARGO_TARGET_DIR/release/sandgnat" "$copy.tmp" && mv "$copy.tmp" "$copy"
-      grep -q "^$CARGO_TARGET_DIR/release/sandgnat: $repo/" "$CARGO_TARGET_DIR/release/sandgnat.d" && { bin=$copy; return; }
+    (cd "$repo" && cargo build --profile "$profile" --locked >&2)
+    if grep -q "^$CARGO_TARGET_DIR/$profile/sandgnat: $repo/" "$CARGO_TARGET_DIR/$profile/sandgnat.d"; then
+      cp "$CARGO_TARGET_DIR/$profile/sandgnat" "$copy.tmp" && mv "$copy.tmp" "$copy"
+      grep -q "^$CARGO_TARGET_DIR/$profile/sandgnat: $repo/" "$CARGO_TARGET_DIR/$profile/sandgnat.d" && { bin=$copy; return; }
     fi
-    echo "release/sandgnat was just rebuilt from another tree; building again" >&2
+    echo "$profile/sandgnat was just rebuilt from another tree; building again" >&2
   done
-  echo "cannot get a release binary of $repo" >&2; return 1
+  echo "cannot get a $profile binary of $repo" >&2; return 1
+}
+
+# bench_exe NAME: the path of benches/NAME.rs built with the benchmark
+# profile, to run directly (`cargo bench` would rebuild the crate under
+# the bench profile).
+bench_exe() {
+  (cd "$repo" && cargo build --profile "$profile" --locked --bench "$1" --message-format=json 2>/dev/null) |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$1"
 }
 
 baseline_up() {

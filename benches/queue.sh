@@ -11,15 +11,9 @@ secs=${1:-10}
 rounds=${2:-3}
 command -v oha >/dev/null || cargo install oha --locked >&2
 [ -d "$BENCH_DIR/rules" ] || python3 "$shared/bench/gen_rules.py" "$BENCH_DIR" >&2
-(cd "$repo" && cargo build --release --locked >&2)
-# The bench program built with the release profile, run directly: `cargo
-# bench` would rebuild the crate under the bench profile.
-bench_exe=$(cd "$repo" && cargo build --release --locked --bench queue --message-format=json 2>/dev/null |
-  python3 -c 'import json, sys
-for m in map(json.loads, sys.stdin):
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "queue" and m.get("executable"):
-        print(m["executable"])')
-bench_bin() { "$bench_exe" "$@"; }
+build_release
+queue_exe=$(bench_exe queue)
+bench_bin() { "$queue_exe" "$@"; }
 
 bench_bin
 

@@ -14,14 +14,7 @@ need_tools
 samples=$BENCH_DIR/samples
 head -c 4096 "$samples/1m.bin" > "$samples/4k-bench.bin"
 
-# The ceiling program, release-built and run directly (`cargo bench` would
-# rebuild the crate under the bench profile).
-ceiling_exe=$(cd "$repo" && cargo build --release --locked --bench ceiling --message-format=json 2>/dev/null |
-  python3 -c 'import json, sys
-for m in map(json.loads, sys.stdin):
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ceiling" and m.get("executable"):
-        print(m["executable"])')
-ceiling=$("$ceiling_exe")
+ceiling=$("$(bench_exe ceiling)")
 echo "$ceiling"
 
 start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456'
