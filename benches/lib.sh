@@ -17,6 +17,11 @@ admin_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # Overridable so that two benchmark runs on one machine do not collide
 # (give each its own BENCH_DIR and BENCH_DB); ports are free ones unless set.
 bench_db=${BENCH_DB:-sandgnat_bench}
+# Postgres on its local socket, as the package's default database.url and
+# the baseline's DSN (dbname=baseline) both reach it; loopback TCP costs
+# both ends a TCP stack per round trip.
+pg_socket_dir=${BENCH_PG_SOCKET_DIR:-/var/run/postgresql}
+bench_db_url="postgres://postgres@localhost/$bench_db?host=$pg_socket_dir"
 
 # Installs the load generators when missing, builds the release binary and
 # starts the baseline unless it already answers (a baseline someone else
@@ -93,7 +98,7 @@ bind = "127.0.0.1:$metrics_port"
 [paths]
 state_dir = "$run"
 [database]
-url = "postgres://postgres@127.0.0.1:5432/$bench_db"
+url = "$bench_db_url"
 [yara]
 rules_dir = "$BENCH_DIR/rules"
 [log]

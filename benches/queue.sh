@@ -22,7 +22,7 @@ start_sandgnat 4 $'[queue.analysis]\nmax_running = 0'
 trap stop_sandgnat EXIT
 bridge=$(env -u DATABASE_URL "$bin" keys create --config "$run/sandgnat.toml" --name bench-bridge --role bridge)
 SANDGNAT_SOCKET=$run/workers.sock SANDGNAT_KEY=$bridge \
-  SANDGNAT_DB=postgres://postgres@127.0.0.1:5432/$bench_db bench_bin
+  SANDGNAT_DB=$bench_db_url bench_bin
 stop_sandgnat
 
 samples=$BENCH_DIR/samples

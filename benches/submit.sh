@@ -17,7 +17,10 @@ head -c 4096 "$samples/1m.bin" > "$samples/4k-bench.bin"
 ceiling=$("$(bench_exe ceiling)")
 echo "$ceiling"
 
-start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456'
+# No job runners: the baseline queues its Celery task and runs no Celery
+# worker, so both sides enqueue the analysis and neither runs it here
+# (SandGNAT's static analysis of each sample would take the same cores).
+start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456\n[queue]\nrunners = 0'
 trap stop_sandgnat EXIT
 results=()
 for r in $(seq "$rounds"); do

@@ -111,6 +111,14 @@ fn eicar_raw_and_multipart_are_scanned_stored_and_recorded() {
         "req-eicar-1"
     );
     assert_eq!(db.scalar("SELECT tlp || ' ' || array_to_string(tags, ',') FROM analyses WHERE filename = 'again.com'"), "red apt,loader");
+    // A sample seen again moves its last_seen, and only that.
+    db.scalar("UPDATE samples SET first_seen = now() - interval '1 hour', last_seen = now() - interval '1 hour' RETURNING 1");
+    let r = app.submit(&key, EICAR, &[("X-Filename", "third.com")]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        db.scalar("SELECT first_seen < now() - interval '59 minutes' AND last_seen > now() - interval '1 minute' FROM samples"),
+        "t"
+    );
     // Each submission committed its jobs with it: a detonation for the
     // bridge and static analysis (on by default), with the priority given.
     assert_eq!(

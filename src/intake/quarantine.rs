@@ -26,6 +26,9 @@ pub fn store(root: &Path, sha256: &str, spooled: SpoolFile) -> io::Result<PathBu
         // Deduplicated: the spool file is removed when `spooled` drops.
         return Ok(target);
     }
+    // Durable before it has a name in the quarantine, and so before the
+    // database is told (a delayed allocation's ENOSPC surfaces here: 507).
+    fs::File::open(spooled.path())?.sync_all()?;
     fs::set_permissions(spooled.path(), fs::Permissions::from_mode(0o440))?;
     fs::rename(spooled.path(), &target)?;
     spooled.disarm();

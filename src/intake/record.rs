@@ -80,10 +80,12 @@ fn jobs_for(id: Uuid, s: &Submission<'_>) -> Vec<NewJob> {
 pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::Error> {
     let id = Uuid::new_v4();
     let mut tx = db.begin().await?;
+    // DO NOTHING takes no lock on a sample that exists; last_seen is
+    // updated last (see below).
     sqlx::query(
         "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
          VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (sha256) DO UPDATE SET last_seen = now()",
+         ON CONFLICT (sha256) DO NOTHING",
     )
     .bind(&s.sha256)
     .bind(&s.sha1)
@@ -160,6 +162,18 @@ pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::E
                 other => sqlx::Error::Protocol(other.to_string()),
             })?;
     }
+    // The one row every submission of these bytes shares: its lock is held
+    // from this statement to the commit, so it comes last, and is taken at
+    // most once a second (last_seen is kept to the second). Updating it
+    // first serialised concurrent submissions of one sample (a campaign
+    // seen by many sensors) on the whole transaction.
+    sqlx::query(
+        "UPDATE samples SET last_seen = now()
+          WHERE sha256 = $1 AND last_seen < now() - interval '1 second'",
+    )
+    .bind(&s.sha256)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Recorded {
         analysis_id: id,

@@ -158,8 +158,8 @@ fn write_all(
         md5.update(&chunk);
         size += chunk.len() as u64;
     }
-    // Durable before anyone is told it was received.
-    file.sync_all()?;
+    // Not synced here: a sample already in quarantine is dropped unsynced,
+    // and a new one is synced by quarantine::store before it is moved in.
     Ok(Received {
         file: guard,
         size,
