@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::db::TestDb;
-use common::{request_unix_body, Appliance, Response};
+use common::{request_unix_body, Appliance};
 use serde_json::{json, Value};
 
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -24,26 +24,10 @@ fn start(tag: &str, db: &TestDb, extra: &str) -> Appliance {
     )
 }
 
-fn json_of(r: &Response) -> Value {
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.body))
-}
-
-fn post(app: &Appliance, key: &str, path: &str, body: Value) -> Response {
-    let bytes = body.to_string();
-    request_unix_body(
-        &app.socket,
-        "POST",
-        path,
-        &[("X-API-Key", key), ("Content-Type", "application/json")],
-        Some(bytes.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn claim(app: &Appliance, key: &str, body: Value) -> Vec<Value> {
-    let r = post(app, key, "/v1/queues/analysis/claim", body);
+    let r = app.post_json(key, "/v1/queues/analysis/claim", body);
     assert_eq!(r.status, 200, "{}", r.body);
-    json_of(&r)["jobs"].as_array().unwrap().clone()
+    r.json()["jobs"].as_array().unwrap().clone()
 }
 
 #[test]
@@ -56,12 +40,12 @@ fn the_bridge_flow_from_submit_to_result() {
 
     let sub = app.submit(&submitter, EICAR, &[("X-Filename", "eicar.com")]);
     assert_eq!(sub.status, 202, "{}", sub.body);
-    let accepted = json_of(&sub);
+    let accepted = sub.json();
     let analysis = accepted["analysis_id"].as_str().unwrap().to_string();
     let sha256 = accepted["sha256"].as_str().unwrap().to_string();
     // The job committed with the submission.
     let seen = app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader);
-    let seen = json_of(&seen);
+    let seen = seen.json();
     assert_eq!(seen["status"], "queued");
     assert_eq!(seen["jobs"][0]["kind"], "detonate");
     assert_eq!(seen["jobs"][0]["state"], "available");
@@ -84,68 +68,70 @@ fn the_bridge_flow_from_submit_to_result() {
     let refused = app.get_with_key(&format!("/v1/samples/{sha256}/content"), &reader);
     assert_eq!(refused.status, 403, "{}", refused.body);
 
-    let running = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    let running = app
+        .get_with_key(&format!("/v1/analyses/{analysis}"), &reader)
+        .json();
     assert_eq!(running["status"], "running");
 
-    let hb = post(
-        &app,
+    let hb = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/heartbeat"),
         json!({"lease_token": token, "lease_seconds": 600}),
     );
     assert_eq!(hb.status, 200, "{}", hb.body);
-    let pr = post(
-        &app,
+    let pr = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/progress"),
         json!({"lease_token": token, "progress": {"stage": "detonating", "vm": "win10-3"}}),
     );
     assert_eq!(pr.status, 200, "{}", pr.body);
-    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    let seen = app
+        .get_with_key(&format!("/v1/analyses/{analysis}"), &reader)
+        .json();
     assert_eq!(seen["jobs"][0]["progress"]["stage"], "detonating");
 
     // A stale token changes nothing.
-    let stale = post(
-        &app,
+    let stale = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/complete"),
         json!({"lease_token": token + 1, "result": {"verdict": "clean"}}),
     );
     assert_eq!(stale.status, 409, "{}", stale.body);
-    assert_eq!(json_of(&stale)["error"], "lease_lost");
-    let stale_fail = post(
-        &app,
+    assert_eq!(stale.json()["error"], "lease_lost");
+    let stale_fail = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/fail"),
         json!({"lease_token": token + 1, "error": "x"}),
     );
     assert_eq!(stale_fail.status, 409, "{}", stale_fail.body);
 
-    let done = post(
-        &app,
+    let done = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/complete"),
         json!({"lease_token": token, "result": {"verdict": "malicious", "score": 10}}),
     );
     assert_eq!(done.status, 200, "{}", done.body);
-    assert_eq!(json_of(&done)["analysis_status"], "completed");
-    let again = post(
-        &app,
+    assert_eq!(done.json()["analysis_status"], "completed");
+    let again = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/complete"),
         json!({"lease_token": token, "result": {}}),
     );
     assert_eq!(again.status, 409);
 
-    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &reader));
+    let seen = app
+        .get_with_key(&format!("/v1/analyses/{analysis}"), &reader)
+        .json();
     assert_eq!(seen["status"], "completed");
     assert_eq!(seen["results"]["detonate"]["verdict"], "malicious");
-    let job_view = json_of(&app.get_with_key(&format!("/v1/jobs/{id}"), &bridge));
+    let job_view = app.get_with_key(&format!("/v1/jobs/{id}"), &bridge).json();
     assert_eq!(job_view["state"], "completed");
     assert_eq!(job_view["result"]["score"], 10);
 
     let admin = app.new_key("admin");
-    let audit = json_of(&app.get_with_key(&format!("/v1/audit?analysis_id={analysis}"), &admin));
+    let audit = app
+        .get_with_key(&format!("/v1/audit?analysis_id={analysis}"), &admin)
+        .json();
     let events: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()
@@ -196,13 +182,13 @@ fn a_long_poll_claim_wakes_on_submit_and_bad_claims_are_4xx() {
         (json!({"wait_seconds": 100000}), "wait_seconds"),
         (json!({"bogus": 1}), "bogus"),
     ] {
-        let r = post(&app, &bridge, "/v1/queues/analysis/claim", body);
+        let r = app.post_json(&bridge, "/v1/queues/analysis/claim", body);
         assert_eq!(r.status, 400, "{}", r.body);
         assert!(r.body.contains(want), "{}", r.body);
     }
-    let r = post(&app, &bridge, "/v1/queues/nope/claim", json!({}));
+    let r = app.post_json(&bridge, "/v1/queues/nope/claim", json!({}));
     assert_eq!(r.status, 404, "{}", r.body);
-    let r = post(&app, &submitter, "/v1/queues/analysis/claim", json!({}));
+    let r = app.post_json(&submitter, "/v1/queues/analysis/claim", json!({}));
     assert_eq!(r.status, 403, "{}", r.body);
 
     // An empty wait answers at once with no jobs.
@@ -232,7 +218,7 @@ fn a_long_poll_claim_wakes_on_submit_and_bad_claims_are_4xx() {
     let submitted = Instant::now();
     let (_, answered, r) = waiter.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(json_of(&r)["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["jobs"].as_array().unwrap().len(), 1);
     assert!(
         answered.duration_since(submitted) < Duration::from_millis(900),
         "woken {:?} after the submit",
@@ -247,26 +233,27 @@ fn cancel_is_admin_only_and_fences_the_holder() {
     let submitter = app.new_key("submitter");
     let bridge = app.new_key("bridge");
     let admin = app.new_key("admin");
-    let sub = json_of(&app.submit(&submitter, b"to be cancelled", &[]));
+    let sub = app.submit(&submitter, b"to be cancelled", &[]).json();
     let analysis = sub["analysis_id"].as_str().unwrap();
     let job = claim(&app, &bridge, json!({}))[0].clone();
     let id = job["id"].as_str().unwrap();
     let path = format!("/v1/jobs/{id}/cancel");
-    assert_eq!(post(&app, &bridge, &path, json!({})).status, 403);
-    let r = post(&app, &admin, &path, json!({}));
+    assert_eq!(app.post_json(&bridge, &path, json!({})).status, 403);
+    let r = app.post_json(&admin, &path, json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(json_of(&r)["previous"], "running");
-    assert_eq!(json_of(&r)["analysis_status"], "failed");
-    let hb = post(
-        &app,
+    assert_eq!(r.json()["previous"], "running");
+    assert_eq!(r.json()["analysis_status"], "failed");
+    let hb = app.post_json(
         &bridge,
         &format!("/v1/jobs/{id}/heartbeat"),
         json!({"lease_token": job["lease_token"]}),
     );
     assert_eq!(hb.status, 409, "{}", hb.body);
-    assert_eq!(post(&app, &admin, &path, json!({})).status, 409);
-    let seen = json_of(&app.get_with_key(&format!("/v1/analyses/{analysis}"), &admin));
+    assert_eq!(app.post_json(&admin, &path, json!({})).status, 409);
+    let seen = app
+        .get_with_key(&format!("/v1/analyses/{analysis}"), &admin)
+        .json();
     assert_eq!(seen["status"], "failed");
-    let bad = post(&app, &admin, "/v1/jobs/not-a-uuid/cancel", json!({}));
+    let bad = app.post_json(&admin, "/v1/jobs/not-a-uuid/cancel", json!({}));
     assert_eq!(bad.status, 400);
 }

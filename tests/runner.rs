@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::db::TestDb;
-use common::{request_unix_body, Appliance, Response};
+use common::{request_unix_body, Appliance};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -29,24 +29,8 @@ fn start(tag: &str, db: &TestDb, extra: &str) -> Appliance {
     )
 }
 
-fn json_of(r: &Response) -> Value {
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.body))
-}
-
-fn post(app: &Appliance, key: &str, path: &str, body: Value) -> Response {
-    let bytes = body.to_string();
-    request_unix_body(
-        &app.socket,
-        "POST",
-        path,
-        &[("X-API-Key", key), ("Content-Type", "application/json")],
-        Some(bytes.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn analysis(app: &Appliance, key: &str, id: &str) -> Value {
-    json_of(&app.get_with_key(&format!("/v1/analyses/{id}"), key))
+    app.get_with_key(&format!("/v1/analyses/{id}"), key).json()
 }
 
 /// Polls the analysis until `cond` holds; returns it.
@@ -67,17 +51,15 @@ fn wait_analysis(
 
 /// What the bridge does for the detonation: claim it and complete it.
 fn detonate(app: &Appliance, bridge: &str, analysis_id: &str) {
-    let r = post(
-        app,
+    let r = app.post_json(
         bridge,
         "/v1/queues/analysis/claim",
         json!({"max_jobs": 1, "lease_seconds": 60}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let job = json_of(&r)["jobs"][0].clone();
+    let job = r.json()["jobs"][0].clone();
     assert_eq!(job["analysis_id"], analysis_id, "{job}");
-    let done = post(
-        app,
+    let done = app.post_json(
         bridge,
         &format!("/v1/jobs/{}/complete", job["id"].as_str().unwrap()),
         json!({"lease_token": job["lease_token"], "result": {"verdict": "clean"}}),
@@ -123,7 +105,7 @@ fn static_analysis_lands_on_the_analysis() {
     let exe = std::fs::read("/bin/true").unwrap();
     let sub = app.submit(&submitter, &exe, &[("X-Filename", "true")]);
     assert_eq!(sub.status, 202, "{}", sub.body);
-    let id = json_of(&sub)["analysis_id"].as_str().unwrap().to_string();
+    let id = sub.json()["analysis_id"].as_str().unwrap().to_string();
 
     let seen = wait_analysis(&app, &reader, &id, "the static result", |v| {
         v["results"]["static"].is_object()
@@ -164,7 +146,9 @@ fn static_analysis_lands_on_the_analysis() {
     assert!(done["results"]["static"].is_object());
 
     // The runner's work is in the audit trail under its own name.
-    let audit = json_of(&app.get_with_key(&format!("/v1/audit?analysis_id={id}"), &admin));
+    let audit = app
+        .get_with_key(&format!("/v1/audit?analysis_id={id}"), &admin)
+        .json();
     let by_runner = audit["entries"]
         .as_array()
         .unwrap()
@@ -274,7 +258,7 @@ fn webhook_is_signed_and_retried_after_a_500() {
     )
     .unwrap();
     assert_eq!(sub.status, 202, "{}", sub.body);
-    let sub = json_of(&sub);
+    let sub = sub.json();
     let id = sub["analysis_id"].as_str().unwrap().to_string();
     // Held until the analysis finishes: nothing is sent yet.
     let seen = analysis(&app, &reader, &id);
@@ -355,7 +339,7 @@ fn webhook_to_loopback_is_refused_without_retry() {
     )
     .unwrap();
     assert_eq!(sub.status, 202, "{}", sub.body);
-    let id = json_of(&sub)["analysis_id"].as_str().unwrap().to_string();
+    let id = sub.json()["analysis_id"].as_str().unwrap().to_string();
     detonate(&app, &bridge, &id);
     let seen = wait_analysis(&app, &reader, &id, "the webhook discarded", |v| {
         job_of(v, "webhook")["state"] == "discarded"

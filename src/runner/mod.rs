@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
-
 use crate::scoreboard::{Scoreboard, SlotState};
 use crate::shutdown::{self, Trigger};
 use crate::sockets::SCOREBOARD_FD;
@@ -87,9 +85,13 @@ pub fn run(args: RunnerArgs) -> ExitCode {
     let outcome = runtime.block_on(async {
         // Lazy: a database that is down now is retried by the claim loop.
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
-        let signals = Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
+        let signals =
+            shutdown::Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
         let (trigger, shutdown) = shutdown::channel();
-        tokio::spawn(signals.watch(trigger.clone()));
+        tokio::spawn(signals.watch(
+            trigger.clone(),
+            "TERM: no new jobs; finishing the one in hand",
+        ));
         let frozen = Arc::new(AtomicU32::new(0));
         let slot = board.slot(args.slot);
         slot.pid.store(std::process::id(), Relaxed);
@@ -144,39 +146,6 @@ async fn heartbeat(
         if std::os::unix::process::parent_id() != master_pid {
             tracing::warn!("master is gone; stopping");
             trigger.graceful();
-        }
-    }
-}
-
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn register() -> std::io::Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            quit: signal(SignalKind::quit())?,
-            usr1: signal(SignalKind::user_defined1())?,
-        })
-    }
-
-    async fn watch(mut self, trigger: Trigger) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => {
-                    tracing::info!("TERM: no new jobs; finishing the one in hand");
-                    trigger.graceful();
-                }
-                // A fast stop: the job in hand is left to its lease.
-                _ = self.int.recv() => std::process::exit(0),
-                _ = self.quit.recv() => std::process::exit(0),
-                _ = self.usr1.recv() => crate::logging::reopen(),
-            }
         }
     }
 }

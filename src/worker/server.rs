@@ -10,7 +10,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixStream;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::WorkerArgs;
@@ -86,8 +85,9 @@ impl Worker {
         let master_pid = std::os::unix::process::parent_id();
         tokio::spawn(heartbeat(shared.clone(), master_pid));
         // Registered before announcing readiness, so no TERM is missed.
-        let signals = Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
-        tokio::spawn(signals.watch(shared.trigger.clone()));
+        let signals =
+            shutdown::Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
+        tokio::spawn(signals.watch(shared.trigger.clone(), "TERM: finishing in-flight requests"));
 
         let limit = shared.settings.server.worker_connections as usize;
         let permits = Arc::new(Semaphore::new(limit));
@@ -216,39 +216,6 @@ async fn heartbeat(shared: Arc<Shared>, master_pid: u32) {
         if std::os::unix::process::parent_id() != master_pid {
             tracing::warn!("master is gone; stopping");
             shared.trigger.graceful();
-        }
-    }
-}
-
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn register() -> std::io::Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            quit: signal(SignalKind::quit())?,
-            usr1: signal(SignalKind::user_defined1())?,
-        })
-    }
-
-    async fn watch(mut self, trigger: Trigger) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => {
-                    tracing::info!("TERM: finishing in-flight requests");
-                    trigger.graceful();
-                }
-                // A fast stop: in-flight requests are cut, as with gunicorn.
-                _ = self.int.recv() => std::process::exit(0),
-                _ = self.quit.recv() => std::process::exit(0),
-                _ = self.usr1.recv() => crate::logging::reopen(),
-            }
         }
     }
 }

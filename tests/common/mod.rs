@@ -260,6 +260,19 @@ impl Appliance {
         request_unix_body(&self.socket, "POST", "/v1/submit", &headers, Some(body)).unwrap()
     }
 
+    /// POSTs a JSON document with an API key on the workers' socket.
+    pub fn post_json(&self, key: &str, path: &str, body: serde_json::Value) -> Response {
+        let bytes = body.to_string();
+        request_unix_body(
+            &self.socket,
+            "POST",
+            path,
+            &[("X-API-Key", key), ("Content-Type", "application/json")],
+            Some(bytes.as_bytes()),
+        )
+        .unwrap()
+    }
+
     pub fn get_with_key(&self, path: &str, key: &str) -> Response {
         request_unix(&self.socket, "GET", path, &[("X-API-Key", key)]).unwrap()
     }
@@ -355,6 +368,12 @@ pub struct Response {
 }
 
 impl Response {
+    /// The body as JSON; a body that is not JSON fails the test.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
