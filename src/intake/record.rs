@@ -3,6 +3,8 @@
 //! and the analysis jobs. Nothing is visible until it all commits, and no
 //! NOTIFY happens inside it (the caller wakes the queues after commit).
 
+use std::sync::LazyLock;
+
 use serde_json::json;
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -129,41 +131,39 @@ pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::E
         "rules": s.matches.iter().map(|m| format!("{}:{}", m.namespace, m.rule)).collect::<Vec<_>>(),
         "error": s.scan_error,
     });
-    // Both rows in one statement, in this order (ids follow it).
-    sqlx::query(
-        "INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
-         VALUES ($1, $2, 'submitted', $3, $5), ($1, 'sandgnat', 'scanned', $4, $5)",
-    )
-    .bind(id)
-    .bind(&actor)
-    .bind(Json(submitted))
-    .bind(Json(scanned))
-    .bind(&s.request_id)
-    .execute(&mut *tx)
-    .await?;
-    let mut queues = Vec::new();
     let jobs = if s.no_enqueue {
         Vec::new()
     } else {
         jobs_for(id, s)
     };
-    for job in jobs.iter().filter(|j| !j.hold) {
-        queues.push(match job.queue.as_str() {
+    let queues = jobs
+        .iter()
+        .filter(|j| !j.hold)
+        .map(|j| match j.queue.as_str() {
             "analysis" => "analysis",
             "static" => "static",
             _ => "notify",
-        });
-    }
-    if !jobs.is_empty() {
-        // One statement for all of them: the submit path pays one round
-        // trip for the queue, whatever the number of jobs.
-        queue::enqueue_many(&mut tx, jobs)
-            .await
-            .map_err(|e| match e {
-                queue::QueueError::Db(e) => e,
-                other => sqlx::Error::Protocol(other.to_string()),
-            })?;
-    }
+        })
+        .collect();
+    // Both audit rows and every job in one statement: the jobs ride in a
+    // CTE, so the queue costs the submission no round trip of its own.
+    // Audit ids follow the VALUES order.
+    static AUDIT_AND_JOBS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH enqueued AS ({})
+             INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
+             VALUES ($1, $2, 'submitted', $3, $5), ($1, 'sandgnat', 'scanned', $4, $5)",
+            queue::Batch::insert_sql(6)
+        )
+    });
+    let batch = queue::Batch::new(jobs);
+    let audit = sqlx::query(&AUDIT_AND_JOBS)
+        .bind(id)
+        .bind(&actor)
+        .bind(Json(submitted))
+        .bind(Json(scanned))
+        .bind(&s.request_id);
+    batch.bind(audit).execute(&mut *tx).await?;
     // The one row every submission of these bytes shares: its lock is held
     // from this statement to the commit, so it comes last, and is taken at
     // most once a second (last_seen is kept to the second). Updating it

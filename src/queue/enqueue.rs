@@ -3,8 +3,12 @@
 //! transaction would serialise every commit; wake-ups go after commit
 //! (`Notifier::poke`).
 
+use std::sync::LazyLock;
+
 use super::QueueError;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 pub type JobId = Uuid;
@@ -63,15 +67,7 @@ pub async fn enqueue(conn: &mut PgConnection, job: NewJob) -> Result<JobId, Queu
     .bind(job.analysis_id)
     .execute(conn)
     .await;
-    match res {
-        Ok(_) => Ok(id),
-        // The partial unique index is the one arbiter of duplicates, even
-        // between concurrent transactions.
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_unique_live") => {
-            Err(QueueError::Duplicate)
-        }
-        Err(e) => Err(e.into()),
-    }
+    res.map(|_| id).map_err(insert_error)
 }
 
 /// Makes held jobs of an analysis claimable now (e.g. its webhook once the
@@ -100,60 +96,121 @@ pub async fn enqueue_many(
     conn: &mut PgConnection,
     jobs: Vec<NewJob>,
 ) -> Result<Vec<JobId>, QueueError> {
-    let n = jobs.len();
-    // Time-ordered ids (v7): each insert lands on the primary key's
-    // rightmost leaf instead of a random one, so the hot index stays small
-    // in cache and a checkpoint is followed by few full-page WAL images.
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    let mut queue = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    let mut priority = Vec::with_capacity(n);
-    let mut max_attempts = Vec::with_capacity(n);
-    let mut unique_key = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut hold = Vec::with_capacity(n);
-    let mut analysis = Vec::with_capacity(n);
-    for j in jobs {
-        queue.push(j.queue);
-        kind.push(j.kind);
-        payload.push(j.payload);
-        priority.push(j.priority);
-        max_attempts.push(j.max_attempts);
-        unique_key.push(j.unique_key);
-        run_at.push(j.run_at);
-        hold.push(j.hold);
-        analysis.push(j.analysis_id);
-    }
-    let res = sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, priority, max_attempts, unique_key,
-                           run_at, state, analysis_id)
-         SELECT id, queue, kind, payload, priority, max_attempts, unique_key,
-                CASE WHEN hold THEN 'infinity' ELSE COALESCE(run_at, now()) END,
-                CASE WHEN hold OR run_at > now() THEN 'scheduled' ELSE 'available' END,
-                analysis_id
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[],
-                       $6::int4[], $7::text[], $8::timestamptz[], $9::bool[], $10::uuid[])
-                AS t(id, queue, kind, payload, priority, max_attempts, unique_key,
-                     run_at, hold, analysis_id)",
-    )
-    .bind(&ids)
-    .bind(&queue)
-    .bind(&kind)
-    .bind(&payload)
-    .bind(&priority)
-    .bind(&max_attempts)
-    .bind(&unique_key)
-    .bind(&run_at)
-    .bind(&hold)
-    .bind(&analysis)
-    .execute(conn)
-    .await;
-    match res {
-        Ok(_) => Ok(ids),
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_unique_live") => {
-            Err(QueueError::Duplicate)
+    let batch = Batch::new(jobs);
+    static SQL: LazyLock<String> = LazyLock::new(|| Batch::insert_sql(1));
+    batch
+        .bind(sqlx::query(&SQL))
+        .execute(conn)
+        .await
+        .map_err(insert_error)?;
+    Ok(batch.ids)
+}
+
+/// A batch of jobs as the arrays of one INSERT. A caller whose own
+/// statement runs anyway can carry the INSERT in it, as a data-modifying
+/// CTE (`WITH enqueued AS (<insert_sql>) ...`), and save a round trip:
+/// the submit path does, for every submission.
+pub struct Batch {
+    ids: Vec<Uuid>,
+    queue: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<serde_json::Value>,
+    priority: Vec<i16>,
+    max_attempts: Vec<i32>,
+    unique_key: Vec<Option<String>>,
+    run_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    hold: Vec<bool>,
+    analysis: Vec<Option<Uuid>>,
+}
+
+impl Batch {
+    /// The number of parameters `insert_sql` takes.
+    pub const PARAMS: usize = 10;
+
+    pub fn new(jobs: Vec<NewJob>) -> Self {
+        let n = jobs.len();
+        let mut b = Batch {
+            // Time-ordered ids (v7): each insert lands on the primary key's
+            // rightmost leaf instead of a random one, so the hot index stays
+            // small in cache and a checkpoint is followed by few full-page
+            // WAL images.
+            ids: (0..n).map(|_| Uuid::now_v7()).collect(),
+            queue: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            unique_key: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
+            hold: Vec::with_capacity(n),
+            analysis: Vec::with_capacity(n),
+        };
+        for j in jobs {
+            b.queue.push(j.queue);
+            b.kind.push(j.kind);
+            b.payload.push(j.payload);
+            b.priority.push(j.priority);
+            b.max_attempts.push(j.max_attempts);
+            b.unique_key.push(j.unique_key);
+            b.run_at.push(j.run_at);
+            b.hold.push(j.hold);
+            b.analysis.push(j.analysis_id);
         }
-        Err(e) => Err(e.into()),
+        b
+    }
+
+    pub fn ids(&self) -> &[JobId] {
+        &self.ids
+    }
+
+    /// The INSERT, its `PARAMS` parameters numbered from `$first`. An
+    /// empty batch inserts nothing.
+    pub fn insert_sql(first: usize) -> String {
+        let p: Vec<String> = (first..first + Self::PARAMS)
+            .map(|i| format!("${i}"))
+            .collect();
+        format!(
+            "INSERT INTO jobs (id, queue, kind, payload, priority, max_attempts, unique_key,
+                               run_at, state, analysis_id)
+             SELECT id, queue, kind, payload, priority, max_attempts, unique_key,
+                    CASE WHEN hold THEN 'infinity' ELSE COALESCE(run_at, now()) END,
+                    CASE WHEN hold OR run_at > now() THEN 'scheduled' ELSE 'available' END,
+                    analysis_id
+               FROM unnest({}::uuid[], {}::text[], {}::text[], {}::jsonb[], {}::int2[],
+                           {}::int4[], {}::text[], {}::timestamptz[], {}::bool[], {}::uuid[])
+                    AS t(id, queue, kind, payload, priority, max_attempts, unique_key,
+                         run_at, hold, analysis_id)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+        )
+    }
+
+    /// Binds the batch's arrays, in `insert_sql`'s order, after the
+    /// query's own parameters.
+    pub fn bind<'q>(
+        &'q self,
+        q: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        q.bind(&self.ids)
+            .bind(&self.queue)
+            .bind(&self.kind)
+            .bind(&self.payload)
+            .bind(&self.priority)
+            .bind(&self.max_attempts)
+            .bind(&self.unique_key)
+            .bind(&self.run_at)
+            .bind(&self.hold)
+            .bind(&self.analysis)
+    }
+}
+
+/// The error of a statement that inserted jobs: a unique-key clash is
+/// `Duplicate` (the partial unique index is the one arbiter of duplicates,
+/// even between concurrent transactions).
+pub fn insert_error(e: sqlx::Error) -> QueueError {
+    match e {
+        sqlx::Error::Database(d) if d.constraint() == Some("jobs_unique_live") => {
+            QueueError::Duplicate
+        }
+        e => e.into(),
     }
 }
