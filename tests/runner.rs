@@ -414,29 +414,9 @@ fn runners_are_supervised_and_isolated() {
 
     // Isolated like a worker, and holding no listening socket.
     let pid = runners[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
-        "{status}"
-    );
-    if unsafe { libc::geteuid() } == 0 {
-        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
-    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    common::assert_isolated(pid);
     let listening = listening_inodes();
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
+    let fds = common::fd_targets(pid);
     assert!(
         !fds.iter()
             .any(|f| listening.iter().any(|i| f == &format!("socket:[{i}]"))),

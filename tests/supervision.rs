@@ -467,26 +467,7 @@ fn master_death_takes_the_workers_with_it() {
 fn workers_are_isolated() {
     let app = Appliance::start("isolation", "workers = 1\n", "");
     let pid = app.worker_pids()[0];
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
-        "{status}"
-    );
-    if unsafe { libc::geteuid() } == 0 {
-        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(
-            !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
-            "{uid_line}"
-        );
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
-    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    common::assert_isolated(pid);
     // The worker holds the workers' socket and none of the TCP listeners.
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let metrics_port = format!(
@@ -509,11 +490,7 @@ fn workers_are_isolated() {
         .and_then(|l| l.split_whitespace().nth(9))
         .unwrap()
         .to_string();
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
+    let fds = common::fd_targets(pid);
     assert!(
         !fds.iter()
             .any(|f| f == &format!("socket:[{metrics_inode}]")),

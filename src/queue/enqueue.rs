@@ -159,10 +159,6 @@ impl Batch {
         b
     }
 
-    pub fn ids(&self) -> &[JobId] {
-        &self.ids
-    }
-
     /// The INSERT, its `PARAMS` parameters numbered from `$first`. An
     /// empty batch inserts nothing.
     pub fn insert_sql(first: usize) -> String {
@@ -206,7 +202,7 @@ impl Batch {
 /// The error of a statement that inserted jobs: a unique-key clash is
 /// `Duplicate` (the partial unique index is the one arbiter of duplicates,
 /// even between concurrent transactions).
-pub fn insert_error(e: sqlx::Error) -> QueueError {
+fn insert_error(e: sqlx::Error) -> QueueError {
     match e {
         sqlx::Error::Database(d) if d.constraint() == Some("jobs_unique_live") => {
             QueueError::Duplicate

@@ -23,7 +23,7 @@ mod wake;
 pub use backoff::Backoff;
 pub use cancel::{cancel, Cancelled};
 pub use claim::{claim, Claim, ClaimedJob};
-pub use enqueue::{enqueue, enqueue_many, insert_error, release_held, Batch, JobId, NewJob};
+pub use enqueue::{enqueue, enqueue_many, release_held, Batch, JobId, NewJob};
 pub use error::QueueError;
 pub use finish::{complete, complete_many, fail, Failed, Finished};
 pub use inspect::{get, stats, Job, QueueStats};

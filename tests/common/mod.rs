@@ -360,6 +360,37 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Asserts what the master gives every child it starts: no_new_privs, a
+/// uid other than root when the tests run as root, and no core dumps.
+pub fn assert_isolated(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{status}"
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+}
+
+/// What a process's descriptors point at (`socket:[inode]`, paths).
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
