@@ -396,7 +396,9 @@ fn client_disconnect_mid_upload_records_nothing() {
         "POST /v1/submit HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 10000000\r\n\r\n"
     )
     .unwrap();
-    s.write_all(&vec![b'z'; 200_000]).unwrap();
+    // Past intake.memory_sample_bytes (1 MiB), so the upload has spilled
+    // to a spool file that must go.
+    s.write_all(&vec![b'z'; 2_000_000]).unwrap();
     app.wait_until("upload under way", 5 * SEC, |a| spool_files(a) == 1);
     drop(s);
     app.wait_until("spool file removed", 5 * SEC, |a| spool_files(a) == 0);
@@ -493,4 +495,63 @@ fn rules_that_fail_to_compile_on_hup_keep_the_running_ones() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("marker.yar:"));
     let _ = std::fs::remove_dir_all(rules);
+}
+
+#[test]
+fn samples_in_memory_and_spooled_are_hashed_scanned_and_stored_alike() {
+    use sha2::{Digest, Sha256};
+    let db = TestDb::create("spill");
+    let dir = std::env::temp_dir().join(format!("sandgnat-spill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tail.yar"),
+        "rule tail_marker { strings: $m = \"TAIL-MARKER\" condition: $m and filesize > 100 }",
+    )
+    .unwrap();
+    // A small memory threshold, so both paths run with small samples.
+    let app = Appliance::start(
+        "spill",
+        "workers = 2\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nmemory_sample_bytes = 4096\n[yara]\nrules_dir = \"{}\"\n[queue]\nrunners = 0\n",
+            db.url(),
+            dir.display()
+        ),
+    );
+    let key = app.new_key("submitter");
+    for size in [4096usize, 4097, 3 << 20] {
+        let mut body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        body[size - 11..].copy_from_slice(b"TAIL-MARKER");
+        let r = app.submit(&key, &body, &[("X-Filename", "tail.bin")]);
+        assert_eq!(r.status, 202, "{size}: {}", r.body);
+        let v = json(&r);
+        let sha256 = hex::encode(Sha256::digest(&body));
+        assert_eq!(v["sha256"], sha256.as_str(), "{size}");
+        assert_eq!(v["size"], size, "{size}");
+        assert_eq!(v["yara"][0]["rule"], "tail_marker", "{size}: {v}");
+        assert_eq!(
+            v["yara"][0]["strings"][0]["offsets"][0],
+            size - 11,
+            "{size}"
+        );
+        let stored = app
+            .dir
+            .join("quarantine")
+            .join(&sha256[..2])
+            .join(&sha256[2..4])
+            .join(&sha256);
+        assert_eq!(std::fs::read(&stored).unwrap(), body, "{size}");
+        let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o440, "{size}");
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT size || ' ' || md5 FROM samples WHERE sha256 = '{sha256}'"
+            )),
+            format!("{size} {:x}", md5::Md5::digest(&body)),
+        );
+    }
+    assert_eq!(spool_files(&app), 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "3");
+    assert_eq!(db.scalar("SELECT count(*) FROM analysis_audit_log"), "6");
+    let _ = std::fs::remove_dir_all(&dir);
 }

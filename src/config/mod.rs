@@ -166,6 +166,12 @@ impl Default for Proxy {
 pub struct Intake {
     pub max_sample_bytes: u64,
     pub static_analysis_enabled: bool,
+    /// A sample up to this size is received in memory, not in a spool
+    /// file (0: always spool).
+    pub memory_sample_bytes: u64,
+    /// What one worker may hold in memory for samples being received at
+    /// once; a sample that finds it spent is spooled.
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for Intake {
@@ -173,6 +179,8 @@ impl Default for Intake {
         Intake {
             max_sample_bytes: 128 << 20,
             static_analysis_enabled: true,
+            memory_sample_bytes: 1 << 20,
+            memory_budget_bytes: 32 << 20,
         }
     }
 }

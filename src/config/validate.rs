@@ -142,6 +142,18 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         1,
         1 << 40,
     )?;
+    range(
+        "intake.memory_sample_bytes",
+        s.intake.memory_sample_bytes,
+        0,
+        64 << 20,
+    )?;
+    range(
+        "intake.memory_budget_bytes",
+        s.intake.memory_budget_bytes,
+        0,
+        4 << 30,
+    )?;
     range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
     range("queue.runners", s.queue.runners, 0, 64)?;
     let q = &s.queue;

@@ -1,16 +1,11 @@
 //! A sample's file type from its first bytes: enough to route analysis and
 //! to give YARA rules the `filetype` variable. Never trusts the filename.
 
-use std::io::Read;
-use std::path::Path;
+use super::spool::Content;
 
-/// Reads the start of `path` and names its type.
-pub fn detect(path: &Path) -> String {
-    let mut head = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    from_magic(&head[..n]).to_string()
+/// Reads the start of a received sample and names its type.
+pub fn detect(content: &Content) -> String {
+    from_magic(&content.head(512)).to_string()
 }
 
 pub fn from_magic(b: &[u8]) -> &'static str {

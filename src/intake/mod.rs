@@ -20,10 +20,10 @@ use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller};
-use crate::scan::{RuleMatch, ScanError, ScanTarget};
+use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
 use crate::worker::state::AppState;
 use metadata::Metadata;
-use spool::{Received, Upload, UploadError};
+use spool::{Content, Digests, Received, Upload, UploadError};
 
 /// Room for multipart framing and metadata fields above the sample limit.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
@@ -85,13 +85,21 @@ pub async fn submit(
         }
     }
     // Fail fast while the body is still unread: a submission that cannot be
-    // recorded should not cost the client its upload first.
-    drop(
-        app.db
+    // recorded should not cost the client a long upload first. A small one
+    // costs less to receive than this round trip, so it goes straight on.
+    let small =
+        content_length(&headers).is_some_and(|len| len <= app.settings.intake.memory_sample_bytes);
+    if !small {
+        use sqlx::Connection as _;
+        let mut conn = app
+            .db
             .acquire()
             .await
-            .map_err(|e| unavailable("the database", e))?,
-    );
+            .map_err(|e| unavailable("the database", e))?;
+        conn.ping()
+            .await
+            .map_err(|e| unavailable("the database", e))?;
+    }
 
     let mut meta = Metadata::default();
     if let Some(q) = req.uri().query() {
@@ -123,7 +131,11 @@ pub async fn submit(
 }
 
 async fn receive_raw(app: &AppState, body: Body) -> Result<Received, ApiError> {
-    let mut upload = Upload::start(&app.spool, app.settings.intake.max_sample_bytes)?;
+    let mut upload = Upload::start(
+        &app.spool,
+        app.settings.intake.max_sample_bytes,
+        &app.memory,
+    );
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| client_gone(&e))?;
@@ -162,7 +174,7 @@ async fn receive_multipart(
                     meta.set("filename", &f)?;
                 }
             }
-            let mut upload = Upload::start(&app.spool, limit)?;
+            let mut upload = Upload::start(&app.spool, limit, &app.memory);
             while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                 upload.push(chunk).await?;
             }
@@ -207,34 +219,35 @@ async fn process(
     request_id: &str,
     client_ip: Option<String>,
 ) -> Result<serde_json::Value, ApiError> {
+    // Empty until the digest is known: a sample sent without a name is
+    // named by its sha256.
+    let filename = meta.filename.clone().unwrap_or_default();
     let worker = app.clone();
-    let filename = meta
-        .filename
-        .clone()
-        .unwrap_or_else(|| received.sha256.clone());
     let scan_name = filename.clone();
-    // libyara and the file system are blocking work: keep them off the
-    // event loop so the worker's heartbeat and other requests go on.
-    let (received, file_type, scanned) = tokio::task::spawn_blocking(move || {
-        let file_type = filetype::detect(received.file.path());
-        let target = ScanTarget {
-            path: received.file.path(),
-            filename: &scan_name,
-            filetype: &file_type,
-        };
-        let scanned = worker
-            .rules
-            .scan(&target, worker.settings.yara.scan_timeout);
-        (received, file_type, scanned)
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "scan_failed",
-            e.to_string(),
-        )
-    })?;
+    // Hashing (of a sample held in memory), libyara and the file system are
+    // blocking work, done in one hop off the event loop so the worker's
+    // heartbeat and other requests go on.
+    let examined = tokio::task::spawn_blocking(move || examine(&worker, received, &scan_name))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "scan_failed",
+                e.to_string(),
+            )
+        })?;
+    let Examined {
+        digests,
+        size,
+        file_type,
+        scanned,
+        stored,
+    } = examined;
+    let filename = if filename.is_empty() {
+        digests.sha256.clone()
+    } else {
+        filename
+    };
     let (matches, scan_error): (Vec<RuleMatch>, Option<String>) = match scanned {
         Ok(m) => (m, None),
         // A sample that defeats the scanner is still evidence: keep it and
@@ -242,37 +255,23 @@ async fn process(
         Err(ScanError::Timeout) => (Vec::new(), Some("timeout".into())),
         Err(ScanError::Yara(e)) => (Vec::new(), Some(e)),
     };
-
-    let sha256 = received.sha256.clone();
-    let root = app.quarantine.clone();
-    let size = received.size;
-    let (sha1, md5) = (received.sha1.clone(), received.md5.clone());
-    let stored =
-        tokio::task::spawn_blocking(move || quarantine::store(&root, &sha256, received.file))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "quarantine_failed",
-                    e.to_string(),
-                )
-            })?
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    ApiError::new(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "insufficient_storage",
-                        "the quarantine is full; nothing was recorded",
-                    )
-                } else {
-                    tracing::error!(error = %e, "cannot store the sample in quarantine");
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "quarantine_failed",
-                        "the sample could not be stored; nothing was recorded",
-                    )
-                }
-            })?;
+    let stored = stored.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the quarantine is full; nothing was recorded",
+            )
+        } else {
+            tracing::error!(error = %e, "cannot store the sample in quarantine");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "quarantine_failed",
+                "the sample could not be stored; nothing was recorded",
+            )
+        }
+    })?;
+    let Digests { sha1, md5, .. } = digests;
 
     let submission = record::Submission {
         sha256: sha256_of(&stored),
@@ -322,6 +321,55 @@ async fn process(
         "yara_error": scan_error,
         "status_url": format!("/v1/analyses/{analysis_id}"),
     }))
+}
+
+/// What the blocking part of a submission found out.
+struct Examined {
+    digests: Digests,
+    size: u64,
+    file_type: String,
+    scanned: Result<Vec<RuleMatch>, ScanError>,
+    stored: std::io::Result<std::path::PathBuf>,
+}
+
+/// Hash (if not done while spooling), detect the type, scan, and store in
+/// quarantine. Blocking: runs on the blocking pool.
+fn examine(app: &AppState, mut received: Received, filename: &str) -> Examined {
+    let digests = received.digests();
+    let file_type = filetype::detect(&received.content);
+    let filename = if filename.is_empty() {
+        digests.sha256.as_str()
+    } else {
+        filename
+    };
+    let filepath = quarantine::path_for(&app.quarantine, &digests.sha256)
+        .display()
+        .to_string();
+    let data = match &received.content {
+        Content::Memory(held) => ScanData::Memory(held.as_slice()),
+        Content::File(f) => ScanData::File(f.path()),
+    };
+    let target = ScanTarget {
+        data,
+        filepath: &filepath,
+        filename,
+        filetype: &file_type,
+    };
+    let scanned = app.rules.scan(&target, app.settings.yara.scan_timeout);
+    let size = received.size;
+    let stored = quarantine::store(
+        &app.quarantine,
+        &app.spool,
+        &digests.sha256,
+        received.content,
+    );
+    Examined {
+        digests,
+        size,
+        file_type,
+        scanned,
+        stored,
+    }
 }
 
 /// The quarantine path ends in the sha256; reading it back keeps the row

@@ -83,40 +83,6 @@ pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::E
     // Time-ordered, as job ids (queue::enqueue_many says why). The
     // submission time it carries is on the analysis anyway.
     let id = Uuid::now_v7();
-    let mut tx = db.begin().await?;
-    // DO NOTHING takes no lock on a sample that exists; last_seen is
-    // updated last (see below).
-    sqlx::query(
-        "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (sha256) DO NOTHING",
-    )
-    .bind(&s.sha256)
-    .bind(&s.sha1)
-    .bind(&s.md5)
-    .bind(s.size as i64)
-    .bind(&s.file_type)
-    .bind(&s.storage_path)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO analyses (id, sample_sha256, api_key_id, client_ip, filename, tags, tlp,
-                               priority, yara_matches, callback_url, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(id)
-    .bind(&s.sha256)
-    .bind(s.key_id)
-    .bind(&s.client_ip)
-    .bind(&s.filename)
-    .bind(&s.meta.tags)
-    .bind(&s.meta.tlp)
-    .bind(s.meta.priority)
-    .bind(Json(s.matches))
-    .bind(&s.meta.callback_url)
-    .bind(&s.request_id)
-    .execute(&mut *tx)
-    .await?;
     let actor = format!("key:{}", s.key_name);
     let submitted = json!({
         "filename": s.filename,
@@ -145,40 +111,66 @@ pub async fn record(db: &PgPool, s: &Submission<'_>) -> Result<Recorded, sqlx::E
             _ => "notify",
         })
         .collect();
-    // Both audit rows and every job in one statement: the jobs ride in a
-    // CTE, so the queue costs the submission no round trip of its own.
-    // Audit ids follow the VALUES order.
-    static AUDIT_AND_JOBS: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH enqueued AS ({})
-             INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
-             VALUES ($1, $2, 'submitted', $3, $5), ($1, 'sandgnat', 'scanned', $4, $5)",
-            queue::Batch::insert_sql(6)
-        )
-    });
     let batch = queue::Batch::new(jobs);
-    let audit = sqlx::query(&AUDIT_AND_JOBS)
+    let query = sqlx::query(&SUBMISSION)
         .bind(id)
+        .bind(&s.sha256)
+        .bind(&s.sha1)
+        .bind(&s.md5)
+        .bind(s.size as i64)
+        .bind(&s.file_type)
+        .bind(&s.storage_path)
+        .bind(s.key_id)
+        .bind(&s.client_ip)
+        .bind(&s.filename)
+        .bind(&s.meta.tags)
+        .bind(&s.meta.tlp)
+        .bind(s.meta.priority)
+        .bind(Json(s.matches))
+        .bind(&s.meta.callback_url)
+        .bind(&s.request_id)
         .bind(&actor)
         .bind(Json(submitted))
-        .bind(Json(scanned))
-        .bind(&s.request_id);
-    batch.bind(audit).execute(&mut *tx).await?;
-    // The one row every submission of these bytes shares: its lock is held
-    // from this statement to the commit, so it comes last, and is taken at
-    // most once a second (last_seen is kept to the second). Updating it
-    // first serialised concurrent submissions of one sample (a campaign
-    // seen by many sensors) on the whole transaction.
-    sqlx::query(
-        "UPDATE samples SET last_seen = now()
-          WHERE sha256 = $1 AND last_seen < now() - interval '1 second'",
-    )
-    .bind(&s.sha256)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+        .bind(Json(scanned));
+    // One statement, so one round trip and an implicit transaction: every
+    // part commits together or not at all. Foreign keys are checked at the
+    // end of the statement, when the sample and the analysis it inserts
+    // exist.
+    batch.bind(query).execute(db).await?;
     Ok(Recorded {
         analysis_id: id,
         queues,
     })
 }
+
+/// The whole submission as data-modifying CTEs of one INSERT.
+///
+/// - The sample: `DO NOTHING` takes no lock on a sample that exists.
+/// - `last_seen`, the one row every submission of these bytes shares: its
+///   lock lasts only to this statement's commit, and it is taken at most
+///   once a second (last_seen is kept to the second), so concurrent
+///   submissions of one sample (a campaign seen by many sensors) do not
+///   queue on it. A sample inserted by this statement is not visible to
+///   the UPDATE, and needs no update.
+/// - The analysis, its jobs (`queue::Batch`, so the queue costs no round
+///   trip of its own) and its two audit rows, whose ids follow the VALUES
+///   order.
+static SUBMISSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH sample AS (
+              INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+              VALUES ($2, $3, $4, $5, $6, $7)
+              ON CONFLICT (sha256) DO NOTHING),
+         seen AS (
+              UPDATE samples SET last_seen = now()
+               WHERE sha256 = $2 AND last_seen < now() - interval '1 second'),
+         analysis AS (
+              INSERT INTO analyses (id, sample_sha256, api_key_id, client_ip, filename, tags,
+                                    tlp, priority, yara_matches, callback_url, request_id)
+              VALUES ($1, $2, $8, $9, $10, $11, $12, $13, $14, $15, $16)),
+         enqueued AS ({})
+         INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
+         VALUES ($1, $17, 'submitted', $18, $16), ($1, 'sandgnat', 'scanned', $19, $16)",
+        queue::Batch::insert_sql(20)
+    )
+});

@@ -1,13 +1,20 @@
-//! Receiving a sample's bytes: streamed into a spool file on the quarantine
-//! filesystem while SHA-256, SHA-1 and MD5 are computed in the same pass,
-//! on a blocking thread so the event loop never hashes. Memory stays at a
-//! few chunks whatever the sample's size. A spool file that is not handed
-//! on is removed, whatever ends the upload (error, limit, disconnect).
+//! Receiving a sample's bytes. A sample up to `intake.memory_sample_bytes`
+//! is held in memory, within a per-worker budget
+//! (`intake.memory_budget_bytes`), so a small submission touches no spool
+//! file and is hashed in the same blocking hop that scans it. A larger
+//! one, or one that finds the budget spent, spills to a spool file on the
+//! quarantine filesystem, written and hashed in one pass on a blocking
+//! thread so the event loop never hashes. Either way a worker's memory is
+//! bounded by the budget, never by a sample's size. A spool file that is
+//! not handed on is removed, whatever ends the upload (error, limit,
+//! disconnect).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use md5::Md5;
@@ -38,6 +45,63 @@ impl From<io::Error> for UploadError {
     }
 }
 
+/// How many bytes of samples a worker may hold in memory at once, and how
+/// large one may be and still be held there.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    max: u64,
+    per_sample: u64,
+}
+
+impl MemoryBudget {
+    pub fn new(per_sample: u64, max: u64) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            used: AtomicU64::new(0),
+            max,
+            per_sample: per_sample.min(max),
+        })
+    }
+
+    /// Bytes held now, by every upload of this worker.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|&t| t <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A sample's bytes held in memory, counted against the budget until
+/// dropped.
+#[derive(Debug)]
+pub struct Held {
+    bytes: Vec<u8>,
+    taken: u64,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Held {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken);
+    }
+}
+
 /// A file in the spool, removed when dropped unless kept.
 #[derive(Debug)]
 pub struct SpoolFile {
@@ -46,6 +110,11 @@ pub struct SpoolFile {
 }
 
 impl SpoolFile {
+    /// Takes charge of a file just created at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        SpoolFile { path, keep: false }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -65,42 +134,120 @@ impl Drop for SpoolFile {
     }
 }
 
-/// A fully received sample.
+/// Where a received sample's bytes are.
 #[derive(Debug)]
-pub struct Received {
-    pub file: SpoolFile,
-    pub size: u64,
+pub enum Content {
+    Memory(Held),
+    File(SpoolFile),
+}
+
+impl Content {
+    /// The first bytes, for file-type detection.
+    pub fn head(&self, n: usize) -> Vec<u8> {
+        match self {
+            Content::Memory(h) => h.bytes[..n.min(h.bytes.len())].to_vec(),
+            Content::File(f) => {
+                let mut head = vec![0u8; n];
+                let got = File::open(f.path())
+                    .and_then(|mut f| f.read(&mut head))
+                    .unwrap_or(0);
+                head.truncate(got);
+                head
+            }
+        }
+    }
+}
+
+/// The three digests every sample is recorded with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Digests {
     pub sha256: String,
     pub sha1: String,
     pub md5: String,
 }
 
+#[derive(Default)]
+struct Hasher {
+    sha256: Sha256,
+    sha1: Sha1,
+    md5: Md5,
+}
+
+impl Hasher {
+    fn update(&mut self, b: &[u8]) {
+        self.sha256.update(b);
+        self.sha1.update(b);
+        self.md5.update(b);
+    }
+
+    fn finish(self) -> Digests {
+        Digests {
+            sha256: hex::encode(self.sha256.finalize()),
+            sha1: hex::encode(self.sha1.finalize()),
+            md5: hex::encode(self.md5.finalize()),
+        }
+    }
+}
+
+/// A fully received sample.
+#[derive(Debug)]
+pub struct Received {
+    pub content: Content,
+    pub size: u64,
+    /// Known already for a spooled sample (hashed as it was written);
+    /// computed by [`Received::digests`] for one held in memory.
+    digests: Option<Digests>,
+}
+
+impl Received {
+    /// The sample's digests. For a sample in memory this hashes it: call
+    /// it off the event loop.
+    pub fn digests(&mut self) -> Digests {
+        if let Some(d) = &self.digests {
+            return d.clone();
+        }
+        let mut h = Hasher::default();
+        if let Content::Memory(held) = &self.content {
+            h.update(&held.bytes);
+        }
+        let d = h.finish();
+        self.digests = Some(d.clone());
+        d
+    }
+}
+
+enum State {
+    Memory(Held),
+    Spooling {
+        tx: mpsc::Sender<Bytes>,
+        writer: tokio::task::JoinHandle<Result<Received, UploadError>>,
+    },
+    /// The writer stopped early; its error was taken.
+    Failed,
+}
+
 /// An upload in progress.
 pub struct Upload {
-    tx: Option<mpsc::Sender<Bytes>>,
-    writer: tokio::task::JoinHandle<Result<Received, UploadError>>,
+    state: State,
+    spool_dir: PathBuf,
     limit: u64,
     seen: u64,
 }
 
 impl Upload {
-    /// Opens a new spool file (owner-only) and starts its writer thread.
-    pub fn start(spool_dir: &Path, limit: u64) -> Result<Self, UploadError> {
-        let path = spool_dir.join(format!("upload-{:032x}", rand::random::<u128>()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let guard = SpoolFile { path, keep: false };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = tokio::task::spawn_blocking(move || write_all(file, guard, rx));
-        Ok(Upload {
-            tx: Some(tx),
-            writer,
+    /// Starts an upload in memory; it spills to the spool when it outgrows
+    /// what the budget allows.
+    pub fn start(spool_dir: &Path, limit: u64, budget: &Arc<MemoryBudget>) -> Self {
+        Upload {
+            state: State::Memory(Held {
+                bytes: Vec::new(),
+                taken: 0,
+                budget: budget.clone(),
+            }),
+            spool_dir: spool_dir.to_path_buf(),
             limit,
             seen: 0,
-        })
+        }
     }
 
     /// Adds the next chunk; refuses the upload once it passes the limit.
@@ -109,19 +256,54 @@ impl Upload {
         if self.seen > self.limit {
             return Err(UploadError::TooLarge { limit: self.limit });
         }
-        let Some(tx) = &self.tx else {
-            return Err(UploadError::Io(io::Error::other("upload already finished")));
+        if let State::Memory(held) = &mut self.state {
+            let n = chunk.len() as u64;
+            let fits = held.taken + n <= held.budget.per_sample;
+            if fits && held.budget.try_take(n) {
+                held.taken += n;
+                held.bytes.extend_from_slice(&chunk);
+                return Ok(());
+            }
+            self.spill()?;
+        }
+        let State::Spooling { tx, .. } = &self.state else {
+            return Err(UploadError::Io(io::Error::other("upload already failed")));
         };
         if tx.send(chunk).await.is_err() {
             // The writer stopped: its own error says why.
-            self.tx = None;
             return Err(self.writer_error().await);
         }
         Ok(())
     }
 
+    /// Moves what is held in memory to a new spool file (owner-only) and
+    /// starts its writer thread; the memory goes back to the budget.
+    fn spill(&mut self) -> Result<(), UploadError> {
+        let path = self
+            .spool_dir
+            .join(format!("upload-{:032x}", rand::random::<u128>()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let guard = SpoolFile::new(path);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let State::Memory(held) = std::mem::replace(&mut self.state, State::Failed) else {
+            return Ok(());
+        };
+        let first = Bytes::from(std::mem::take(&mut { held }.bytes));
+        let writer = tokio::task::spawn_blocking(move || write_all(file, guard, first, rx));
+        self.state = State::Spooling { tx, writer };
+        Ok(())
+    }
+
     async fn writer_error(&mut self) -> UploadError {
-        match (&mut self.writer).await {
+        let State::Spooling { writer, .. } = std::mem::replace(&mut self.state, State::Failed)
+        else {
+            return UploadError::Io(io::Error::other("upload already failed"));
+        };
+        match writer.await {
             Ok(Err(e)) => e,
             Ok(Ok(_)) => UploadError::Io(io::Error::other("writer ended early")),
             Err(e) => UploadError::Io(io::Error::other(e.to_string())),
@@ -132,12 +314,22 @@ impl Upload {
         self.seen
     }
 
-    /// Flushes to disk and returns the file with its hashes.
-    pub async fn finish(mut self) -> Result<Received, UploadError> {
-        self.tx = None;
-        match (&mut self.writer).await {
-            Ok(r) => r,
-            Err(e) => Err(UploadError::Io(io::Error::other(e.to_string()))),
+    /// The whole sample: in memory, or in a spool file with its digests.
+    pub async fn finish(self) -> Result<Received, UploadError> {
+        match self.state {
+            State::Memory(held) => Ok(Received {
+                size: held.bytes.len() as u64,
+                content: Content::Memory(held),
+                digests: None,
+            }),
+            State::Spooling { tx, writer } => {
+                drop(tx);
+                match writer.await {
+                    Ok(r) => r,
+                    Err(e) => Err(UploadError::Io(io::Error::other(e.to_string()))),
+                }
+            }
+            State::Failed => Err(UploadError::Io(io::Error::other("upload already failed"))),
         }
     }
 }
@@ -145,26 +337,110 @@ impl Upload {
 fn write_all(
     mut file: File,
     guard: SpoolFile,
+    first: Bytes,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<Received, UploadError> {
-    let mut sha256 = Sha256::new();
-    let mut sha1 = Sha1::new();
-    let mut md5 = Md5::new();
+    let mut hasher = Hasher::default();
     let mut size = 0u64;
-    while let Some(chunk) = rx.blocking_recv() {
-        file.write_all(&chunk)?;
-        sha256.update(&chunk);
-        sha1.update(&chunk);
-        md5.update(&chunk);
+    let mut write = |chunk: &[u8]| -> Result<(), UploadError> {
+        file.write_all(chunk)?;
+        hasher.update(chunk);
         size += chunk.len() as u64;
+        Ok(())
+    };
+    write(&first)?;
+    drop(first);
+    while let Some(chunk) = rx.blocking_recv() {
+        write(&chunk)?;
     }
     // Not synced here: a sample already in quarantine is dropped unsynced,
     // and a new one is synced by quarantine::store before it is moved in.
     Ok(Received {
-        file: guard,
+        content: Content::File(guard),
         size,
-        sha256: hex::encode(sha256.finalize()),
-        sha1: hex::encode(sha1.finalize()),
-        md5: hex::encode(md5.finalize()),
+        digests: Some(hasher.finish()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sandgnat-spool-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn files_in(d: &Path) -> usize {
+        std::fs::read_dir(d).unwrap().count()
+    }
+
+    async fn upload(dir: &Path, budget: &Arc<MemoryBudget>, chunks: &[&[u8]]) -> Received {
+        let mut u = Upload::start(dir, 1 << 20, budget);
+        for c in chunks {
+            u.push(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        u.finish().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_samples_stay_in_memory_and_large_ones_spill() {
+        let dir = spool("spill");
+        let budget = MemoryBudget::new(8, 1024);
+        let mut small = upload(&dir, &budget, &[b"abc", b"def"]).await;
+        assert!(matches!(small.content, Content::Memory(_)));
+        assert_eq!(files_in(&dir), 0);
+        assert_eq!(budget.used(), 6);
+        let mut large = upload(&dir, &budget, &[b"abcdef", b"ghijkl"]).await;
+        assert!(matches!(large.content, Content::File(_)));
+        assert_eq!(files_in(&dir), 1);
+        // The spilled sample gave its memory back; the small one holds 6.
+        assert_eq!(budget.used(), 6);
+        assert_eq!(large.size, 12);
+        let Content::File(f) = &large.content else {
+            unreachable!()
+        };
+        assert_eq!(std::fs::read(f.path()).unwrap(), b"abcdefghijkl");
+        // Both paths hash the same way.
+        let whole = upload(&dir, &MemoryBudget::new(64, 64), &[b"abcdefghijkl"])
+            .await
+            .digests();
+        assert_eq!(large.digests(), whole);
+        assert_eq!(
+            small.digests().sha256,
+            "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+        );
+        drop((small, large));
+        assert_eq!(budget.used(), 0);
+        assert_eq!(files_in(&dir), 0);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_sends_samples_to_the_spool() {
+        let dir = spool("budget");
+        let budget = MemoryBudget::new(100, 10);
+        let first = upload(&dir, &budget, &[b"0123456789"]).await;
+        assert!(matches!(first.content, Content::Memory(_)));
+        let second = upload(&dir, &budget, &[b"x"]).await;
+        assert!(matches!(second.content, Content::File(_)));
+        drop(first);
+        let third = upload(&dir, &budget, &[b"y"]).await;
+        assert!(matches!(third.content, Content::Memory(_)));
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_refused_and_gives_memory_back() {
+        let dir = spool("limit");
+        let budget = MemoryBudget::new(4, 4);
+        let mut u = Upload::start(&dir, 10, &budget);
+        u.push(Bytes::from_static(b"123456")).await.unwrap();
+        assert_eq!(files_in(&dir), 1);
+        let e = u.push(Bytes::from_static(b"78901")).await.unwrap_err();
+        assert!(matches!(e, UploadError::TooLarge { limit: 10 }));
+        // The spilled bytes went back to the budget; the end-to-end tests
+        // see the spool file removed once the writer stops.
+        assert_eq!(budget.used(), 0);
+    }
 }

@@ -169,9 +169,19 @@ pub struct RuleSet {
 
 /// What the rules see about a sample.
 pub struct ScanTarget<'a> {
-    pub path: &'a Path,
+    pub data: ScanData<'a>,
+    /// Where the sample is kept (its quarantine path): the `filepath`
+    /// variable.
+    pub filepath: &'a str,
     pub filename: &'a str,
     pub filetype: &'a str,
+}
+
+/// The bytes to scan: a small sample held in memory, or a file on disk
+/// (mapped by libyara, so memory does not grow with its size).
+pub enum ScanData<'a> {
+    Memory(&'a [u8]),
+    File(&'a Path),
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -210,7 +220,6 @@ impl RuleSet {
         self.rules.get_rules().len()
     }
 
-    /// Scans a file on disk (mapped, so memory does not grow with its size).
     pub fn scan(
         &self,
         target: &ScanTarget<'_>,
@@ -225,10 +234,9 @@ impl RuleSet {
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or("");
-        let filepath = target.path.display().to_string();
         for (name, value) in [
             ("filename", target.filename),
-            ("filepath", filepath.as_str()),
+            ("filepath", target.filepath),
             ("extension", extension),
             ("filetype", target.filetype),
         ] {
@@ -236,7 +244,11 @@ impl RuleSet {
                 .define_variable(name, value)
                 .map_err(|e| ScanError::Yara(e.to_string()))?;
         }
-        let found = scanner.scan_file(target.path).map_err(|e| match e {
+        let found = match target.data {
+            ScanData::Memory(bytes) => scanner.scan_mem(bytes).map_err(yara::Error::from),
+            ScanData::File(path) => scanner.scan_file(path),
+        }
+        .map_err(|e| match e {
             yara::Error::Yara(y) if y.kind == yara::YaraErrorKind::ScanTimeout => {
                 ScanError::Timeout
             }
@@ -305,11 +317,17 @@ mod tests {
         let path = dir.join("sample");
         std::fs::write(&path, EICAR).unwrap();
         let target = ScanTarget {
-            path: &path,
+            data: ScanData::File(&path),
+            filepath: "/q/ab/cd/abcd",
             filename: "eicar.com",
             filetype: "text",
         };
         let found = rules.scan(&target, 10).unwrap();
+        let in_memory = ScanTarget {
+            data: ScanData::Memory(EICAR),
+            ..target
+        };
+        assert_eq!(rules.scan(&in_memory, 10).unwrap(), found);
         let eicar = found
             .iter()
             .find(|m| m.rule == "EICAR_Test_File")
@@ -326,19 +344,21 @@ mod tests {
         let dir = temp("ext");
         std::fs::write(
             dir.join("ext.yar"),
-            "rule by_extension { condition: extension == \"exe\" and filename matches /evil/ }",
+            "rule by_extension { condition: extension == \"exe\" and filename matches /evil/ and filepath == \"/q/s\" }",
         )
         .unwrap();
         let rules = RuleSet::load(&compile(Some(&dir)).unwrap().bytes).unwrap();
         let path = dir.join("s");
         std::fs::write(&path, b"hello").unwrap();
         let hit = ScanTarget {
-            path: &path,
+            data: ScanData::File(&path),
+            filepath: "/q/s",
             filename: "evil.exe",
             filetype: "data",
         };
         let miss = ScanTarget {
-            path: &path,
+            data: ScanData::Memory(b"hello"),
+            filepath: "/q/s",
             filename: "fine.txt",
             filetype: "data",
         };

@@ -92,6 +92,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             keys: KeyRing::default(),
             quarantine: state::quarantine_dir(&settings),
             spool: state::spool_dir(&settings),
+            memory: crate::intake::spool::MemoryBudget::new(
+                settings.intake.memory_sample_bytes,
+                settings.intake.memory_budget_bytes,
+            ),
             rules,
             board: board.clone(),
             notifier: crate::queue::Notifier::new(db.clone()),

@@ -22,6 +22,9 @@ pub struct Inner {
     pub rules: Arc<RuleSet>,
     pub quarantine: PathBuf,
     pub spool: PathBuf,
+    /// Memory for samples received in memory, shared by this worker's
+    /// uploads.
+    pub memory: Arc<crate::intake::spool::MemoryBudget>,
     pub board: Arc<Scoreboard>,
     /// Wakes claimers after a commit that enqueued jobs.
     pub notifier: crate::queue::Notifier,
