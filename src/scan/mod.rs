@@ -230,6 +230,10 @@ impl RuleSet {
             .scanner()
             .map_err(|e| ScanError::Yara(e.to_string()))?;
         scanner.set_timeout(i32::try_from(timeout_s).unwrap_or(i32::MAX));
+        // libyara reports every rule, matching or not, unless told; the
+        // binding turns each report into owned strings, which for a small
+        // sample cost more than the scan itself.
+        scanner.set_flags(yara::ScanFlags::REPORT_RULES_MATCHING);
         let extension = Path::new(target.filename)
             .extension()
             .and_then(|e| e.to_str())
