@@ -7,7 +7,7 @@
 pub mod filetype;
 pub mod metadata;
 pub mod quarantine;
-mod record;
+pub mod record;
 pub mod spool;
 
 use axum::body::Body;
@@ -292,7 +292,7 @@ async fn process(
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
     };
-    let recorded = record::record(&app.db, &submission).await.map_err(|e| {
+    let recorded = app.recorder.record(&submission).await.map_err(|e| {
         if crate::store::is_unavailable(&e) {
             unavailable("the database", e)
         } else {

@@ -96,6 +96,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
+            recorder: crate::intake::record::Recorder::start(db.clone()),
             rules,
             board: board.clone(),
             notifier: crate::queue::Notifier::new(db.clone()),

@@ -25,6 +25,8 @@ pub struct Inner {
     /// Memory for samples received in memory, shared by this worker's
     /// uploads.
     pub memory: Arc<crate::intake::spool::MemoryBudget>,
+    /// Where submissions are committed (in groups, under load).
+    pub recorder: crate::intake::record::Recorder,
     pub board: Arc<Scoreboard>,
     /// Wakes claimers after a commit that enqueued jobs.
     pub notifier: crate::queue::Notifier,
