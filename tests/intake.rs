@@ -386,6 +386,48 @@ fn database_outage_answers_503_fast_and_recovers_without_restart() {
 }
 
 #[test]
+fn a_database_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
+    let db = TestDb::create("stall");
+    let relay = Relay::start("127.0.0.1:5432");
+    // One worker, so the key the first submission proved is known where
+    // the second one lands, and the wait is the record's own.
+    let app = Appliance::start(
+        "stall",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\nrecord_timeout_ms = 1000\n[queue]\nrunners = 0\n",
+            db.url_via(&relay.addr)
+        ),
+    );
+    let key = app.new_key("submitter");
+    assert_eq!(app.submit(&key, b"before the stall", &[]).status, 202);
+
+    // Bytes vanish, nothing is reset: only the deadline ends the wait.
+    relay.stall();
+    let t = Instant::now();
+    let r = app.submit(&key, b"during the stall", &[]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json(&r)["error"], "unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        json(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("resubmitting"),
+        "{}",
+        r.body
+    );
+    assert!(took >= SEC && took < 4 * SEC, "took {took:?}");
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+
+    relay.restore();
+    app.wait_until("submissions succeed again", 15 * SEC, |a| {
+        a.submit(&key, b"after the stall", &[]).status == 202
+    });
+}
+
+#[test]
 fn client_disconnect_mid_upload_records_nothing() {
     let db = TestDb::create("disconnect");
     let app = start("disconnect", &db.url(), "");

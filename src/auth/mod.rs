@@ -22,6 +22,11 @@ use crate::api_error::ApiError;
 /// How often workers re-read the key list.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
+/// How long a request with an unknown key waits for the key list to be
+/// re-read before it answers 503 (the same bound as waiting for a pooled
+/// connection).
+const MISS_REFRESH_DEADLINE: Duration = Duration::from_millis(1500);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -156,6 +161,15 @@ impl KeyRing {
         }
     }
 
+    /// [`KeyRing::refresh`], given up after `deadline`: a database that
+    /// stops answering without resetting the connection must not hang a
+    /// request, nor stop the refresher for good.
+    async fn refresh_within(&self, db: &PgPool, deadline: Duration) -> Result<(), sqlx::Error> {
+        tokio::time::timeout(deadline, self.refresh(db))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+    }
+
     /// Authenticates, re-reading the key list once if the key is unknown.
     pub async fn authenticate_fresh(
         &self,
@@ -169,7 +183,7 @@ impl KeyRing {
                     && presented.is_some_and(|k| !k.is_empty())
                     && self.may_refresh_on_miss() =>
             {
-                match self.refresh(db).await {
+                match self.refresh_within(db, MISS_REFRESH_DEADLINE).await {
                     Ok(()) => self.authenticate(presented),
                     // Unknown here and the database cannot say otherwise:
                     // the key may be new, so answer "retry", not "refused".
@@ -186,7 +200,7 @@ impl KeyRing {
         let mut failing = false;
         loop {
             tick.tick().await;
-            match self.refresh(&db).await {
+            match self.refresh_within(&db, REFRESH * 2).await {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
                     failing = true;

@@ -224,6 +224,9 @@ pub struct Database {
     pub max_connections: u32,
     /// How long a request waits for a connection before answering 503.
     pub acquire_timeout_ms: u64,
+    /// How long a submission waits for the database to confirm its record
+    /// (queueing for a recorder included) before answering 503.
+    pub record_timeout_ms: u64,
 }
 
 impl Default for Database {
@@ -232,6 +235,7 @@ impl Default for Database {
             url: "postgres:///sandgnat".into(),
             max_connections: 8,
             acquire_timeout_ms: 1500,
+            record_timeout_ms: 5000,
         }
     }
 }

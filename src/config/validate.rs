@@ -213,6 +213,12 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         10,
         60_000,
     )?;
+    range(
+        "database.record_timeout_ms",
+        s.database.record_timeout_ms,
+        100,
+        600_000,
+    )?;
     socket_addr("metrics.bind", &s.metrics.bind)?;
 
     if !s.paths.state_dir.is_absolute() {

@@ -293,6 +293,22 @@ async fn process(
         no_enqueue: app.settings.debug.no_enqueue,
     };
     let recorded = app.recorder.record(&submission).await.map_err(|e| {
+        let e = match e {
+            record::RecordError::Database(e) => e,
+            unconfirmed @ record::RecordError::Unconfirmed(_) => {
+                tracing::warn!(error = %unconfirmed, "a submission's record was not confirmed in time");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "{unconfirmed}; the submission may or may not be recorded; \
+                         resubmitting the same bytes is safe"
+                    ),
+                );
+                e.retry_after = Some(5);
+                return e;
+            }
+        };
         if crate::store::is_unavailable(&e) {
             unavailable("the database", e)
         } else {

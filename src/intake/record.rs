@@ -13,6 +13,7 @@
 //! a time, so one bad row never fails another client's submission.
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::types::Json;
@@ -174,21 +175,35 @@ struct Pending {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Pending>,
+    deadline: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The database did not confirm in time: the statement may still
+    /// commit, so the submission may or may not be recorded.
+    #[error("the database did not confirm the record within {0:?}")]
+    Unconfirmed(Duration),
 }
 
 impl Recorder {
-    /// Starts the recorder tasks on the current runtime.
-    pub fn start(db: PgPool) -> Self {
+    /// Starts the recorder tasks on the current runtime. `deadline` bounds
+    /// how long a submission waits for its commit, queueing included: a
+    /// database that stops answering (a partition, no reset) must cost a
+    /// client a 503, not a hung request.
+    pub fn start(db: PgPool, deadline: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..RECORDERS {
-            tokio::spawn(run(db.clone(), rx.clone()));
+            tokio::spawn(run(db.clone(), rx.clone(), deadline));
         }
-        Recorder { tx }
+        Recorder { tx, deadline }
     }
 
     /// Records a submission; returns once it is committed.
-    pub async fn record(&self, s: &Submission<'_>) -> Result<Recorded, sqlx::Error> {
+    pub async fn record(&self, s: &Submission<'_>) -> Result<Recorded, RecordError> {
         // Time-ordered, as job ids (queue::enqueue_many says why). The
         // submission time it carries is on the analysis anyway.
         let id = Uuid::now_v7();
@@ -205,11 +220,16 @@ impl Recorder {
             .collect();
         let (done, answer) = oneshot::channel();
         let gone = || sqlx::Error::PoolClosed;
-        self.tx
-            .send(Pending { row, done })
+        let committed = async {
+            self.tx
+                .send(Pending { row, done })
+                .await
+                .map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
+        };
+        tokio::time::timeout(self.deadline, committed)
             .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())??;
+            .map_err(|_| RecordError::Unconfirmed(self.deadline))??;
         Ok(Recorded {
             analysis_id: id,
             queues,
@@ -218,7 +238,7 @@ impl Recorder {
 }
 
 /// One recorder: takes what is waiting (at least one), writes it, answers.
-async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, deadline: Duration) {
     loop {
         let mut batch = Vec::new();
         {
@@ -228,7 +248,7 @@ async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
             }
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
-        match write(&db, &rows).await {
+        match write_within(&db, &rows, deadline).await {
             Ok(()) => {
                 for p in batch {
                     let _ = p.done.send(Ok(()));
@@ -247,12 +267,21 @@ async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
             Err(e) => {
                 tracing::warn!(error = %e, submissions = batch.len(), "a batch of submissions failed; recording them one by one");
                 for p in batch {
-                    let r = write(&db, &[&p.row]).await;
+                    let r = write_within(&db, &[&p.row], deadline).await;
                     let _ = p.done.send(r);
                 }
             }
         }
     }
+}
+
+/// [`write`], given up after `deadline`: by then nobody waits for the
+/// answer, and giving up frees the recorder (and drops the connection)
+/// for what is queued behind.
+async fn write_within(db: &PgPool, rows: &[&Row], deadline: Duration) -> Result<(), sqlx::Error> {
+    tokio::time::timeout(deadline, write(db, rows))
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// Writes submissions in one statement, so one round trip and an implicit
@@ -440,7 +469,11 @@ mod tests {
             answers.push((name.to_string(), answer));
         }
         drop(tx);
-        let runner = tokio::spawn(run(db.clone(), Arc::new(Mutex::new(rx))));
+        let runner = tokio::spawn(run(
+            db.clone(),
+            Arc::new(Mutex::new(rx)),
+            Duration::from_secs(10),
+        ));
         for (name, answer) in answers {
             let r = answer.await.unwrap();
             assert_eq!(r.is_ok(), !name.contains('\0'), "{name}: {r:?}");

@@ -96,7 +96,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
-            recorder: crate::intake::record::Recorder::start(db.clone()),
+            recorder: crate::intake::record::Recorder::start(
+                db.clone(),
+                std::time::Duration::from_millis(settings.database.record_timeout_ms),
+            ),
             rules,
             board: board.clone(),
             notifier: crate::queue::Notifier::new(db.clone()),

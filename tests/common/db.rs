@@ -87,10 +87,12 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Forwards TCP connections to a target until cut.
+/// Forwards TCP connections to a target until cut (connections reset) or
+/// stalled (bytes vanish and nothing answers, as behind a partition).
 pub struct Relay {
     pub addr: String,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -99,14 +101,20 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let up = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (up2, open2) = (up.clone(), open.clone());
+        let (up2, open2, stalled2) = (up.clone(), open.clone(), stalled.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if !up2.load(Ordering::SeqCst) {
                     // Down: refuse by closing at once.
                     let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                if stalled2.load(Ordering::SeqCst) {
+                    // Stalled: accepted, never answered.
+                    open2.lock().unwrap().push(client);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(target) else {
@@ -117,11 +125,25 @@ impl Relay {
                     o.push(client.try_clone().unwrap());
                     o.push(server.try_clone().unwrap());
                 }
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    stalled2.clone(),
+                );
+                pipe(server, client, stalled2.clone());
             }
         });
-        Relay { addr, up, open }
+        Relay {
+            addr,
+            up,
+            stalled,
+            open,
+        }
+    }
+
+    /// Keeps every connection open but forwards nothing, either way.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     /// Drops every relayed connection and refuses new ones.
@@ -134,15 +156,22 @@ impl Relay {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+        // Connections that lost bytes while stalled are out of step: end
+        // them, as a partition that heals leaves the client to reconnect.
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if stalled.load(Ordering::SeqCst) => {}
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
