@@ -136,7 +136,7 @@ impl Drop for Live {
     }
 }
 
-fn new_request_id() -> String {
+pub(super) fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -149,7 +149,7 @@ fn acceptable_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-fn json_error(code: &str, message: &str) -> Bytes {
+pub(super) fn json_error(code: &str, message: &str) -> Bytes {
     Bytes::from(
         serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
             .unwrap_or_default(),
@@ -331,6 +331,16 @@ impl ProxyHttp for FrontEnd {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Marks the connection as kept alive, so the next head's deadline
+    /// starts at its first byte (see `head`).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(super::head::KeptAlive))
     }
 
     async fn request_body_filter(
