@@ -949,3 +949,53 @@ fn a_head_trickled_byte_by_byte_is_cut_off_at_header_timeout() {
         200
     );
 }
+
+#[test]
+fn a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker() {
+    let app = Appliance::start("fe-badchunk", "workers = 1\n", "");
+    let at_worker = |a: &Appliance, status: &str| {
+        a.metric(&format!(
+            "sandgnat_requests_total{{route=\"/__debug\",status=\"{status}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    // Control: a whole chunked body reaches the worker whole, and the
+    // worker says so (200 and its byte count).
+    let good = raw_exchange(
+        &app,
+        b"POST /__debug/echo-headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(good.status, 200, "{}", good.head);
+    let seen: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
+    assert_eq!(seen["body-bytes"], 8, "{seen}");
+    app.wait_until(
+        "the worker counted the good upload",
+        Duration::from_secs(5),
+        |a| at_worker(a, "200") == 1.0,
+    );
+
+    // The first chunk is fine, so the front end passes the head and that
+    // chunk on; the second chunk's size is garbage.
+    let bad = raw_exchange(
+        &app,
+        b"POST /__debug/echo-headers HTTP/1.1\r\nHost: a\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.head);
+    assert_eq!(bad.json_error("bad second chunk"), "bad_request");
+    let body = String::from_utf8_lossy(&bad.body);
+    assert!(body.contains("malformed chunked body"), "{body}");
+    // The worker had the request (it answered it) but its body read
+    // failed: it never saw the 5 bytes as a complete upload.
+    app.wait_until(
+        "the worker answered the aborted upload",
+        Duration::from_secs(5),
+        |a| at_worker(a, "400") == 1.0,
+    );
+    assert_eq!(
+        at_worker(&app, "200"),
+        1.0,
+        "the worker took a truncated chunked body as complete"
+    );
+}

@@ -29,6 +29,13 @@ use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 /// take a request (workers beat every 500 ms).
 const STALE_HEARTBEAT_MS: u64 = 1500;
 
+/// Pingora's errors for a chunked body it cannot parse (its `body`
+/// module, which is private, names them so).
+const MALFORMED_BODY: [ErrorType; 2] = [
+    ErrorType::new("InvalidChunk"),
+    ErrorType::new("InvalidTrailerEnd"),
+];
+
 /// Requests being served, so a retiring front end knows when it is idle.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
@@ -380,8 +387,9 @@ impl ProxyHttp for FrontEnd {
     /// retiring on HUP, its keep-alive running out) fails the write of the
     /// next request before the worker has read a byte of it; sending that
     /// request again on a fresh connection is safe for any method, as long
-    /// as its body is still in the retry buffer. Other errors keep
-    /// pingora's rule: only idempotent requests on reused connections.
+    /// as its body is still in the retry buffer. Errors on the client's
+    /// side are never retried; other errors keep pingora's rule: only
+    /// idempotent requests on reused connections.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -391,10 +399,16 @@ impl ProxyHttp for FrontEnd {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // A failure on the client's side (a bad chunk, a client gone) is
+        // never retried: a new attempt could only send a worker the part
+        // of the body that was good, and end it.
+        let client_side = e.esource() == &pingora_core::ErrorSource::Downstream;
         let intact = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
-        let unsent = client_reused && *e.etype() == ErrorType::WriteError;
-        if !intact || !(idempotent || unsent) {
+        let unsent = client_reused
+            && *e.etype() == ErrorType::WriteError
+            && e.esource() == &pingora_core::ErrorSource::Upstream;
+        if client_side || !intact || !(idempotent || unsent) {
             e.set_retry(false);
         } else if unsent {
             e.set_retry(true);
@@ -480,6 +494,23 @@ impl ProxyHttp for FrontEnd {
                 StatusCode::REQUEST_TIMEOUT,
                 "client_timeout",
                 "the request body did not arrive in time".to_string(),
+            ),
+            // A chunked body that goes bad after its head (and maybe some
+            // chunks) went to a worker. The worker must never take what it
+            // got as the whole upload, and it does not: pingora-proxy 0.9
+            // (proxy_h1.rs, `proxy_1to1`) runs the two halves under
+            // `try_join!`, which returns on the client half's error and
+            // drops the worker half before it can write the last chunk
+            // (`finish_body`), and a connection that failed is dropped,
+            // not pooled. The worker sees its socket close inside a
+            // chunked body and its body stream fails. Retrying is ruled
+            // out for client-side errors in `error_while_proxy`.
+            // `a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker`
+            // holds pingora to this.
+            t if e.esource() == &ErrorSource::Downstream && MALFORMED_BODY.contains(t) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "malformed chunked body; the upload was aborted".to_string(),
             ),
             ErrorType::HTTPStatus(c) => (
                 StatusCode::from_u16(*c).unwrap_or(StatusCode::BAD_GATEWAY),
