@@ -303,7 +303,7 @@ impl Scan {
             }
             // A line end right after another one: LF LF or LF CR LF (the
             // bare-LF forms are refused later, by the framing check).
-            let blank = (i >= self.lead + 1 && buf[i - 1] == b'\n')
+            let blank = (i > self.lead && buf[i - 1] == b'\n')
                 || (i >= self.lead + 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n');
             if blank {
                 self.seen = i + 1;
