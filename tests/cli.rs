@@ -40,6 +40,8 @@ fn check_config_prints_effective_settings_without_secrets() {
     let parsed: toml::Table = text.parse().expect("check-config prints TOML");
     assert_eq!(parsed["server"]["workers"].as_integer(), Some(3));
     assert_eq!(parsed["server"]["timeout"].as_integer(), Some(45));
+    // The front end's total deadline for a request head, with its default.
+    assert_eq!(parsed["proxy"]["header_timeout"].as_integer(), Some(30));
     assert!(!text.contains("s3cret"), "{text}");
     assert!(
         text.contains("postgres://intake:********@db.example/sandgnat"),
@@ -60,6 +62,11 @@ fn check_config_refuses_bad_values_with_exit_2() {
     let out = check_config("[log]\naccess_log_format = '%(nope)s'\n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown atom %(nope)"));
+
+    let out = check_config("[proxy]\nheader_timeout = 0\n", &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.header_timeout"), "{err}");
 
     let out = check_config("", &[("SANDGNAT_METRICS__BIND", "localhost")]);
     assert_eq!(out.status.code(), Some(2));

@@ -255,18 +255,75 @@ fn chunked_upload_over_the_limit_is_cut_with_413() {
     assert!(secs < 0.8, "a small chunked upload took {secs} s");
 }
 
-/// Sends raw bytes on the plain listener; returns the status line's code.
-fn raw_status(app: &Appliance, raw: &[u8]) -> u16 {
+/// A response read off a raw socket.
+struct RawResponse {
+    status: u16,
+    /// The head, field names lowercased.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn parse(buf: &[u8]) -> Option<RawResponse> {
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some(RawResponse {
+            status,
+            head,
+            body: buf[split + 4..].to_vec(),
+        })
+    }
+
+    /// Asserts the appliance's JSON error shape; returns its `error` code.
+    fn json_error(&self, what: &str) -> String {
+        assert!(
+            self.head.contains("content-type: application/json"),
+            "{what}: not JSON: {}",
+            self.head
+        );
+        assert!(
+            !self.head.contains("server: pingora"),
+            "{what}: pingora's own answer: {}",
+            self.head
+        );
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{what}: body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        });
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{what}: no message: {v}");
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error code: {v}"))
+            .to_string()
+    }
+}
+
+/// Sends raw bytes on the plain listener; returns what came back before
+/// the front end closed the connection.
+fn raw_exchange(app: &Appliance, raw: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(&app.plain).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw).unwrap();
+    // A refusal may come, and the front end stop reading, before all of
+    // an oversized head is written; what it answered is still readable.
+    let _ = s.write_all(raw);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status for {:?}: {text:?}", String::from_utf8_lossy(raw)))
+    RawResponse::parse(&buf).unwrap_or_else(|| {
+        panic!(
+            "no response for {:?}: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)]),
+            String::from_utf8_lossy(&buf)
+        )
+    })
+}
+
+/// Sends raw bytes on the plain listener; returns the status line's code.
+fn raw_status(app: &Appliance, raw: &[u8]) -> u16 {
+    raw_exchange(app, raw).status
 }
 
 #[test]
@@ -316,7 +373,9 @@ fn malformed_framing_gets_400_and_never_reaches_a_worker() {
         ),
     ];
     for (what, raw, want) in cases {
-        assert_eq!(raw_status(&app, raw), *want, "{what}");
+        let resp = raw_exchange(&app, raw);
+        assert_eq!(resp.status, *want, "{what}");
+        resp.json_error(what);
         assert_eq!(
             requests_seen_by_workers(&app),
             before,
@@ -623,4 +682,326 @@ fn rate_limits_are_shared_through_redis_and_fall_back_when_it_is_gone() {
     );
     let warnings = app.log_text().matches("Redis unreachable").count();
     assert_eq!(warnings, 1, "the fallback is logged once");
+}
+
+#[test]
+fn heads_pingora_cannot_parse_get_json_errors() {
+    let app = Appliance::start("fe-pingora400", "workers = 1\n", "");
+    let before = requests_seen_by_workers(&app);
+    let many: String = (0..300).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    // Over pingora's own 1 MiB ceiling for a head, so the limit is not
+    // only ours.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X-A: vvvvvvvv\r\n".repeat(80_000)
+    );
+    // Each of these was answered by pingora itself with an empty 400 (or
+    // 405) and `Server: Pingora`: its parser or its checks right after it
+    // refused them before any of our hooks ran.
+    let cases: &[(&str, &[u8], u16, &str)] = &[
+        (
+            "bad version in the request line",
+            b"GET /healthz HTTP/7.3\r\nHost: a\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "control byte in the method",
+            b"G\x01T /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "header field without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost a\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "two Host fields",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "non-chunked Transfer-Encoding",
+            b"POST /healthz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+        (
+            "more fields than pingora's parser takes",
+            many.as_bytes(),
+            431,
+            "too_many_header_fields",
+        ),
+        (
+            "head larger than pingora's ceiling",
+            huge.as_bytes(),
+            431,
+            "request_head_too_large",
+        ),
+        (
+            "CONNECT",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (what, raw, status, code) in cases {
+        let resp = raw_exchange(&app, raw);
+        assert_eq!(resp.status, *status, "{what}: {}", resp.head);
+        assert_eq!(resp.json_error(what), *code, "{what}");
+        assert!(
+            resp.head.contains("x-request-id: "),
+            "{what}: {}",
+            resp.head
+        );
+    }
+    // Good requests still pass on a connection that is kept alive (the
+    // next head goes through the same check).
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let first = read_one_response(&mut s);
+    assert_eq!(first.status, 200, "{}", first.head);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Bad: a\x01b\r\n\r\n")
+        .unwrap();
+    let second = read_one_response(&mut s);
+    assert_eq!(second.status, 400, "{}", second.head);
+    assert_eq!(
+        second.json_error("bad field on a kept-alive connection"),
+        "bad_request"
+    );
+    app.wait_until(
+        "the worker counted the good request",
+        Duration::from_secs(5),
+        |a| requests_seen_by_workers(a) >= before + 1.0,
+    );
+    assert_eq!(
+        requests_seen_by_workers(&app),
+        before + 1.0,
+        "a refused head reached a worker"
+    );
+}
+
+/// Reads one response with a Content-Length body off a kept-alive socket.
+fn read_one_response(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read response head");
+        assert_eq!(
+            n,
+            1,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read response body");
+    buf.extend_from_slice(&body);
+    RawResponse::parse(&buf).expect("a response")
+}
+
+/// Feeds `head` to `sink` then one byte of `trickle` every `every`, until
+/// the peer stops taking them or `stop` is set.
+fn trickle(
+    mut sink: impl Write + Send + 'static,
+    head: &'static [u8],
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut sent = 0usize;
+        if sink.write_all(head).and_then(|_| sink.flush()).is_err() {
+            return sent;
+        }
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // The pace of a slowloris client: this sleep is the load, not
+            // a wait for the appliance.
+            std::thread::sleep(every);
+            if sink.write_all(b"a").and_then(|_| sink.flush()).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    })
+}
+
+const HEADER_TIMEOUT_SECS: u64 = 2;
+
+#[test]
+fn a_head_trickled_byte_by_byte_is_cut_off_at_header_timeout() {
+    let app = Appliance::start_with(
+        "fe-slowloris",
+        "workers = 1\n",
+        &format!("header_timeout = {HEADER_TIMEOUT_SECS}"),
+        "",
+    );
+    let deadline = Duration::from_secs(HEADER_TIMEOUT_SECS);
+    // Generous for a loaded 2-core machine, and still far below pingora's
+    // 60 s per read, which is what held such a client before.
+    let margin = Duration::from_millis(1500);
+    let head: &'static [u8] = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: ";
+
+    // Plain HTTP: every byte of the exchange is visible.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = trickle(
+        s.try_clone().unwrap(),
+        head,
+        Duration::from_millis(200),
+        stop.clone(),
+    );
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = writer.join().unwrap();
+    let resp = RawResponse::parse(&buf).unwrap_or_else(|| {
+        panic!(
+            "no response after {took:?}: {:?}",
+            String::from_utf8_lossy(&buf)
+        )
+    });
+    assert_eq!(resp.status, 408, "{}", resp.head);
+    assert_eq!(resp.json_error("slow head"), "header_timeout");
+    assert!(resp.head.contains("connection: close"), "{}", resp.head);
+    assert!(
+        sent >= 3,
+        "the client only got {sent} bytes in: not a trickle"
+    );
+    assert!(
+        took >= deadline && took < deadline + margin,
+        "cut off after {took:?}; proxy.header_timeout is {deadline:?}"
+    );
+
+    // Over TLS (the public port), with openssl as the slow client.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &app.tls])
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let writer = trickle(
+        client.stdin.take().unwrap(),
+        head,
+        Duration::from_millis(200),
+        stop.clone(),
+    );
+    // If s_client never sees the close, kill it so the test fails
+    // instead of hanging.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let pid = client.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut out = Vec::new();
+    let _ = client.stdout.take().unwrap().read_to_end(&mut out);
+    let took = started.elapsed();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = writer.join();
+    let resp = RawResponse::parse(&out).unwrap_or_else(|| {
+        panic!(
+            "no TLS response after {took:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        )
+    });
+    assert_eq!(resp.status, 408, "{}", resp.head);
+    assert_eq!(resp.json_error("slow head over TLS"), "header_timeout");
+    // The handshake happens inside the measured time, on top of the
+    // deadline, so only the upper bound is asserted here.
+    assert!(
+        took < deadline + margin,
+        "TLS client cut off after {took:?}; proxy.header_timeout is {deadline:?}"
+    );
+
+    // A client that sends its head in time is unaffected, and on a
+    // kept-alive connection the clock starts at the next head's first
+    // byte: sitting idle for longer than the deadline (well within
+    // proxy.idle_timeout) is not a slow head.
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(get).unwrap();
+    assert_eq!(read_one_response(&mut s).status, 200);
+    // The idleness under test, not a wait for the appliance.
+    std::thread::sleep(deadline + Duration::from_millis(500));
+    s.write_all(get).unwrap();
+    let again = read_one_response(&mut s);
+    assert_eq!(again.status, 200, "{}", again.head);
+}
+
+#[test]
+fn a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker() {
+    let app = Appliance::start("fe-badchunk", "workers = 1\n", "");
+    let at_worker = |a: &Appliance, status: &str| {
+        a.metric(&format!(
+            "sandgnat_requests_total{{route=\"/__debug\",status=\"{status}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    // Control: a whole chunked body reaches the worker whole, and the
+    // worker says so (200 and its byte count).
+    let good = raw_exchange(
+        &app,
+        b"POST /__debug/echo-headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(good.status, 200, "{}", good.head);
+    let seen: serde_json::Value = serde_json::from_slice(&good.body).unwrap();
+    assert_eq!(seen["body-bytes"], 8, "{seen}");
+    app.wait_until(
+        "the worker counted the good upload",
+        Duration::from_secs(5),
+        |a| at_worker(a, "200") == 1.0,
+    );
+
+    // The first chunk is fine, so the front end passes the head and that
+    // chunk on; the second chunk's size is garbage.
+    let bad = raw_exchange(
+        &app,
+        b"POST /__debug/echo-headers HTTP/1.1\r\nHost: a\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.head);
+    assert_eq!(bad.json_error("bad second chunk"), "bad_request");
+    let body = String::from_utf8_lossy(&bad.body);
+    assert!(body.contains("malformed chunked body"), "{body}");
+    // The worker had the request (it answered it) but its body read
+    // failed: it never saw the 5 bytes as a complete upload.
+    app.wait_until(
+        "the worker answered the aborted upload",
+        Duration::from_secs(5),
+        |a| at_worker(a, "400") == 1.0,
+    );
+    assert_eq!(
+        at_worker(&app, "200"),
+        1.0,
+        "the worker took a truncated chunked body as complete"
+    );
 }

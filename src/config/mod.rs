@@ -134,6 +134,10 @@ pub struct Proxy {
     pub body_timeout: u64,
     /// Seconds an idle keep-alive connection is kept open.
     pub idle_timeout: u64,
+    /// Seconds a client has to send a whole request head (nginx
+    /// `client_header_timeout`), counted from the connection's start for its
+    /// first request and from the first byte for later ones.
+    pub header_timeout: u64,
     /// Peers whose X-Forwarded-* headers are believed (gunicorn's
     /// `forwarded_allow_ips`); `*` trusts everyone.
     pub forwarded_allow_ips: Vec<String>,
@@ -154,6 +158,7 @@ impl Default for Proxy {
             read_timeout: 150,
             body_timeout: 60,
             idle_timeout: 60,
+            header_timeout: 30,
             forwarded_allow_ips: vec!["127.0.0.1".into(), "::1".into()],
             rate_limit_per_ip: 1000,
             rate_limit_per_key: 500,

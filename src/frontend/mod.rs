@@ -22,6 +22,7 @@
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
 //! front end and retires the old one once the new one is ready.
 
+pub mod head;
 pub mod limits;
 pub mod proxy;
 pub mod ratelimit;
@@ -37,6 +38,7 @@ use parking_lot::Mutex;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Fds;
+use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 
 use crate::scoreboard::{Scoreboard, SlotState};
@@ -103,20 +105,20 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
 
     let fds = Arc::new(Mutex::new(Fds::new()));
     let conf = Arc::new(ServerConf::default());
-    let mut service = pingora_proxy::http_proxy_service_with_name(
-        &conf,
-        proxy::FrontEnd::new(&settings, board.clone()),
-        "sandgnat front end",
+    let mut proxy =
+        pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(&settings, board.clone()));
+    // HTTP/1.1 keep-alive is set per request in `request_filter`;
+    // HTTP/2 connections need their own idle bound.
+    // The options struct is non-exhaustive: fill it field by field.
+    let mut opts = pingora_core::apps::HttpServerOptions::default();
+    opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
+    proxy.server_options = Some(opts);
+    proxy.h2_options = Some(h2_options());
+    // Every HTTP/1 head goes through `head` before pingora parses it.
+    let mut service = Service::new(
+        "sandgnat front end".to_string(),
+        head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
     );
-    if let Some(app) = service.app_logic_mut() {
-        // HTTP/1.1 keep-alive is set per request in `request_filter`;
-        // HTTP/2 connections need their own idle bound.
-        // The options struct is non-exhaustive: fill it field by field.
-        let mut opts = pingora_core::apps::HttpServerOptions::default();
-        opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
-        app.server_options = Some(opts);
-        app.h2_options = Some(h2_options());
-    }
     for (i, name) in args
         .listeners
         .split(',')

@@ -29,6 +29,13 @@ use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 /// take a request (workers beat every 500 ms).
 const STALE_HEARTBEAT_MS: u64 = 1500;
 
+/// Pingora's errors for a chunked body it cannot parse (its `body`
+/// module, which is private, names them so).
+const MALFORMED_BODY: [ErrorType; 2] = [
+    ErrorType::new("InvalidChunk"),
+    ErrorType::new("InvalidTrailerEnd"),
+];
+
 /// Requests being served, so a retiring front end knows when it is idle.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
@@ -136,7 +143,7 @@ impl Drop for Live {
     }
 }
 
-fn new_request_id() -> String {
+pub(super) fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
@@ -149,7 +156,7 @@ fn acceptable_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-fn json_error(code: &str, message: &str) -> Bytes {
+pub(super) fn json_error(code: &str, message: &str) -> Bytes {
     Bytes::from(
         serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
             .unwrap_or_default(),
@@ -333,6 +340,16 @@ impl ProxyHttp for FrontEnd {
         Ok(false)
     }
 
+    /// Marks the connection as kept alive, so the next head's deadline
+    /// starts at its first byte (see `head`).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(super::head::KeptAlive))
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -370,8 +387,9 @@ impl ProxyHttp for FrontEnd {
     /// retiring on HUP, its keep-alive running out) fails the write of the
     /// next request before the worker has read a byte of it; sending that
     /// request again on a fresh connection is safe for any method, as long
-    /// as its body is still in the retry buffer. Other errors keep
-    /// pingora's rule: only idempotent requests on reused connections.
+    /// as its body is still in the retry buffer. Errors on the client's
+    /// side are never retried; other errors keep pingora's rule: only
+    /// idempotent requests on reused connections.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -381,10 +399,16 @@ impl ProxyHttp for FrontEnd {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // A failure on the client's side (a bad chunk, a client gone) is
+        // never retried: a new attempt could only send a worker the part
+        // of the body that was good, and end it.
+        let client_side = e.esource() == &pingora_core::ErrorSource::Downstream;
         let intact = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
-        let unsent = client_reused && *e.etype() == ErrorType::WriteError;
-        if !intact || !(idempotent || unsent) {
+        let unsent = client_reused
+            && *e.etype() == ErrorType::WriteError
+            && e.esource() == &pingora_core::ErrorSource::Upstream;
+        if client_side || !intact || !(idempotent || unsent) {
             e.set_retry(false);
         } else if unsent {
             e.set_retry(true);
@@ -470,6 +494,23 @@ impl ProxyHttp for FrontEnd {
                 StatusCode::REQUEST_TIMEOUT,
                 "client_timeout",
                 "the request body did not arrive in time".to_string(),
+            ),
+            // A chunked body that goes bad after its head (and maybe some
+            // chunks) went to a worker. The worker must never take what it
+            // got as the whole upload, and it does not: pingora-proxy 0.9
+            // (proxy_h1.rs, `proxy_1to1`) runs the two halves under
+            // `try_join!`, which returns on the client half's error and
+            // drops the worker half before it can write the last chunk
+            // (`finish_body`), and a connection that failed is dropped,
+            // not pooled. The worker sees its socket close inside a
+            // chunked body and its body stream fails. Retrying is ruled
+            // out for client-side errors in `error_while_proxy`.
+            // `a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker`
+            // holds pingora to this.
+            t if e.esource() == &ErrorSource::Downstream && MALFORMED_BODY.contains(t) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "malformed chunked body; the upload was aborted".to_string(),
             ),
             ErrorType::HTTPStatus(c) => (
                 StatusCode::from_u16(*c).unwrap_or(StatusCode::BAD_GATEWAY),
