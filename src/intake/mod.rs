@@ -53,6 +53,56 @@ impl From<UploadError> for ApiError {
     }
 }
 
+fn quarantine_error(e: std::io::Error) -> ApiError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "the quarantine is full; nothing was recorded",
+        )
+    } else {
+        tracing::error!(error = %e, "cannot store the sample in quarantine");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "quarantine_failed",
+            "the sample could not be stored; nothing was recorded",
+        )
+    }
+}
+
+impl From<record::RecordError> for ApiError {
+    fn from(e: record::RecordError) -> Self {
+        match e {
+            record::RecordError::Database(e) if crate::store::is_unavailable(&e) => {
+                unavailable("the database", e)
+            }
+            record::RecordError::Database(e) => {
+                tracing::error!(error = %e, "cannot record the submission");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "record_failed",
+                    "the submission could not be recorded; nothing was kept",
+                )
+            }
+            // The statement may still commit: say so, rather than "nothing
+            // was recorded".
+            unconfirmed @ record::RecordError::Unconfirmed(_) => {
+                tracing::warn!(error = %unconfirmed, "a submission's record was not confirmed in time");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "{unconfirmed}; the submission may or may not be recorded; \
+                         resubmitting the same bytes is safe"
+                    ),
+                );
+                e.retry_after = Some(5);
+                e
+            }
+        }
+    }
+}
+
 /// A dependency is down: the client should retry later.
 pub fn unavailable(what: &str, why: impl std::fmt::Display) -> ApiError {
     let mut e = ApiError::new(
@@ -255,22 +305,7 @@ async fn process(
         Err(ScanError::Timeout) => (Vec::new(), Some("timeout".into())),
         Err(ScanError::Yara(e)) => (Vec::new(), Some(e)),
     };
-    let stored = stored.map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                "the quarantine is full; nothing was recorded",
-            )
-        } else {
-            tracing::error!(error = %e, "cannot store the sample in quarantine");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "quarantine_failed",
-                "the sample could not be stored; nothing was recorded",
-            )
-        }
-    })?;
+    let stored = stored.map_err(quarantine_error)?;
     let Digests { sha1, md5, .. } = digests;
 
     let submission = record::Submission {
@@ -292,34 +327,7 @@ async fn process(
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
     };
-    let recorded = app.recorder.record(&submission).await.map_err(|e| {
-        let e = match e {
-            record::RecordError::Database(e) => e,
-            unconfirmed @ record::RecordError::Unconfirmed(_) => {
-                tracing::warn!(error = %unconfirmed, "a submission's record was not confirmed in time");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!(
-                        "{unconfirmed}; the submission may or may not be recorded; \
-                         resubmitting the same bytes is safe"
-                    ),
-                );
-                e.retry_after = Some(5);
-                return e;
-            }
-        };
-        if crate::store::is_unavailable(&e) {
-            unavailable("the database", e)
-        } else {
-            tracing::error!(error = %e, "cannot record the submission");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "record_failed",
-                "the submission could not be recorded; nothing was kept",
-            )
-        }
-    })?;
+    let recorded = app.recorder.record(&submission).await?;
     for queue in &recorded.queues {
         app.notifier.poke(queue);
     }
