@@ -543,8 +543,7 @@ fn rules_that_fail_to_compile_on_hup_keep_the_running_ones() {
 fn samples_in_memory_and_spooled_are_hashed_scanned_and_stored_alike() {
     use sha2::{Digest, Sha256};
     let db = TestDb::create("spill");
-    let dir = std::env::temp_dir().join(format!("sandgnat-spill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("spill-rules");
     std::fs::write(
         dir.join("tail.yar"),
         "rule tail_marker { strings: $m = \"TAIL-MARKER\" condition: $m and filesize > 100 }",
