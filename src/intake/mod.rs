@@ -277,6 +277,7 @@ async fn process(
     // Hashing (of a sample held in memory), libyara and the file system are
     // blocking work, done in one hop off the event loop so the worker's
     // heartbeat and other requests go on.
+    let coming = app.recorder.coming();
     let examined = tokio::task::spawn_blocking(move || examine(&worker, received, &scan_name))
         .await
         .map_err(|e| {
@@ -327,7 +328,7 @@ async fn process(
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
     };
-    let recorded = app.recorder.record(&submission).await?;
+    let recorded = app.recorder.record(&submission, coming).await?;
     for queue in &recorded.queues {
         app.notifier.poke(queue);
     }

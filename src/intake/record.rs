@@ -12,6 +12,7 @@
 //! reason other than an unreachable database is retried one submission at
 //! a time, so one bad row never fails another client's submission.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -95,10 +96,14 @@ fn jobs_for(id: Uuid, s: &Submission<'_>) -> Vec<NewJob> {
 const MAX_BATCH: usize = 32;
 
 /// Recorders per worker: statements one worker may have in flight.
-const RECORDERS: usize = 2;
+const RECORDERS: usize = 1;
 
 /// Submissions waiting for a recorder, per worker.
 const QUEUE: usize = 256;
+
+/// How long a recorder holds a batch open for submissions this worker is
+/// still scanning (they reach it within a scan's time).
+const GATHER: Duration = Duration::from_micros(1500);
 
 /// One submission, owned, as the statement's arrays take it.
 struct Row {
@@ -176,6 +181,19 @@ struct Pending {
 pub struct Recorder {
     tx: mpsc::Sender<Pending>,
     deadline: Duration,
+    /// Submissions past their upload and not yet handed over: company a
+    /// batch may wait for.
+    coming: Arc<AtomicUsize>,
+}
+
+/// A submission on its way to the recorder (hashing, scanning, storing).
+/// Dropping it (the submission failed, or was handed over) says so.
+pub struct Coming(Arc<AtomicUsize>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,14 +214,30 @@ impl Recorder {
     pub fn start(db: PgPool, deadline: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let coming = Arc::new(AtomicUsize::new(0));
         for _ in 0..RECORDERS {
-            tokio::spawn(run(db.clone(), rx.clone(), deadline));
+            tokio::spawn(run(db.clone(), rx.clone(), deadline, coming.clone()));
         }
-        Recorder { tx, deadline }
+        Recorder {
+            tx,
+            deadline,
+            coming,
+        }
+    }
+
+    /// Announces a submission that will be recorded soon, so a batch
+    /// being formed waits a moment for it.
+    pub fn coming(&self) -> Coming {
+        self.coming.fetch_add(1, Ordering::AcqRel);
+        Coming(self.coming.clone())
     }
 
     /// Records a submission; returns once it is committed.
-    pub async fn record(&self, s: &Submission<'_>) -> Result<Recorded, RecordError> {
+    pub async fn record(
+        &self,
+        s: &Submission<'_>,
+        coming: Coming,
+    ) -> Result<Recorded, RecordError> {
         // Time-ordered, as job ids (queue::enqueue_many says why). The
         // submission time it carries is on the analysis anyway.
         let id = Uuid::now_v7();
@@ -225,6 +259,7 @@ impl Recorder {
                 .send(Pending { row, done })
                 .await
                 .map_err(|_| gone())?;
+            drop(coming);
             answer.await.map_err(|_| gone())?
         };
         tokio::time::timeout(self.deadline, committed)
@@ -238,13 +273,28 @@ impl Recorder {
 }
 
 /// One recorder: takes what is waiting (at least one), writes it, answers.
-async fn run(db: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, deadline: Duration) {
+async fn run(
+    db: PgPool,
+    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    deadline: Duration,
+    coming: Arc<AtomicUsize>,
+) {
     loop {
         let mut batch = Vec::new();
         {
             let mut rx = rx.lock().await;
             if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 return; // every sender is gone: the worker is stopping
+            }
+            // Submissions this worker is scanning right now arrive within
+            // a scan's time: holding the batch open that long lets them
+            // share its commit. With none coming, nothing waits.
+            let until = tokio::time::Instant::now() + GATHER;
+            while batch.len() < MAX_BATCH && coming.load(Ordering::Acquire) > 0 {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
@@ -473,6 +523,7 @@ mod tests {
             db.clone(),
             Arc::new(Mutex::new(rx)),
             Duration::from_secs(10),
+            Arc::default(),
         ));
         for (name, answer) in answers {
             let r = answer.await.unwrap();
