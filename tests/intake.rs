@@ -563,10 +563,28 @@ fn samples_in_memory_and_spooled_are_hashed_scanned_and_stored_alike() {
     for size in [4096usize, 4097, 3 << 20] {
         let mut body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         body[size - 11..].copy_from_slice(b"TAIL-MARKER");
-        let r = app.submit(&key, &body, &[("X-Filename", "tail.bin")]);
+        // One goes without a name: it is named by its sha256.
+        let named: &[(&str, &str)] = if size == 4097 {
+            &[]
+        } else {
+            &[("X-Filename", "tail.bin")]
+        };
+        let r = app.submit(&key, &body, named);
         assert_eq!(r.status, 202, "{size}: {}", r.body);
         let v = json(&r);
         let sha256 = hex::encode(Sha256::digest(&body));
+        let name = if named.is_empty() {
+            sha256.as_str()
+        } else {
+            "tail.bin"
+        };
+        assert_eq!(v["filename"], name, "{size}");
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT filename FROM analyses WHERE sample_sha256 = '{sha256}'"
+            )),
+            name
+        );
         assert_eq!(v["sha256"], sha256.as_str(), "{size}");
         assert_eq!(v["size"], size, "{size}");
         assert_eq!(v["yara"][0]["rule"], "tail_marker", "{size}: {v}");

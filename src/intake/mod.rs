@@ -269,16 +269,13 @@ async fn process(
     request_id: &str,
     client_ip: Option<String>,
 ) -> Result<serde_json::Value, ApiError> {
-    // Empty until the digest is known: a sample sent without a name is
-    // named by its sha256.
-    let filename = meta.filename.clone().unwrap_or_default();
     let worker = app.clone();
-    let scan_name = filename.clone();
+    let named = meta.filename.clone();
     // Hashing (of a sample held in memory), libyara and the file system are
     // blocking work, done in one hop off the event loop so the worker's
     // heartbeat and other requests go on.
     let coming = app.recorder.coming();
-    let examined = tokio::task::spawn_blocking(move || examine(&worker, received, &scan_name))
+    let examined = tokio::task::spawn_blocking(move || examine(&worker, received, named))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -290,15 +287,11 @@ async fn process(
     let Examined {
         digests,
         size,
+        filename,
         file_type,
         scanned,
         stored,
     } = examined;
-    let filename = if filename.is_empty() {
-        digests.sha256.clone()
-    } else {
-        filename
-    };
     let (matches, scan_error): (Vec<RuleMatch>, Option<String>) = match scanned {
         Ok(m) => (m, None),
         // A sample that defeats the scanner is still evidence: keep it and
@@ -352,6 +345,8 @@ async fn process(
 struct Examined {
     digests: Digests,
     size: u64,
+    /// The name given, else the sha256.
+    filename: String,
     file_type: String,
     scanned: Result<Vec<RuleMatch>, ScanError>,
     stored: std::io::Result<std::path::PathBuf>,
@@ -359,14 +354,11 @@ struct Examined {
 
 /// Hash (if not done while spooling), detect the type, scan, and store in
 /// quarantine. Blocking: runs on the blocking pool.
-fn examine(app: &AppState, mut received: Received, filename: &str) -> Examined {
+fn examine(app: &AppState, mut received: Received, named: Option<String>) -> Examined {
     let digests = received.digests();
     let file_type = filetype::detect(&received.content);
-    let filename = if filename.is_empty() {
-        digests.sha256.as_str()
-    } else {
-        filename
-    };
+    // A sample sent without a name is named by its sha256.
+    let filename = named.unwrap_or_else(|| digests.sha256.clone());
     let filepath = quarantine::path_for(&app.quarantine, &digests.sha256)
         .display()
         .to_string();
@@ -377,7 +369,7 @@ fn examine(app: &AppState, mut received: Received, filename: &str) -> Examined {
     let target = ScanTarget {
         data,
         filepath: &filepath,
-        filename,
+        filename: &filename,
         filetype: &file_type,
     };
     let scanned = app.rules.scan(&target, app.settings.yara.scan_timeout);
@@ -391,6 +383,7 @@ fn examine(app: &AppState, mut received: Received, filename: &str) -> Examined {
     Examined {
         digests,
         size,
+        filename,
         file_type,
         scanned,
         stored,
