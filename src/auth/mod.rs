@@ -161,15 +161,6 @@ impl KeyRing {
         }
     }
 
-    /// [`KeyRing::refresh`], given up after `deadline`: a database that
-    /// stops answering without resetting the connection must not hang a
-    /// request, nor stop the refresher for good.
-    async fn refresh_within(&self, db: &PgPool, deadline: Duration) -> Result<(), sqlx::Error> {
-        tokio::time::timeout(deadline, self.refresh(db))
-            .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
-    }
-
     /// Authenticates, re-reading the key list once if the key is unknown.
     pub async fn authenticate_fresh(
         &self,
@@ -183,7 +174,7 @@ impl KeyRing {
                     && presented.is_some_and(|k| !k.is_empty())
                     && self.may_refresh_on_miss() =>
             {
-                match self.refresh_within(db, MISS_REFRESH_DEADLINE).await {
+                match crate::store::within(MISS_REFRESH_DEADLINE, self.refresh(db)).await {
                     Ok(()) => self.authenticate(presented),
                     // Unknown here and the database cannot say otherwise:
                     // the key may be new, so answer "retry", not "refused".
@@ -200,7 +191,8 @@ impl KeyRing {
         let mut failing = false;
         loop {
             tick.tick().await;
-            match self.refresh_within(&db, REFRESH * 2).await {
+            // A stuck read must not stop the refresher for good.
+            match crate::store::within(REFRESH * 2, self.refresh(&db)).await {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
                     failing = true;

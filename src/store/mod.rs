@@ -58,6 +58,18 @@ pub fn latest_migration() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// A database operation given up after `deadline`, as a pool timeout (so
+/// [`is_unavailable`] answers 503): a database that stops answering
+/// without resetting the connection must not hang its caller.
+pub async fn within<T>(
+    deadline: Duration,
+    op: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(deadline, op)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
 /// Whether an error means the database could not be reached (answer 503
 /// and let the client retry) rather than a fault in what we sent.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
