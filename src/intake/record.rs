@@ -3,10 +3,10 @@
 //! and the analysis jobs. Nothing is visible until it all commits, and no
 //! NOTIFY happens inside it (the caller wakes the queues after commit).
 //!
-//! Group commit: submissions that arrive while a worker's recorders are
+//! Group commit: submissions that arrive while a worker's recorder is
 //! busy are written together, as one statement and one commit, and each
 //! gets its answer only after that commit. A lone submission goes at once
-//! (nothing waits for company), so batching adds no latency; under load it
+//! (a batch waits only for submissions already being scanned); under load it
 //! spreads the statement's fixed cost (round trip, executor start-up,
 //! constraint set-up, WAL flush) over the batch. A batch that fails for a
 //! reason other than an unreachable database is retried one submission at
@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::metadata::Metadata;
@@ -94,9 +94,6 @@ fn jobs_for(id: Uuid, s: &Submission<'_>) -> Vec<NewJob> {
 /// Submissions in one statement at most: bounds the statement's size and
 /// the time the last of them waits.
 const MAX_BATCH: usize = 32;
-
-/// Recorders per worker: statements one worker may have in flight.
-const RECORDERS: usize = 1;
 
 /// Submissions waiting for a recorder, per worker.
 const QUEUE: usize = 256;
@@ -176,7 +173,9 @@ struct Pending {
     done: oneshot::Sender<Result<(), sqlx::Error>>,
 }
 
-/// A worker's recorders: where its submissions go to be committed.
+/// A worker's recorder: where its submissions go to be committed. One per
+/// worker, so one statement in flight: two split the batches, and 4 KiB
+/// submissions ran at about half the rate (README, issue 4).
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Pending>,
@@ -207,17 +206,14 @@ pub enum RecordError {
 }
 
 impl Recorder {
-    /// Starts the recorder tasks on the current runtime. `deadline` bounds
+    /// Starts the recorder task on the current runtime. `deadline` bounds
     /// how long a submission waits for its commit, queueing included: a
     /// database that stops answering (a partition, no reset) must cost a
     /// client a 503, not a hung request.
     pub fn start(db: PgPool, deadline: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
         let coming = Arc::new(AtomicUsize::new(0));
-        for _ in 0..RECORDERS {
-            tokio::spawn(run(db.clone(), rx.clone(), deadline, coming.clone()));
-        }
+        tokio::spawn(run(db, rx, deadline, coming.clone()));
         Recorder {
             tx,
             deadline,
@@ -272,33 +268,32 @@ impl Recorder {
     }
 }
 
-/// One recorder: takes what is waiting (at least one), writes it, answers.
+/// The recorder: takes what is waiting (at least one), writes it, answers.
 async fn run(
     db: PgPool,
-    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    mut rx: mpsc::Receiver<Pending>,
     deadline: Duration,
     coming: Arc<AtomicUsize>,
 ) {
     loop {
         let mut batch = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                return; // every sender is gone: the worker is stopping
-            }
-            // Submissions this worker is scanning right now arrive within
-            // a scan's time: holding the batch open that long lets them
-            // share its commit. With none coming, nothing waits.
-            let until = tokio::time::Instant::now() + GATHER;
-            while batch.len() < MAX_BATCH && coming.load(Ordering::Acquire) > 0 {
-                match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) | Err(_) => break,
-                }
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return; // every sender is gone: the worker is stopping
+        }
+        // Submissions this worker is scanning right now arrive within a
+        // scan's time: holding the batch open that long lets them share its
+        // commit. With none coming, nothing waits.
+        let until = tokio::time::Instant::now() + GATHER;
+        while batch.len() < MAX_BATCH && coming.load(Ordering::Acquire) > 0 {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) | Err(_) => break,
             }
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
-        match write_within(&db, &rows, deadline).await {
+        // Past the deadline nobody waits for the answer; giving up frees
+        // the recorder (and drops the connection) for what is queued.
+        match crate::store::within(deadline, write(&db, &rows)).await {
             Ok(()) => {
                 for p in batch {
                     let _ = p.done.send(Ok(()));
@@ -317,21 +312,12 @@ async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, submissions = batch.len(), "a batch of submissions failed; recording them one by one");
                 for p in batch {
-                    let r = write_within(&db, &[&p.row], deadline).await;
+                    let r = crate::store::within(deadline, write(&db, &[&p.row])).await;
                     let _ = p.done.send(r);
                 }
             }
         }
     }
-}
-
-/// [`write`], given up after `deadline`: by then nobody waits for the
-/// answer, and giving up frees the recorder (and drops the connection)
-/// for what is queued behind.
-async fn write_within(db: &PgPool, rows: &[&Row], deadline: Duration) -> Result<(), sqlx::Error> {
-    tokio::time::timeout(deadline, write(db, rows))
-        .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// Writes submissions in one statement, so one round trip and an implicit
@@ -519,12 +505,7 @@ mod tests {
             answers.push((name.to_string(), answer));
         }
         drop(tx);
-        let runner = tokio::spawn(run(
-            db.clone(),
-            Arc::new(Mutex::new(rx)),
-            Duration::from_secs(10),
-            Arc::default(),
-        ));
+        let runner = tokio::spawn(run(db.clone(), rx, Duration::from_secs(10), Arc::default()));
         for (name, answer) in answers {
             let r = answer.await.unwrap();
             assert_eq!(r.is_ok(), !name.contains('\0'), "{name}: {r:?}");
