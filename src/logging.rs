@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -57,6 +57,9 @@ pub fn reopen() {
 /// front: 8 MiB of every process's RSS for the error and access logs.
 const QUEUED_LINES: usize = 4096;
 
+/// Bytes of log lines the writer thread gathers into one write(2).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Installs the global subscriber for a process of `role`.
 pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
     let mut guards = Vec::new();
@@ -65,15 +68,20 @@ pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
         let builder = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(QUEUED_LINES);
+        // The writer thread drains every queued line, then flushes: behind a
+        // buffer, a burst of lines costs one write(2), not one each.
+        let buffered = |w| BufWriter::with_capacity(WRITE_BUFFER, w);
         let (writer, guard) = if target == "-" {
             match stdio {
-                Stdio::Out => builder.finish(io::stdout()),
-                Stdio::Err => builder.finish(io::stderr()),
+                Stdio::Out => {
+                    builder.finish(buffered(Box::new(io::stdout()) as Box<dyn Write + Send>))
+                }
+                Stdio::Err => builder.finish(buffered(Box::new(io::stderr()))),
             }
         } else if log.rotation == "never" {
             let file = Arc::new(ReopenableFile::open(Path::new(target))?);
             reopeners.push(file.clone());
-            builder.finish(SharedFile(file))
+            builder.finish(buffered(Box::new(SharedFile(file))))
         } else {
             let path = Path::new(target);
             let rotation = if log.rotation == "hourly" {
@@ -83,7 +91,9 @@ pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
             };
             let dir = path.parent().unwrap_or(Path::new("."));
             let name = path.file_name().unwrap_or(path.as_os_str());
-            builder.finish(RollingFileAppender::new(rotation, dir, name))
+            builder.finish(buffered(Box::new(RollingFileAppender::new(
+                rotation, dir, name,
+            ))))
         };
         guards.push(guard);
         Ok(writer)

@@ -61,6 +61,46 @@ fn healthz_answers_and_metrics_count_it() {
     assert_eq!(app.worker_pids().len(), 2);
 }
 
+/// A burst of connects (a front end filling its pool, a load balancer)
+/// lands on whichever worker accepts first; the workers hand the surplus
+/// to the least loaded instead, so no worker holds most of them.
+#[test]
+fn a_burst_of_connections_is_spread_over_the_workers() {
+    use std::io::{Read, Write};
+    let app = Appliance::start("balance", "workers = 4\n", "");
+    app.wait_until("4 workers up", 30 * SEC, |a| a.worker_pids().len() == 4);
+    // Connect all at once: each connect completes in the kernel's backlog
+    // before any worker has accepted it.
+    let mut conns: Vec<std::os::unix::net::UnixStream> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&app.socket).unwrap())
+        .collect();
+    for c in &mut conns {
+        c.set_read_timeout(Some(10 * SEC)).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains(r#""ok"}"#) {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed before its answer");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    // Every connection is open and has been answered: each is counted
+    // by the worker that holds it.
+    let text = app.metrics_text();
+    let per_worker: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("sandgnat_worker_active_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(per_worker.len(), 4, "{text}");
+    assert_eq!(per_worker.iter().sum::<f64>(), 16.0, "{text}");
+    let most = per_worker.iter().cloned().fold(0.0, f64::max);
+    assert!(most <= 8.0, "one worker holds {most} of 16: {per_worker:?}");
+    drop(conns);
+}
+
 #[test]
 fn access_log_uses_gunicorn_atoms_and_carries_request_id() {
     let app = Appliance::start(

@@ -8,6 +8,7 @@
 //! stops the heartbeat, which is how the master tells a hung worker from a
 //! busy one. CPU-heavy work belongs on the blocking pool.
 
+mod balance;
 mod request;
 pub mod routes;
 mod server;

@@ -1,7 +1,8 @@
 //! The worker's HTTP/1.1 server: accepts on the shared Unix socket up to
 //! `worker_connections` at a time (past that, connections wait in the
-//! kernel's backlog where a less busy worker takes them), serves each with
-//! keep-alive, and drains on a graceful stop.
+//! kernel's backlog where a less busy worker takes them), leaves a new
+//! connection to a less loaded worker when it is ahead (`balance`), serves
+//! each with keep-alive, and drains on a graceful stop.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -9,10 +10,12 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::WorkerArgs;
+use super::{balance, WorkerArgs};
 use crate::accesslog::AccessLogFormat;
 use crate::config::Settings;
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
@@ -79,7 +82,9 @@ impl Worker {
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
-        let listener = tokio::net::UnixListener::from_std(listener)
+        // SAFETY: the AsyncFd owns the listener, whose descriptor stays open
+        // and the same until the AsyncFd is dropped.
+        let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
             .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
         let shared = self.shared.clone();
         let master_pid = std::os::unix::process::parent_id();
@@ -105,8 +110,8 @@ impl Worker {
                 _ = stop.requested() => break,
             };
             let stream = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
+                r = accept(&listener, &shared) => match r {
+                    Ok(s) => s,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -120,6 +125,7 @@ impl Worker {
                 shared.clone(),
                 stream,
                 permit,
+                Active::new(shared.clone()),
                 self.shutdown.clone(),
             ));
         }
@@ -142,19 +148,44 @@ impl Worker {
     }
 }
 
-/// Counts a connection as active for as long as it lives.
-struct Active<'a>(&'a Slot);
-
-impl<'a> Active<'a> {
-    fn new(slot: &'a Slot) -> Self {
-        slot.active_connections.fetch_add(1, Relaxed);
-        Active(slot)
+/// Takes the next connection waiting on the shared socket, first leaving
+/// it a moment to a less loaded worker (`balance` says why).
+async fn accept(
+    listener: &AsyncFd<std::os::unix::net::UnixListener>,
+    shared: &Shared,
+) -> std::io::Result<UnixStream> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if balance::should_defer(&shared.board, shared.slot_index) {
+            tokio::time::sleep(balance::DEFER).await;
+        }
+        match ready.try_io(|l| l.get_ref().accept()) {
+            Ok(Ok((stream, _))) => {
+                stream.set_nonblocking(true)?;
+                return UnixStream::from_std(stream);
+            }
+            Ok(Err(e)) => return Err(e),
+            // Another worker took it; the readiness is cleared.
+            Err(_would_block) => continue,
+        }
     }
 }
 
-impl Drop for Active<'_> {
+/// Counts a connection as active for as long as it lives. Taken at accept,
+/// not when the connection's task first runs: the balance must see a
+/// burst of connections this worker just took before it takes another.
+struct Active(Arc<Shared>);
+
+impl Active {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.slot().active_connections.fetch_add(1, Relaxed);
+        Active(shared)
+    }
+}
+
+impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active_connections.fetch_sub(1, Relaxed);
+        self.0.slot().active_connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -167,9 +198,9 @@ async fn connection(
     shared: Arc<Shared>,
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
+    _active: Active,
     mut stop: Shutdown,
 ) {
-    let _active = Active::new(shared.slot());
     let srv = &shared.settings.server;
     let mut builder = http1::Builder::new();
     builder
