@@ -382,7 +382,10 @@ fn database_outage_answers_503_fast_and_recovers_without_restart() {
         db.scalar("SELECT count(*) FROM analyses WHERE filename IS NOT NULL"),
         "2"
     );
-    assert_eq!(app.get("/readyz").unwrap().status, 200);
+    // Every worker, not only the one that took the submission.
+    app.wait_until("every worker ready again", 5 * SEC, |a| {
+        (0..8).all(|_| a.get("/readyz").is_ok_and(|r| r.status == 200))
+    });
 }
 
 #[test]

@@ -155,6 +155,9 @@ pub async fn get_audit(
 
 /// Ready means a submission would succeed now: database reachable and
 /// migrated, rules loaded, quarantine writable.
+/// Tries of the readiness query when a pooled connection turns out dead.
+const READYZ_TRIES: usize = 3;
+
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = |check: &str, message: String| {
         let mut resp = (
@@ -169,10 +172,19 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         resp
     };
     let latest = crate::store::latest_migration();
-    let applied: Result<Option<i64>, sqlx::Error> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+    // Pooled connections are not pinged before use, so after an outage
+    // each one that lived through it fails its next statement. A probe's
+    // query is safe to repeat: one dead connection is not an unreachable
+    // database.
+    let mut applied: Result<Option<i64>, sqlx::Error> = Err(sqlx::Error::PoolClosed);
+    for _ in 0..READYZ_TRIES {
+        applied = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(&app.db)
             .await;
+        if !matches!(applied, Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) {
+            break;
+        }
+    }
     match applied {
         Err(e) => return not_ready("database", format!("cannot query the database: {e}")),
         Ok(v) if v.unwrap_or(0) < latest => {
