@@ -15,5 +15,6 @@ export CARGO_TERM_COLOR=never
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+# Every test binary runs even after one fails, so one CI run shows all.
+cargo test --locked --no-fail-fast
 bash packaging/test-deb.sh
