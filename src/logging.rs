@@ -60,6 +60,12 @@ const QUEUED_LINES: usize = 4096;
 /// Bytes of log lines the writer thread gathers into one write(2).
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// The writer thread drains every queued line, then flushes: behind a
+/// buffer, a burst of lines costs one write(2), not one each.
+fn buffered<W: Write>(w: W) -> BufWriter<W> {
+    BufWriter::with_capacity(WRITE_BUFFER, w)
+}
+
 /// Installs the global subscriber for a process of `role`.
 pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
     let mut guards = Vec::new();
@@ -68,20 +74,15 @@ pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
         let builder = NonBlockingBuilder::default()
             .lossy(false)
             .buffered_lines_limit(QUEUED_LINES);
-        // The writer thread drains every queued line, then flushes: behind a
-        // buffer, a burst of lines costs one write(2), not one each.
-        let buffered = |w| BufWriter::with_capacity(WRITE_BUFFER, w);
         let (writer, guard) = if target == "-" {
             match stdio {
-                Stdio::Out => {
-                    builder.finish(buffered(Box::new(io::stdout()) as Box<dyn Write + Send>))
-                }
-                Stdio::Err => builder.finish(buffered(Box::new(io::stderr()))),
+                Stdio::Out => builder.finish(buffered(io::stdout())),
+                Stdio::Err => builder.finish(buffered(io::stderr())),
             }
         } else if log.rotation == "never" {
             let file = Arc::new(ReopenableFile::open(Path::new(target))?);
             reopeners.push(file.clone());
-            builder.finish(buffered(Box::new(SharedFile(file))))
+            builder.finish(buffered(SharedFile(file)))
         } else {
             let path = Path::new(target);
             let rotation = if log.rotation == "hourly" {
@@ -91,9 +92,7 @@ pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
             };
             let dir = path.parent().unwrap_or(Path::new("."));
             let name = path.file_name().unwrap_or(path.as_os_str());
-            builder.finish(buffered(Box::new(RollingFileAppender::new(
-                rotation, dir, name,
-            ))))
+            builder.finish(buffered(RollingFileAppender::new(rotation, dir, name)))
         };
         guards.push(guard);
         Ok(writer)

@@ -153,11 +153,11 @@ pub async fn get_audit(
     Ok(Json(json!({ "analysis_id": id, "entries": entries })))
 }
 
-/// Ready means a submission would succeed now: database reachable and
-/// migrated, rules loaded, quarantine writable.
 /// Tries of the readiness query when a pooled connection turns out dead.
 const READYZ_TRIES: usize = 3;
 
+/// Ready means a submission would succeed now: database reachable and
+/// migrated, rules loaded, quarantine writable.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = |check: &str, message: String| {
         let mut resp = (
@@ -176,13 +176,17 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     // each one that lived through it fails its next statement. A probe's
     // query is safe to repeat: one dead connection is not an unreachable
     // database.
-    let mut applied: Result<Option<i64>, sqlx::Error> = Err(sqlx::Error::PoolClosed);
-    for _ in 0..READYZ_TRIES {
-        applied = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&app.db)
-            .await;
-        if !matches!(applied, Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_))) {
-            break;
+    let query = || {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&app.db)
+    };
+    let mut applied = query().await;
+    for _ in 1..READYZ_TRIES {
+        match &applied {
+            Err(e) if crate::store::is_dead_connection(e) => applied = query().await,
+            _ => break,
         }
     }
     match applied {

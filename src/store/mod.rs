@@ -70,6 +70,13 @@ pub async fn within<T>(
         .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
+/// Whether an error is a pooled connection found dead when used (the
+/// pool does not ping first; see `lazy_pool`): a statement that is safe to
+/// repeat may go again, on another connection.
+pub fn is_dead_connection(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+}
+
 /// Whether an error means the database could not be reached (answer 503
 /// and let the client retry) rather than a fault in what we sent.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {

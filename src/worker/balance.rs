@@ -45,9 +45,12 @@ pub fn should_defer(board: &Scoreboard, me: usize) -> bool {
             s.role.load(Relaxed) == ROLE_WORKER
                 && s.state() == SlotState::Ready
                 && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < LIVE_MS
-                && s.active_connections.load(Relaxed) < s.max_connections.load(Relaxed)
         })
-        .map(|s| s.active_connections.load(Relaxed))
+        .filter_map(|s| {
+            // Loaded once: the count the comparison and the minimum use.
+            let active = s.active_connections.load(Relaxed);
+            (active < s.max_connections.load(Relaxed)).then_some(active)
+        })
         .min();
     least.is_some_and(|least| mine > least + SLACK)
 }
