@@ -102,6 +102,9 @@ enum Command {
     /// Internal: a job runner (static analysis, webhooks), started by the master.
     #[command(hide = true, name = "job-runner")]
     JobRunner(crate::runner::RunnerArgs),
+    /// Internal: the recorder (writes every worker's submissions), started by the master.
+    #[command(hide = true, name = "recorder")]
+    Recorder(crate::recorder::RecorderArgs),
 }
 
 #[derive(Subcommand)]
@@ -386,6 +389,7 @@ pub fn main() -> ExitCode {
         Command::MetricsListener(args) => crate::metrics::run(args),
         Command::FrontEnd(args) => crate::frontend::run(args),
         Command::JobRunner(args) => crate::runner::run(args),
+        Command::Recorder(args) => crate::recorder::run(args),
     }
 }
 

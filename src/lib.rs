@@ -17,6 +17,7 @@ pub mod logging;
 pub mod master;
 pub mod metrics;
 pub mod queue;
+pub mod recorder;
 pub mod runner;
 pub mod scan;
 pub mod scoreboard;

@@ -40,6 +40,7 @@ pub const ROLE_WORKER: u32 = 1;
 pub const ROLE_METRICS: u32 = 2;
 pub const ROLE_FRONTEND: u32 = 3;
 pub const ROLE_RUNNER: u32 = 4;
+pub const ROLE_RECORDER: u32 = 5;
 /// Job kinds the runners count, and how a job they held ended: the labels
 /// of `sandgnat_job_runner_jobs_total`.
 pub const RUNNER_KINDS: [&str; 3] = ["static", "webhook", "other"];

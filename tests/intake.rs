@@ -617,3 +617,78 @@ fn samples_in_memory_and_spooled_are_hashed_scanned_and_stored_alike() {
     assert_eq!(db.scalar("SELECT count(*) FROM analysis_audit_log"), "6");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every worker hands its submissions to one recorder process. Killed, it
+/// is replaced and submissions go on without a restart; HUP replaces it
+/// while a client keeps submitting, and no submission fails or is lost.
+#[test]
+fn the_recorder_is_replaced_after_a_crash_and_on_hup_without_losing_a_submission() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let db = TestDb::create("recorder");
+    let app = start("recorder", &db.url(), "");
+    let key = app.new_key("submitter");
+    let r = app.submit(&key, b"before the crash", &[]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let first = app.role_pids("recorder");
+    assert_eq!(first.len(), 1, "one recorder: {first:?}");
+    common::assert_isolated(first[0]);
+
+    // SAFETY: kill(2) on the appliance's own child.
+    unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
+    app.wait_until("a new recorder", 10 * SEC, |a| {
+        let now = a.role_pids("recorder");
+        now.len() == 1 && now != first
+    });
+    let r = app.submit(&key, b"after the crash", &[]);
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (socket, key, stop) = (app.socket.clone(), key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let body = format!("sample {n} during reloads");
+                let headers = [
+                    ("X-API-Key", key.as_str()),
+                    ("Content-Type", "application/octet-stream"),
+                ];
+                let r = request_unix_body(
+                    &socket,
+                    "POST",
+                    "/v1/submit",
+                    &headers,
+                    Some(body.as_bytes()),
+                );
+                statuses.push(r.map(|r| (r.status, r.body)).map_err(|e| e.to_string()));
+            }
+            statuses
+        })
+    };
+    for _ in 0..3 {
+        let before = app.role_pids("recorder");
+        app.signal(libc::SIGHUP);
+        app.wait_until("the recorder replaced", 10 * SEC, |a| {
+            let now = a.role_pids("recorder");
+            now.len() == 1 && now != before
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    let statuses = client.join().unwrap();
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(s, Ok((202, _))))
+        .collect();
+    assert!(failed.is_empty(), "failed submissions: {failed:?}");
+    assert!(
+        statuses.len() >= 3,
+        "too few submissions: {}",
+        statuses.len()
+    );
+    let analyses: usize = db.scalar("SELECT count(*) FROM analyses").parse().unwrap();
+    assert_eq!(analyses, statuses.len() + 2);
+}

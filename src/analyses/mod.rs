@@ -153,11 +153,27 @@ pub async fn get_audit(
     Ok(Json(json!({ "analysis_id": id, "entries": entries })))
 }
 
+/// Whether a recorder (`crate::recorder`) is up and beating: every
+/// submission goes through it.
+fn recorder_alive(board: &crate::scoreboard::Scoreboard) -> bool {
+    use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER, SLOTS};
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = monotonic_ms();
+    (1..SLOTS).map(|i| board.slot(i)).any(|s| {
+        s.role.load(Relaxed) == ROLE_RECORDER
+            && s.state() == SlotState::Ready
+            && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < RECORDER_SILENCE_MS
+    })
+}
+
+/// A recorder silent this long (it beats twice a second) counts as down.
+const RECORDER_SILENCE_MS: u64 = 5_000;
+
 /// Tries of the readiness query when a pooled connection turns out dead.
 const READYZ_TRIES: usize = 3;
 
 /// Ready means a submission would succeed now: database reachable and
-/// migrated, rules loaded, quarantine writable.
+/// migrated, rules loaded, quarantine writable, a recorder running.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = |check: &str, message: String| {
         let mut resp = (
@@ -212,6 +228,12 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         return not_ready(
             "quarantine",
             format!("cannot write to {}: {e}", app.quarantine.display()),
+        );
+    }
+    if !recorder_alive(&app.board) {
+        return not_ready(
+            "recorder",
+            "no recorder process is running; submissions wait for the master to start one".into(),
         );
     }
     let rules_error = app.board.header().rules_error.load();

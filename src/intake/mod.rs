@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller};
+use crate::recorder::RecordError;
 use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
 use crate::worker::state::AppState;
 use metadata::Metadata;
@@ -70,13 +71,12 @@ fn quarantine_error(e: std::io::Error) -> ApiError {
     }
 }
 
-impl From<record::RecordError> for ApiError {
-    fn from(e: record::RecordError) -> Self {
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
         match e {
-            record::RecordError::Database(e) if crate::store::is_unavailable(&e) => {
-                unavailable("the database", e)
-            }
-            record::RecordError::Database(e) => {
+            RecordError::Unavailable(why) => unavailable("the database", why),
+            RecordError::Unreachable(why) => unavailable("the recorder", why),
+            RecordError::Refused(e) => {
                 tracing::error!(error = %e, "cannot record the submission");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -86,7 +86,7 @@ impl From<record::RecordError> for ApiError {
             }
             // The statement may still commit: say so, rather than "nothing
             // was recorded".
-            unconfirmed @ record::RecordError::Unconfirmed(_) => {
+            unconfirmed @ (RecordError::Unconfirmed(_) | RecordError::Lost) => {
                 tracing::warn!(error = %unconfirmed, "a submission's record was not confirmed in time");
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -274,7 +274,6 @@ async fn process(
     // Hashing (of a sample held in memory), libyara and the file system are
     // blocking work, done in one hop off the event loop so the worker's
     // heartbeat and other requests go on.
-    let coming = app.recorder.coming();
     let examined = tokio::task::spawn_blocking(move || examine(&worker, received, named))
         .await
         .map_err(|e| {
@@ -321,7 +320,7 @@ async fn process(
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
     };
-    let recorded = app.recorder.record(&submission, coming).await?;
+    let recorded = app.recorder.record(&submission).await?;
     for queue in &recorded.queues {
         app.notifier.poke(queue);
     }

@@ -3,19 +3,21 @@
 //! and the analysis jobs. Nothing is visible until it all commits, and no
 //! NOTIFY happens inside it (the caller wakes the queues after commit).
 //!
-//! Group commit: submissions that arrive while a worker's recorder is
-//! busy are written together, as one statement and one commit, and each
-//! gets its answer only after that commit. A lone submission goes at once
-//! (a batch waits only for submissions already being scanned); under load it
-//! spreads the statement's fixed cost (round trip, executor start-up,
-//! constraint set-up, WAL flush) over the batch. A batch that fails for a
-//! reason other than an unreachable database is retried one submission at
-//! a time, so one bad row never fails another client's submission.
+//! Group commit: submissions that arrive while the recorder is busy are
+//! written together, as one statement and one commit, and each gets its
+//! answer only after that commit. A lone submission goes at once; under
+//! load the statement's fixed cost (round trip, executor start-up,
+//! constraint set-up, WAL flush) is spread over the batch. The batches are
+//! formed node-wide, by the recorder process (`crate::recorder`), which
+//! every worker hands its rows to: per worker, a batch could hold only that
+//! worker's own connections. A batch that fails for a reason other than an
+//! unreachable database is retried one submission at a time, so one bad
+//! row never fails another client's submission.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::PgPool;
@@ -45,13 +47,6 @@ pub struct Submission<'a> {
     pub static_analysis: bool,
     /// `debug.no_enqueue`: benchmarks only.
     pub no_enqueue: bool,
-}
-
-/// What a committed submission left for the queue to announce.
-pub struct Recorded {
-    pub analysis_id: Uuid,
-    /// Queues that got claimable jobs: wake them after commit.
-    pub queues: Vec<&'static str>,
 }
 
 /// The jobs a submission creates (DESIGN.md §3): a detonation for the
@@ -95,15 +90,13 @@ fn jobs_for(id: Uuid, s: &Submission<'_>) -> Vec<NewJob> {
 /// the time the last of them waits.
 const MAX_BATCH: usize = 32;
 
-/// Submissions waiting for a recorder, per worker.
-const QUEUE: usize = 256;
+/// Submissions waiting for the recorder's statement.
+pub const QUEUE: usize = 1024;
 
-/// How long a recorder holds a batch open for submissions this worker is
-/// still scanning (they reach it within a scan's time).
-const GATHER: Duration = Duration::from_micros(1500);
-
-/// One submission, owned, as the statement's arrays take it.
-struct Row {
+/// One submission, owned, as the statement's arrays take it and as a
+/// worker hands it to the recorder.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Row {
     id: Uuid,
     sha256: String,
     sha1: String,
@@ -127,7 +120,7 @@ struct Row {
 }
 
 impl Row {
-    fn new(id: Uuid, s: &Submission<'_>) -> Self {
+    pub fn new(id: Uuid, s: &Submission<'_>) -> Self {
         Row {
             id,
             sha256: s.sha256.clone(),
@@ -168,78 +161,27 @@ impl Row {
     }
 }
 
-struct Pending {
-    row: Row,
-    done: oneshot::Sender<Result<(), sqlx::Error>>,
+pub struct Pending {
+    pub row: Row,
+    pub done: oneshot::Sender<Result<(), sqlx::Error>>,
 }
 
-/// A worker's recorder: where its submissions go to be committed. One per
-/// worker, so one statement in flight: two split the batches, and 4 KiB
-/// submissions ran at about half the rate (README, issue 4).
-#[derive(Clone)]
-pub struct Recorder {
-    tx: mpsc::Sender<Pending>,
-    deadline: Duration,
-    /// Submissions past their upload and not yet handed over: company a
-    /// batch may wait for.
-    coming: Arc<AtomicUsize>,
+/// What a committed submission left for the queue to announce.
+pub struct Recorded {
+    pub analysis_id: Uuid,
+    /// Queues that got claimable jobs: wake them after commit.
+    pub queues: Vec<&'static str>,
 }
 
-/// A submission on its way to the recorder (hashing, scanning, storing).
-/// Dropping it (the submission failed, or was handed over) says so.
-pub struct Coming(Arc<AtomicUsize>);
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    /// The database did not confirm in time: the statement may still
-    /// commit, so the submission may or may not be recorded.
-    #[error("the database did not confirm the record within {0:?}")]
-    Unconfirmed(Duration),
-}
-
-impl Recorder {
-    /// Starts the recorder task on the current runtime. `deadline` bounds
-    /// how long a submission waits for its commit, queueing included: a
-    /// database that stops answering (a partition, no reset) must cost a
-    /// client a 503, not a hung request.
-    pub fn start(db: PgPool, deadline: Duration) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let coming = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(db, rx, deadline, coming.clone()));
-        Recorder {
-            tx,
-            deadline,
-            coming,
-        }
+impl Row {
+    /// The analysis this submission makes.
+    pub fn id(&self) -> Uuid {
+        self.id
     }
 
-    /// Announces a submission that will be recorded soon, so a batch
-    /// being formed waits a moment for it.
-    pub fn coming(&self) -> Coming {
-        self.coming.fetch_add(1, Ordering::AcqRel);
-        Coming(self.coming.clone())
-    }
-
-    /// Records a submission; returns once it is committed.
-    pub async fn record(
-        &self,
-        s: &Submission<'_>,
-        coming: Coming,
-    ) -> Result<Recorded, RecordError> {
-        // Time-ordered, as job ids (queue::enqueue_many says why). The
-        // submission time it carries is on the analysis anyway.
-        let id = Uuid::now_v7();
-        let row = Row::new(id, s);
-        let queues = row
-            .jobs
+    /// The queues this submission's claimable jobs go to.
+    pub fn queues(&self) -> Vec<&'static str> {
+        self.jobs
             .iter()
             .filter(|j| !j.hold)
             .map(|j| match j.queue.as_str() {
@@ -247,48 +189,23 @@ impl Recorder {
                 "static" => "static",
                 _ => "notify",
             })
-            .collect();
-        let (done, answer) = oneshot::channel();
-        let gone = || sqlx::Error::PoolClosed;
-        let committed = async {
-            self.tx
-                .send(Pending { row, done })
-                .await
-                .map_err(|_| gone())?;
-            drop(coming);
-            answer.await.map_err(|_| gone())?
-        };
-        tokio::time::timeout(self.deadline, committed)
-            .await
-            .map_err(|_| RecordError::Unconfirmed(self.deadline))??;
-        Ok(Recorded {
-            analysis_id: id,
-            queues,
-        })
+            .collect()
     }
 }
 
-/// The recorder: takes what is waiting (at least one), writes it, answers.
-async fn run(
+/// A batcher: takes what is waiting (at least one), writes it, answers.
+/// What arrives while a statement runs makes the next batch; nothing waits
+/// for company. Batchers sharing `rx` take turns: while one waits for its
+/// commit, the next one takes what has queued.
+pub async fn run(
     db: PgPool,
-    mut rx: mpsc::Receiver<Pending>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
     deadline: Duration,
-    coming: Arc<AtomicUsize>,
 ) {
     loop {
         let mut batch = Vec::new();
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return; // every sender is gone: the worker is stopping
-        }
-        // Submissions this worker is scanning right now arrive within a
-        // scan's time: holding the batch open that long lets them share its
-        // commit. With none coming, nothing waits.
-        let until = tokio::time::Instant::now() + GATHER;
-        while batch.len() < MAX_BATCH && coming.load(Ordering::Acquire) > 0 {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                Ok(None) | Err(_) => break,
-            }
+        if rx.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return; // every sender is gone: the recorder is stopping
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
         // Past the deadline nobody waits for the answer; giving up frees
@@ -505,7 +422,8 @@ mod tests {
             answers.push((name.to_string(), answer));
         }
         drop(tx);
-        let runner = tokio::spawn(run(db.clone(), rx, Duration::from_secs(10), Arc::default()));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let runner = tokio::spawn(run(db.clone(), rx, Duration::from_secs(10)));
         for (name, answer) in answers {
             let r = answer.await.unwrap();
             assert_eq!(r.is_ok(), !name.contains('\0'), "{name}: {r:?}");

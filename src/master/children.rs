@@ -16,9 +16,9 @@ use rand::Rng;
 
 use super::{spawn, Arbiter, Phase, ABORT_GRACE, EXIT_BOOT_ERROR};
 use crate::scoreboard::{
-    monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_RUNNER, ROLE_WORKER,
+    monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_RECORDER, ROLE_RUNNER, ROLE_WORKER,
 };
-use crate::sockets::{METRICS, WORKERS};
+use crate::sockets::{METRICS, RECORDER, WORKERS};
 use crate::systemd;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +29,8 @@ pub enum Role {
     /// Runs the built-in job kinds (static analysis, webhooks); holds no
     /// socket.
     Runner,
+    /// Writes every worker's submissions (`crate::recorder`); one.
+    Recorder,
 }
 
 /// Why the master asked a child to leave.
@@ -50,6 +52,8 @@ pub struct Child {
     pub started: Instant,
     pub ready_seen: bool,
     pub retiring: Option<Retire>,
+    /// Sent the stop signal of a master that is stopping.
+    pub stop_sent: bool,
     aborted_at: Option<Instant>,
 }
 
@@ -80,6 +84,7 @@ impl Arbiter {
                 Role::Metrics => ROLE_METRICS,
                 Role::FrontEnd => ROLE_FRONTEND,
                 Role::Runner => ROLE_RUNNER,
+                Role::Recorder => ROLE_RECORDER,
             },
             Relaxed,
         );
@@ -90,6 +95,7 @@ impl Arbiter {
                 Role::Metrics => "metrics-listener".into(),
                 Role::FrontEnd => "front-end".into(),
                 Role::Runner => "job-runner".into(),
+                Role::Recorder => "recorder".into(),
             },
             "--slot".into(),
             slot.to_string().into(),
@@ -138,6 +144,11 @@ impl Arbiter {
             // The scoreboard and the settings only: a runner reaches the
             // database and the quarantine itself and listens on nothing.
             Role::Runner => {}
+            Role::Recorder => {
+                if let Some(l) = self.listeners.get(RECORDER) {
+                    fds.push(l.fd.as_raw_fd());
+                }
+            }
         }
         match spawn::spawn(&self.exe, &args, &fds) {
             Ok(child) => {
@@ -160,6 +171,7 @@ impl Arbiter {
                     started: Instant::now(),
                     ready_seen: false,
                     retiring: None,
+                    stop_sent: false,
                     aborted_at: None,
                 });
             }
@@ -313,8 +325,17 @@ impl Arbiter {
         if ready_now < self.target.min(self.settings.server.workers) {
             return;
         }
-        // Ready means a client can be served: the front end must be up too.
+        // Ready means a client can be served: the front end must be up too,
+        // and the recorder that every submission goes through.
         if !self.ready && self.wants_frontend() && !self.frontend_ready() {
+            return;
+        }
+        if !self.ready
+            && !self
+                .children
+                .iter()
+                .any(|c| c.role == Role::Recorder && c.ready_seen)
+        {
             return;
         }
         if !self.ready {
@@ -428,6 +449,34 @@ impl Arbiter {
             self.spawn_child(Role::FrontEnd);
         }
         self.manage_runners();
+        self.manage_recorder();
+    }
+
+    /// Keeps one recorder of the current generation. One of an older
+    /// generation (HUP) is asked to leave at once: it tells its workers to
+    /// go away and answers what it has read, and they reconnect, waiting in
+    /// the socket's backlog until the new one accepts.
+    fn manage_recorder(&mut self) {
+        let generation = self.generation;
+        let mut current = false;
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.role == Role::Recorder && c.retiring.is_none())
+        {
+            if c.generation < generation {
+                tracing::info!(
+                    pid = c.pid.as_raw(),
+                    "retiring the recorder of an older generation"
+                );
+                c.retire(Retire::Reload);
+            } else {
+                current = true;
+            }
+        }
+        if !current {
+            self.spawn_child(Role::Recorder);
+        }
     }
 
     fn current_runners(&self) -> impl Iterator<Item = &Child> {

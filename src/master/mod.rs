@@ -132,13 +132,17 @@ impl Arbiter {
         }
         if let Some((uid, gid)) = account {
             // The front end drops to the service account and then connects
-            // to the workers' socket (mode 0660) like any client.
-            nix::unistd::chown(&settings.server.socket, Some(uid), Some(gid)).map_err(|e| {
-                StartError::Io {
-                    what: "give the workers' socket to the service account",
+            // to the workers' socket (mode 0660) like any client; so do the
+            // workers to the recorder's.
+            for path in [
+                settings.server.socket.clone(),
+                crate::recorder::socket_path(&settings),
+            ] {
+                nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(|e| StartError::Io {
+                    what: "give the Unix sockets to the service account",
                     source: e.into(),
-                }
-            })?;
+                })?;
+            }
         }
         let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
         let settings_fd =
@@ -194,6 +198,7 @@ impl Arbiter {
                     if self.children.is_empty() {
                         break;
                     }
+                    self.stop_recorders_last();
                     if Instant::now() >= deadline {
                         tracing::warn!(
                             remaining = self.children.len(),
@@ -283,7 +288,26 @@ impl Arbiter {
             deadline: Instant::now() + wait,
             graceful,
         };
-        self.signal_all(sig);
+        // A graceful stop keeps the recorder until the workers are gone,
+        // so the submissions they finish are answered.
+        for c in &mut self.children {
+            if graceful && c.role == Role::Recorder {
+                continue;
+            }
+            c.stop_sent = true;
+            c.kill(sig);
+        }
+    }
+
+    /// Once only recorders are left of a graceful stop, stops them too.
+    fn stop_recorders_last(&mut self) {
+        if self.children.iter().any(|c| c.role != Role::Recorder) {
+            return;
+        }
+        for c in self.children.iter_mut().filter(|c| !c.stop_sent) {
+            c.stop_sent = true;
+            c.kill(Signal::SIGTERM);
+        }
     }
 
     fn reload(&mut self) {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 pub type JobId = Uuid;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewJob {
     pub queue: String,
     pub kind: String,

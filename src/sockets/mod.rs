@@ -28,6 +28,8 @@ pub const RULES_FD: RawFd = 6;
 pub const WORKERS: &str = "workers";
 /// The name of the metrics socket in listener lists.
 pub const METRICS: &str = "metrics";
+/// The recorder's socket (`crate::recorder`), beside the workers' one.
+pub const RECORDER: &str = "recorder";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -53,7 +55,7 @@ pub struct Listener {
 
 impl Listener {
     pub fn is_unix(&self) -> bool {
-        self.name == WORKERS
+        self.name == WORKERS || self.name == RECORDER
     }
 }
 
@@ -131,7 +133,7 @@ impl Listeners {
                 continue;
             }
             let fd = match addr {
-                Address::Unix(path) => bind_unix(path, backlog)?,
+                Address::Unix(path) => bind_unix(name, path, backlog)?,
                 Address::Tcp(addr) => bind_tcp(name, addr, backlog)?,
             };
             fresh.push(Listener {
@@ -165,13 +167,20 @@ impl Listeners {
 }
 
 enum Address<'a> {
-    Unix(&'a Path),
+    Unix(PathBuf),
     Tcp(&'a str),
 }
 
 fn wanted(settings: &Settings) -> Vec<(String, Address<'_>)> {
     let mut out = vec![
-        (WORKERS.to_string(), Address::Unix(&settings.server.socket)),
+        (
+            WORKERS.to_string(),
+            Address::Unix(settings.server.socket.clone()),
+        ),
+        (
+            RECORDER.to_string(),
+            Address::Unix(crate::recorder::socket_path(settings)),
+        ),
         (METRICS.to_string(), Address::Tcp(&settings.metrics.bind)),
     ];
     out.extend(
@@ -191,9 +200,9 @@ fn wanted(settings: &Settings) -> Vec<(String, Address<'_>)> {
     out
 }
 
-fn bind_unix(path: &Path, backlog: i32) -> Result<OwnedFd, BindError> {
+fn bind_unix(name: &str, path: &Path, backlog: i32) -> Result<OwnedFd, BindError> {
     let err = |source| BindError::Bind {
-        name: WORKERS.into(),
+        name: name.into(),
         addr: path.display().to_string(),
         source,
     };

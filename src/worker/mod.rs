@@ -97,8 +97,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
-            recorder: crate::intake::record::Recorder::start(
-                db.clone(),
+            recorder: crate::recorder::Recorder::new(
+                crate::recorder::socket_path(&settings),
                 std::time::Duration::from_millis(settings.database.record_timeout_ms),
             ),
             rules,

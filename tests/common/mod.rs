@@ -319,6 +319,24 @@ impl Appliance {
         }
     }
 
+    /// Pids of the master's children started in `role` (their first
+    /// argument: `recorder`, `worker`, ...).
+    pub fn role_pids(&self, role: &str) -> Vec<u32> {
+        let pid = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut pids: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(role.as_bytes()))
+            })
+            .collect();
+        pids.sort();
+        pids
+    }
+
     /// Pids of the live workers, from metrics.
     pub fn worker_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
