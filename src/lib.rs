@@ -7,6 +7,7 @@ pub mod analyses;
 pub mod api_error;
 pub mod auth;
 pub mod bridge;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod frontend;

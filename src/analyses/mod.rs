@@ -153,15 +153,17 @@ pub async fn get_audit(
     Ok(Json(json!({ "analysis_id": id, "entries": entries })))
 }
 
-/// Whether a recorder (`crate::recorder`) is up and beating: every
-/// submission goes through it.
+/// Whether a recorder (`crate::recorder`) is running and beating, or
+/// starting: every submission goes through it. While one replaces another
+/// (HUP, a crash) submissions wait in its socket's backlog, so a recorder
+/// booting counts.
 fn recorder_alive(board: &crate::scoreboard::Scoreboard) -> bool {
     use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER, SLOTS};
     use std::sync::atomic::Ordering::Relaxed;
     let now = monotonic_ms();
     (1..SLOTS).map(|i| board.slot(i)).any(|s| {
         s.role.load(Relaxed) == ROLE_RECORDER
-            && s.state() == SlotState::Ready
+            && matches!(s.state(), SlotState::Ready | SlotState::Booting)
             && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < RECORDER_SILENCE_MS
     })
 }

@@ -95,6 +95,7 @@ impl Recorder {
             }),
             Ok(Ok(Outcome::Unavailable(why))) => Err(RecordError::Unavailable(why)),
             Ok(Ok(Outcome::Refused(why))) => Err(RecordError::Refused(why)),
+            Ok(Ok(Outcome::Unconfirmed)) => Err(RecordError::Unconfirmed(self.0.deadline)),
         }
     }
 

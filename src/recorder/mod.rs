@@ -22,7 +22,7 @@ mod wire;
 
 pub use client::{RecordError, Recorder};
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::scoreboard::{Scoreboard, SlotState};
 use crate::shutdown::{self, Trigger};
-use crate::sockets::{FIRST_LISTENER_FD, SCOREBOARD_FD};
+use crate::sockets::FIRST_LISTENER_FD;
 
 /// What the master tells the recorder on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,7 +41,6 @@ pub struct RecorderArgs {
     pub master_pid: u32,
 }
 
-const EXIT_BOOT_ERROR: u8 = 3;
 /// How often the event loop proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -52,42 +51,16 @@ pub fn socket_path(settings: &crate::config::Settings) -> std::path::PathBuf {
 }
 
 pub fn run(args: RecorderArgs) -> ExitCode {
-    // SAFETY: descriptor 3 was placed by the master for exactly this.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat recorder: cannot attach to the scoreboard: {e}");
-            return ExitCode::from(EXIT_BOOT_ERROR);
-        }
+    let booted = match crate::child::boot("recorder", args.slot, args.master_pid) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let fail = |why: String| {
-        let slot = board.slot(args.slot);
-        slot.boot_error.store(&why);
-        slot.set_state(SlotState::BootFailed);
-        tracing::error!(reason = %why, "recorder failed to boot");
-        eprintln!("sandgnat recorder: {why}");
-        ExitCode::from(EXIT_BOOT_ERROR)
-    };
-    let settings = match crate::master::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
-    };
-    let _log = match crate::logging::init(&settings.log, "recorder") {
-        Ok(g) => g,
-        Err(e) => return fail(format!("cannot open log files: {e}")),
-    };
-    let isolated = crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
-    if let Err(e) = isolated {
-        return fail(e.to_string());
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the event loop: {e}")),
-    };
+    let crate::child::Booted {
+        board,
+        settings,
+        runtime,
+        log: _log,
+    } = booted;
     let outcome = runtime.block_on(async {
         // SAFETY: descriptor 5 is the recorder's socket, placed by the master.
         let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(FIRST_LISTENER_FD) };
@@ -126,7 +99,7 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             tracing::info!("recorder exiting");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => crate::child::failed(&board, args.slot, "recorder", e),
     }
 }
 

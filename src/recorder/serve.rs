@@ -2,7 +2,6 @@
 //! batcher (`intake::record::run`), and each row's outcome goes back on the
 //! connection it came from.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -13,13 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::wire::{self, Outcome, Reply, Request};
-use crate::intake::record::{self, Pending};
+use crate::intake::record::{self, Failure, Pending};
 use crate::shutdown::Shutdown;
-
-/// Statements in flight at once. Two (overlapping one's commit with the
-/// next batch) were no faster than one at 4 KiB and 16 connections, and
-/// split the batches.
-const BATCHERS: usize = 1;
 
 /// Serves until `shutdown`, then tells every connection to go away and
 /// returns once each is closed by its worker and every row read is
@@ -27,10 +21,7 @@ const BATCHERS: usize = 1;
 /// `graceful_timeout`.
 pub async fn serve(listener: UnixListener, db: PgPool, deadline: Duration, mut shutdown: Shutdown) {
     let (rows, queued) = mpsc::channel(record::QUEUE);
-    let queued = Arc::new(tokio::sync::Mutex::new(queued));
-    let batchers: Vec<_> = (0..BATCHERS)
-        .map(|_| tokio::spawn(record::run(db.clone(), queued.clone(), deadline)))
-        .collect();
+    let batcher = tokio::spawn(record::run(db, queued, deadline));
     let (goaway, told) = watch::channel(false);
     let mut conns = JoinSet::new();
     loop {
@@ -52,9 +43,7 @@ pub async fn serve(listener: UnixListener, db: PgPool, deadline: Duration, mut s
     let _ = goaway.send(true);
     drop(rows);
     while conns.join_next().await.is_some() {}
-    for b in batchers {
-        let _ = b.await;
-    }
+    let _ = batcher.await;
 }
 
 async fn connection(stream: UnixStream, rows: mpsc::Sender<Pending>, told: watch::Receiver<bool>) {
@@ -79,11 +68,14 @@ async fn connection(stream: UnixStream, rows: mpsc::Sender<Pending>, told: watch
         tokio::spawn(async move {
             let outcome = match answer.await {
                 Ok(Ok(())) => Outcome::Committed,
-                Ok(Err(e)) if crate::store::is_unavailable(&e) => {
+                Ok(Err(Failure::Unconfirmed)) => Outcome::Unconfirmed,
+                Ok(Err(Failure::Database(e))) if crate::store::is_unavailable(&e) => {
                     Outcome::Unavailable(e.to_string())
                 }
-                Ok(Err(e)) => Outcome::Refused(e.to_string()),
-                Err(_) => Outcome::Unavailable("the recorder stopped".into()),
+                Ok(Err(Failure::Database(e))) => Outcome::Refused(e.to_string()),
+                // The batcher went without answering (it panicked): the
+                // row may have been written.
+                Err(_) => Outcome::Unconfirmed,
             };
             let _ = out.send(Reply::Done { seq, outcome });
         });

@@ -40,6 +40,8 @@ pub enum Outcome {
     Unavailable(String),
     /// The database refused the row: nothing was recorded.
     Refused(String),
+    /// The statement did not finish in time: it may still commit.
+    Unconfirmed,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {

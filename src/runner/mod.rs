@@ -21,7 +21,6 @@
 
 mod work;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,7 +28,6 @@ use std::time::Duration;
 
 use crate::scoreboard::{Scoreboard, SlotState};
 use crate::shutdown::{self, Trigger};
-use crate::sockets::SCOREBOARD_FD;
 
 /// What the master tells a runner on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,48 +38,20 @@ pub struct RunnerArgs {
     pub master_pid: u32,
 }
 
-const EXIT_BOOT_ERROR: u8 = 3;
 /// How often the event loop proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
 pub fn run(args: RunnerArgs) -> ExitCode {
-    // SAFETY: descriptor 3 was placed by the master for exactly this.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat job-runner: cannot attach to the scoreboard: {e}");
-            return ExitCode::from(EXIT_BOOT_ERROR);
-        }
+    let booted = match crate::child::boot("runner", args.slot, args.master_pid) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let fail = |why: String| {
-        let slot = board.slot(args.slot);
-        slot.boot_error.store(&why);
-        slot.set_state(SlotState::BootFailed);
-        tracing::error!(reason = %why, "job runner failed to boot");
-        eprintln!("sandgnat job-runner: {why}");
-        ExitCode::from(EXIT_BOOT_ERROR)
-    };
-    let settings = match crate::master::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
-    };
-    let _log = match crate::logging::init(&settings.log, "runner") {
-        Ok(g) => g,
-        Err(e) => return fail(format!("cannot open log files: {e}")),
-    };
-    // A missing account fails the boot: a runner never stays root.
-    let isolated = crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
-    if let Err(e) = isolated {
-        return fail(e.to_string());
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the event loop: {e}")),
-    };
+    let crate::child::Booted {
+        board,
+        settings,
+        runtime,
+        log: _log,
+    } = booted;
     let outcome = runtime.block_on(async {
         // Lazy: a database that is down now is retried by the claim loop.
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
@@ -124,7 +94,7 @@ pub fn run(args: RunnerArgs) -> ExitCode {
             tracing::info!("job runner exiting");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => crate::child::failed(&board, args.slot, "job runner", e),
     }
 }
 

@@ -1,0 +1,67 @@
+//! What a supervised child without a request path of its own (the job
+//! runners, the recorder) does first: attach to the scoreboard, so that
+//! every later failure is reported in its slot; read the master's
+//! settings; open its logs; take the service account's identity and the
+//! restrictions of `isolation`; and start its event loop.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::logging::LogGuard;
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::sockets::SCOREBOARD_FD;
+
+/// Exit code for a child that could not boot.
+pub const EXIT_BOOT_ERROR: u8 = 3;
+
+pub struct Booted {
+    pub board: Arc<Scoreboard>,
+    pub settings: Settings,
+    pub runtime: tokio::runtime::Runtime,
+    /// Keeps the log writers until the child exits.
+    pub log: LogGuard,
+}
+
+/// Boots `role` (its name in logs: `runner`, `recorder`) in `slot`.
+pub fn boot(role: &'static str, slot: usize, master_pid: u32) -> Result<Booted, ExitCode> {
+    // SAFETY: descriptor 3 was placed by the master for exactly this.
+    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("sandgnat {role}: cannot attach to the scoreboard: {e}");
+            return Err(ExitCode::from(EXIT_BOOT_ERROR));
+        }
+    };
+    let fail = |why: String| failed(&board, slot, role, why);
+    let settings = crate::master::inherited_settings()
+        .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
+    let log = crate::logging::init(&settings.log, role)
+        .map_err(|e| fail(format!("cannot open log files: {e}")))?;
+    // A missing account fails the boot: a child never stays root.
+    crate::isolation::service_account(&settings)
+        .and_then(|account| crate::isolation::restrict(account, master_pid))
+        .map_err(|e| fail(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the event loop: {e}")))?;
+    Ok(Booted {
+        board,
+        settings,
+        runtime,
+        log,
+    })
+}
+
+/// Reports why the child cannot go on: in its slot (the master reads it for
+/// its back-off and exit message), in the log and on stderr.
+pub fn failed(board: &Scoreboard, slot: usize, role: &str, why: String) -> ExitCode {
+    let s = board.slot(slot);
+    s.boot_error.store(&why);
+    s.set_state(SlotState::BootFailed);
+    tracing::error!(reason = %why, "{role} failed to boot");
+    eprintln!("sandgnat {role}: {why}");
+    ExitCode::from(EXIT_BOOT_ERROR)
+}
