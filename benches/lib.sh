@@ -122,6 +122,11 @@ TOML
     sleep 0.1
   done
   curl -skf "https://127.0.0.1:$tls_port/healthz" >/dev/null || { echo "sandgnat did not come up; see $run/out.log" >&2; return 1; }
+  # Ready for submissions: the database, the rules and the recorder.
+  for _ in $(seq 100); do
+    curl -sf --unix-socket "$run/workers.sock" http://x/readyz >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 }
 
 stop_sandgnat() {
