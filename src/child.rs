@@ -65,3 +65,31 @@ pub fn failed(board: &Scoreboard, slot: usize, role: &str, why: String) -> ExitC
     eprintln!("sandgnat {role}: {why}");
     ExitCode::from(EXIT_BOOT_ERROR)
 }
+
+/// How often a child's event loop proves it is alive.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Beats the child's heartbeat from its event loop, except while `frozen`
+/// counts blocking work in progress (its start is then the last sign of
+/// life, so work stuck for `server.timeout` gets the child aborted). Stops
+/// the child gracefully once its master is gone.
+pub async fn heartbeat(
+    board: Arc<Scoreboard>,
+    slot: usize,
+    master_pid: u32,
+    trigger: crate::shutdown::Trigger,
+    frozen: Option<Arc<std::sync::atomic::AtomicU32>>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        if frozen.as_ref().is_none_or(|f| f.load(Relaxed) == 0) {
+            board.slot(slot).beat();
+        }
+        if std::os::unix::process::parent_id() != master_pid {
+            tracing::warn!("master is gone; stopping");
+            trigger.graceful();
+        }
+    }
+}

@@ -692,3 +692,47 @@ fn the_recorder_is_replaced_after_a_crash_and_on_hup_without_losing_a_submission
     let analyses: usize = db.scalar("SELECT count(*) FROM analyses").parse().unwrap();
     assert_eq!(analyses, statuses.len() + 2);
 }
+
+/// A graceful stop records the submission still uploading when TERM came:
+/// the master stops the recorder only once the workers are gone.
+#[test]
+fn a_graceful_stop_records_the_submission_still_uploading() {
+    use std::io::Read;
+
+    let db = TestDb::create("termsubmit");
+    let mut app = start("termsubmit", &db.url(), "");
+    let key = app.new_key("submitter");
+    // Every worker's connection to the recorder is open, so a recorder
+    // stopped alongside the workers would tell them to go away.
+    for i in 0..4 {
+        let r = app.submit(&key, format!("warm-up {i}").as_bytes(), &[]);
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    let body = b"a sample still uploading when TERM comes";
+    let mut s = std::os::unix::net::UnixStream::connect(&app.socket).unwrap();
+    write!(
+        s,
+        "POST /v1/submit HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..10]).unwrap();
+    app.wait_until("the upload in flight", 5 * SEC, |a| {
+        a.metric_sum("sandgnat_worker_pending_requests", "pid=") >= 1.0
+    });
+    app.signal(libc::SIGTERM);
+    app.expect_notify("STOPPING=1", 5 * SEC);
+    app.wait_until("the workers told to finish", 5 * SEC, |a| {
+        a.log_text().contains("TERM: finishing in-flight requests")
+    });
+    s.write_all(&body[10..]).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let r = common::parse_response(&raw).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(app.wait_exit(20 * SEC).code(), Some(0));
+    let analyses: usize = db.scalar("SELECT count(*) FROM analyses").parse().unwrap();
+    assert_eq!(analyses, 5);
+}

@@ -25,11 +25,10 @@ pub use client::{RecordError, Recorder};
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::shutdown::{self, Trigger};
+use crate::scoreboard::SlotState;
+use crate::shutdown;
 use crate::sockets::FIRST_LISTENER_FD;
 
 /// What the master tells the recorder on its command line.
@@ -40,9 +39,6 @@ pub struct RecorderArgs {
     #[arg(long)]
     pub master_pid: u32,
 }
-
-/// How often the event loop proves it is alive.
-const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The recorder's socket: beside the workers' one, in the directory only
 /// the service account can enter.
@@ -83,11 +79,12 @@ pub fn run(args: RecorderArgs) -> ExitCode {
         slot.pid.store(std::process::id(), Relaxed);
         slot.beat();
         slot.set_state(SlotState::Ready);
-        tokio::spawn(heartbeat(
+        tokio::spawn(crate::child::heartbeat(
             board.clone(),
             args.slot,
             args.master_pid,
             trigger,
+            None,
         ));
         tracing::info!(slot = args.slot, "recorder ready");
         let deadline = Duration::from_millis(settings.database.record_timeout_ms);
@@ -100,17 +97,5 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => crate::child::failed(&board, args.slot, "recorder", e),
-    }
-}
-
-async fn heartbeat(board: Arc<Scoreboard>, slot: usize, master_pid: u32, trigger: Trigger) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    loop {
-        tick.tick().await;
-        board.slot(slot).beat();
-        if std::os::unix::process::parent_id() != master_pid {
-            tracing::warn!("master is gone; stopping");
-            trigger.graceful();
-        }
     }
 }

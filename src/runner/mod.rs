@@ -24,10 +24,9 @@ mod work;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::shutdown::{self, Trigger};
+use crate::scoreboard::SlotState;
+use crate::shutdown;
 
 /// What the master tells a runner on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,9 +36,6 @@ pub struct RunnerArgs {
     #[arg(long)]
     pub master_pid: u32,
 }
-
-/// How often the event loop proves it is alive.
-const HEARTBEAT: Duration = Duration::from_millis(500);
 
 pub fn run(args: RunnerArgs) -> ExitCode {
     let booted = match crate::child::boot("runner", args.slot, args.master_pid) {
@@ -67,12 +63,12 @@ pub fn run(args: RunnerArgs) -> ExitCode {
         slot.pid.store(std::process::id(), Relaxed);
         slot.beat();
         slot.set_state(SlotState::Ready);
-        tokio::spawn(heartbeat(
+        tokio::spawn(crate::child::heartbeat(
             board.clone(),
             args.slot,
-            frozen.clone(),
             args.master_pid,
             trigger,
+            Some(frozen.clone()),
         ));
         if settings.queue.webhook_secret.is_none() {
             tracing::warn!("queue.webhook_secret is not set: webhooks are sent unsigned");
@@ -95,27 +91,5 @@ pub fn run(args: RunnerArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => crate::child::failed(&board, args.slot, "job runner", e),
-    }
-}
-
-/// Beats the scoreboard heartbeat, except while `frozen` counts a blocking
-/// analysis in progress (its start time is then the last sign of life).
-async fn heartbeat(
-    board: Arc<Scoreboard>,
-    slot: usize,
-    frozen: Arc<AtomicU32>,
-    master_pid: u32,
-    trigger: Trigger,
-) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    loop {
-        tick.tick().await;
-        if frozen.load(Relaxed) == 0 {
-            board.slot(slot).beat();
-        }
-        if std::os::unix::process::parent_id() != master_pid {
-            tracing::warn!("master is gone; stopping");
-            trigger.graceful();
-        }
     }
 }
