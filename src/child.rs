@@ -1,8 +1,9 @@
-//! What a supervised child without a request path of its own (the job
-//! runners, the recorder) does first: attach to the scoreboard, so that
-//! every later failure is reported in its slot; read the master's
-//! settings; open its logs; take the service account's identity and the
-//! restrictions of `isolation`; and start its event loop.
+//! What a supervised child does first: attach to the scoreboard, so that
+//! every later failure is reported in its slot (`attach`, `failed`, used
+//! by every role). The job runners and the recorder then do the rest the
+//! same way (`boot`): read the master's settings, open their logs, take
+//! the service account's identity and the restrictions of `isolation`,
+//! and start an event loop.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -24,20 +25,31 @@ pub struct Booted {
     pub log: LogGuard,
 }
 
-/// Boots `role` (its name in logs: `runner`, `recorder`) in `slot`.
-pub fn boot(role: &'static str, slot: usize, master_pid: u32) -> Result<Booted, ExitCode> {
+/// Attaches the child `name` (its command: `worker`, `job-runner`, ...) to
+/// the scoreboard the master placed at descriptor 3.
+pub fn attach(name: &str) -> Result<Arc<Scoreboard>, ExitCode> {
     // SAFETY: descriptor 3 was placed by the master for exactly this.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
+    match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
+        Ok(b) => Ok(Arc::new(b)),
         Err(e) => {
-            eprintln!("sandgnat {role}: cannot attach to the scoreboard: {e}");
-            return Err(ExitCode::from(EXIT_BOOT_ERROR));
+            eprintln!("sandgnat {name}: cannot attach to the scoreboard: {e}");
+            Err(ExitCode::from(EXIT_BOOT_ERROR))
         }
-    };
-    let fail = |why: String| failed(&board, slot, role, why);
+    }
+}
+
+/// Boots the child `name` in `slot`, logging as `log_role`.
+pub fn boot(
+    name: &'static str,
+    log_role: &'static str,
+    slot: usize,
+    master_pid: u32,
+) -> Result<Booted, ExitCode> {
+    let board = attach(name)?;
+    let fail = |why: String| failed(&board, slot, name, why);
     let settings = crate::master::inherited_settings()
         .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
-    let log = crate::logging::init(&settings.log, role)
+    let log = crate::logging::init(&settings.log, log_role)
         .map_err(|e| fail(format!("cannot open log files: {e}")))?;
     // A missing account fails the boot: a child never stays root.
     crate::isolation::service_account(&settings)
@@ -55,14 +67,14 @@ pub fn boot(role: &'static str, slot: usize, master_pid: u32) -> Result<Booted, 
     })
 }
 
-/// Reports why the child cannot go on: in its slot (the master reads it for
-/// its back-off and exit message), in the log and on stderr.
-pub fn failed(board: &Scoreboard, slot: usize, role: &str, why: String) -> ExitCode {
+/// Reports why the child `name` cannot go on: in its slot (the master reads
+/// it for its back-off and exit message), in the log and on stderr.
+pub fn failed(board: &Scoreboard, slot: usize, name: &str, why: String) -> ExitCode {
     let s = board.slot(slot);
     s.boot_error.store(&why);
     s.set_state(SlotState::BootFailed);
-    tracing::error!(reason = %why, "{role} failed to boot");
-    eprintln!("sandgnat {role}: {why}");
+    tracing::error!(reason = %why, "{name} failed to boot");
+    eprintln!("sandgnat {name}: {why}");
     ExitCode::from(EXIT_BOOT_ERROR)
 }
 

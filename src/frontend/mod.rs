@@ -28,7 +28,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod tls;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -41,8 +41,8 @@ use pingora_core::server::Fds;
 use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sockets::{FIRST_LISTENER_FD, SCOREBOARD_FD};
+use crate::scoreboard::SlotState;
+use crate::sockets::FIRST_LISTENER_FD;
 
 /// What the master tells the front end on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,29 +57,16 @@ pub struct FrontEndArgs {
     pub listeners: String,
 }
 
-const EXIT_BOOT_ERROR: u8 = 3;
-
 /// How long a retiring front end keeps serving connections it already
 /// accepted before it looks at the in-flight count.
 const ACCEPTED_GRACE: Duration = Duration::from_secs(1);
 
 pub fn run(args: FrontEndArgs) -> ExitCode {
-    // SAFETY: descriptor 3 was placed by the master for exactly this.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat front-end: cannot attach to the scoreboard: {e}");
-            return ExitCode::from(EXIT_BOOT_ERROR);
-        }
+    let board = match crate::child::attach("front-end") {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let fail = |why: String| {
-        let slot = board.slot(args.slot);
-        slot.boot_error.store(&why);
-        slot.set_state(SlotState::BootFailed);
-        tracing::error!(reason = %why, "front end failed to boot");
-        eprintln!("sandgnat front-end: {why}");
-        ExitCode::from(EXIT_BOOT_ERROR)
-    };
+    let fail = |why: String| crate::child::failed(&board, args.slot, "front-end", why);
     let settings = match crate::master::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),

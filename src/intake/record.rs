@@ -159,21 +159,7 @@ impl Row {
             },
         }
     }
-}
 
-pub struct Pending {
-    pub row: Row,
-    pub done: oneshot::Sender<Result<(), Failure>>,
-}
-
-/// What a committed submission left for the queue to announce.
-pub struct Recorded {
-    pub analysis_id: Uuid,
-    /// Queues that got claimable jobs: wake them after commit.
-    pub queues: Vec<&'static str>,
-}
-
-impl Row {
     /// The analysis this submission makes.
     pub fn id(&self) -> Uuid {
         self.id
@@ -191,6 +177,18 @@ impl Row {
             })
             .collect()
     }
+}
+
+pub struct Pending {
+    pub row: Row,
+    pub done: oneshot::Sender<Result<(), Failure>>,
+}
+
+/// What a committed submission left for the queue to announce.
+pub struct Recorded {
+    pub analysis_id: Uuid,
+    /// Queues that got claimable jobs: wake them after commit.
+    pub queues: Vec<&'static str>,
 }
 
 /// Why a submission was not recorded.

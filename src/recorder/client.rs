@@ -105,25 +105,19 @@ impl Recorder {
         frame: Vec<u8>,
     ) -> Result<oneshot::Receiver<Outcome>, RecordError> {
         let mut conn = self.0.conn.lock().await;
-        let (tx, rx) = oneshot::channel();
-        let mut tx = Some(tx);
-        if let Some(c) = conn.as_ref() {
-            if c.queue(seq, &mut tx, &frame) {
-                return Ok(rx);
-            }
-        }
+        let frame = match conn.as_ref() {
+            Some(c) => match c.queue(seq, frame) {
+                Ok(answer) => return Ok(answer),
+                Err(frame) => frame,
+            },
+            None => frame,
+        };
         let fresh = Conn::open(&self.0.path)
             .await
             .map_err(RecordError::Unreachable)?;
-        let queued = fresh.queue(seq, &mut tx, &frame);
+        let queued = fresh.queue(seq, frame);
         *conn = Some(fresh);
-        if queued {
-            Ok(rx)
-        } else {
-            Err(RecordError::Unreachable(
-                std::io::ErrorKind::BrokenPipe.into(),
-            ))
-        }
+        queued.map_err(|_| RecordError::Unreachable(std::io::ErrorKind::BrokenPipe.into()))
     }
 }
 
@@ -141,18 +135,19 @@ impl Conn {
         Ok(Conn { state, out })
     }
 
-    /// Queues a frame and where its answer goes, if the connection is open.
-    fn queue(&self, seq: u64, tx: &mut Option<oneshot::Sender<Outcome>>, frame: &[u8]) -> bool {
+    /// Queues a frame, if the connection is open, and returns where its
+    /// answer will come; a closed connection hands the frame back.
+    fn queue(&self, seq: u64, frame: Vec<u8>) -> Result<oneshot::Receiver<Outcome>, Vec<u8>> {
         let Ok(mut w) = self.state.lock() else {
-            return false;
+            return Err(frame);
         };
-        if !w.open || self.out.send(frame.to_vec()).is_err() {
-            return false;
+        if !w.open {
+            return Err(frame);
         }
-        if let Some(tx) = tx.take() {
-            w.answers.insert(seq, tx);
-        }
-        true
+        self.out.send(frame).map_err(|e| e.0)?;
+        let (tx, rx) = oneshot::channel();
+        w.answers.insert(seq, tx);
+        Ok(rx)
     }
 }
 

@@ -47,7 +47,7 @@ pub fn socket_path(settings: &crate::config::Settings) -> std::path::PathBuf {
 }
 
 pub fn run(args: RecorderArgs) -> ExitCode {
-    let booted = match crate::child::boot("recorder", args.slot, args.master_pid) {
+    let booted = match crate::child::boot("recorder", "recorder", args.slot, args.master_pid) {
         Ok(b) => b,
         Err(code) => return code,
     };

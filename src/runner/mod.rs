@@ -38,7 +38,7 @@ pub struct RunnerArgs {
 }
 
 pub fn run(args: RunnerArgs) -> ExitCode {
-    let booted = match crate::child::boot("runner", args.slot, args.master_pid) {
+    let booted = match crate::child::boot("job-runner", "runner", args.slot, args.master_pid) {
         Ok(b) => b,
         Err(code) => return code,
     };
@@ -90,6 +90,6 @@ pub fn run(args: RunnerArgs) -> ExitCode {
             tracing::info!("job runner exiting");
             ExitCode::SUCCESS
         }
-        Err(e) => crate::child::failed(&board, args.slot, "job runner", e),
+        Err(e) => crate::child::failed(&board, args.slot, "job-runner", e),
     }
 }

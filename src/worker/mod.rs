@@ -14,15 +14,14 @@ pub mod routes;
 mod server;
 pub mod state;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::auth::KeyRing;
 use crate::config::Settings;
 use crate::scan::RuleSet;
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sockets::{FIRST_LISTENER_FD, RULES_FD, SCOREBOARD_FD};
+use crate::sockets::{FIRST_LISTENER_FD, RULES_FD};
 use state::{AppState, Inner};
 
 /// What the master tells a worker on its command line.
@@ -37,27 +36,13 @@ pub struct WorkerArgs {
     pub max_requests: u64,
 }
 
-/// Exit code for a worker that could not boot.
-const EXIT_BOOT_ERROR: u8 = 3;
-
 pub fn run(args: WorkerArgs) -> ExitCode {
     // The scoreboard comes first, so every later failure can be reported.
-    // SAFETY: descriptor 3 was placed by the master for exactly this.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat worker: cannot attach to the scoreboard: {e}");
-            return ExitCode::from(EXIT_BOOT_ERROR);
-        }
+    let board = match crate::child::attach("worker") {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let fail = |why: String| {
-        let slot = board.slot(args.slot);
-        slot.boot_error.store(&why);
-        slot.set_state(SlotState::BootFailed);
-        tracing::error!(reason = %why, "worker failed to boot");
-        eprintln!("sandgnat worker: {why}");
-        ExitCode::from(EXIT_BOOT_ERROR)
-    };
+    let fail = |why: String| crate::child::failed(&board, args.slot, "worker", why);
     let settings = match crate::master::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
