@@ -59,6 +59,7 @@ pub fn boot(
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the event loop: {e}")))?;
+    crate::residency::drop_boot_pages();
     Ok(Booted {
         board,
         settings,

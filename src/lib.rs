@@ -19,6 +19,7 @@ pub mod master;
 pub mod metrics;
 pub mod queue;
 pub mod recorder;
+pub mod residency;
 pub mod runner;
 pub mod scan;
 pub mod scoreboard;

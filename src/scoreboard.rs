@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Slots for children; slot 0 is reserved for the master's totals.
 pub const SLOTS: usize = 600;
@@ -148,6 +148,11 @@ pub struct Slot {
 #[repr(C)]
 pub struct Header {
     magic: AtomicU64,
+    /// One past the highest slot ever claimed. Slots are claimed lowest
+    /// first, so readers look at a handful of slots rather than all of
+    /// them: a scan of every slot would touch, and keep mapped, the whole
+    /// scoreboard in every process that makes it.
+    claimed_end: AtomicUsize,
     pub restarts: [AtomicU64; RESTART_REASONS.len()],
     pub boot_failures: AtomicU64,
     /// Why the last rules reload failed; empty when the last one worked.
@@ -260,7 +265,7 @@ impl Scoreboard {
 
     /// A free child slot, marked as booting for `pid` 0 until the spawn.
     pub fn claim_slot(&self) -> Option<usize> {
-        (1..SLOTS).find(|&i| {
+        let claimed = (1..SLOTS).find(|&i| {
             self.slot(i)
                 .state
                 .compare_exchange(
@@ -270,7 +275,14 @@ impl Scoreboard {
                     Relaxed,
                 )
                 .is_ok()
-        })
+        })?;
+        self.header().claimed_end.fetch_max(claimed + 1, Relaxed);
+        Some(claimed)
+    }
+
+    /// Every child slot that may be in use (slot 0 holds the totals).
+    pub fn child_slots(&self) -> std::ops::Range<usize> {
+        1..self.header().claimed_end.load(Relaxed).clamp(1, SLOTS)
     }
 
     /// Adds a dead child's counters to the totals and frees its slot.
@@ -438,6 +450,23 @@ mod tests {
         assert_eq!(board.retired().requests[2][0].load(Relaxed), 1);
         assert_eq!(board.retired().requests[2][STATUSES.len()].load(Relaxed), 1);
         assert_eq!(board.retired().latency_count[2].load(Relaxed), 2);
+    }
+
+    #[test]
+    fn readers_look_only_at_slots_ever_claimed() {
+        let board = Scoreboard::create().unwrap();
+        assert!(board.child_slots().is_empty());
+        let (a, b) = (board.claim_slot().unwrap(), board.claim_slot().unwrap());
+        assert_eq!(board.child_slots(), 1..3);
+        // A released slot is claimed again before any higher one.
+        board.release_slot(a);
+        assert_eq!(board.claim_slot(), Some(a));
+        board.release_slot(b);
+        assert_eq!(
+            board.child_slots(),
+            1..3,
+            "the range never shrinks under a reader"
+        );
     }
 
     #[test]

@@ -158,10 +158,10 @@ pub async fn get_audit(
 /// (HUP, a crash) submissions wait in its socket's backlog, so a recorder
 /// booting counts.
 fn recorder_alive(board: &crate::scoreboard::Scoreboard) -> bool {
-    use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER, SLOTS};
+    use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER};
     use std::sync::atomic::Ordering::Relaxed;
     let now = monotonic_ms();
-    (1..SLOTS).map(|i| board.slot(i)).any(|s| {
+    board.child_slots().map(|i| board.slot(i)).any(|s| {
         s.role.load(Relaxed) == ROLE_RECORDER
             && matches!(s.state(), SlotState::Ready | SlotState::Booting)
             && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < RECORDER_SILENCE_MS

@@ -94,7 +94,7 @@ impl FrontEnd {
     /// True when some worker is alive, recent and has room for a request.
     fn worker_available(&self) -> bool {
         let now = monotonic_ms();
-        (0..crate::scoreboard::SLOTS).any(|i| {
+        self.board.child_slots().any(|i| {
             let slot = self.board.slot(i);
             slot.role.load(Relaxed) == ROLE_WORKER
                 && slot.state() == SlotState::Ready

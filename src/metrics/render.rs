@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::scoreboard::{
     Scoreboard, SlotState, BUCKETS, RESTART_REASONS, ROLE_RUNNER, ROLE_WORKER, ROUTES,
-    RUNNER_KINDS, RUNNER_OUTCOMES, SLOTS, STATUSES, STATUS_SLOTS,
+    RUNNER_KINDS, RUNNER_OUTCOMES, STATUSES, STATUS_SLOTS,
 };
 use crate::worker::routes;
 
@@ -47,7 +47,8 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         }
     }
 
-    let live: Vec<usize> = (1..SLOTS)
+    let live: Vec<usize> = board
+        .child_slots()
         .filter(|&i| {
             let s = board.slot(i);
             s.role.load(Relaxed) == ROLE_WORKER && s.state() != SlotState::Free
@@ -103,7 +104,11 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
 
     // Totals: the retired children's counters plus every live slot's.
     let slots: Vec<usize> = std::iter::once(0)
-        .chain((1..SLOTS).filter(|&i| board.slot(i).state() != SlotState::Free))
+        .chain(
+            board
+                .child_slots()
+                .filter(|&i| board.slot(i).state() != SlotState::Free),
+        )
         .collect();
     let sum = |f: &dyn Fn(&crate::scoreboard::Slot) -> u64| -> u64 {
         slots.iter().map(|&i| f(board.slot(i))).sum()
@@ -225,7 +230,8 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
 /// The job runners, apart from the workers: they serve no request, so
 /// they appear in none of the `sandgnat_worker_*` series.
 fn runners(out: &mut String, board: &Scoreboard) {
-    let live: Vec<usize> = (1..SLOTS)
+    let live: Vec<usize> = board
+        .child_slots()
         .filter(|&i| {
             let s = board.slot(i);
             s.role.load(Relaxed) == ROLE_RUNNER && s.state() != SlotState::Free

@@ -4,6 +4,8 @@
 //! Workers never compile: a rules directory that fails to compile costs
 //! the master one log line, and the running rules stay.
 
+mod mapped;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -178,7 +180,8 @@ pub struct ScanTarget<'a> {
 }
 
 /// The bytes to scan: a small sample held in memory, or a file on disk
-/// (mapped by libyara, so memory does not grow with its size).
+/// (mapped, with its pages trimmed during the scan, so a worker's memory
+/// does not grow with its size: `mapped.rs`).
 pub enum ScanData<'a> {
     Memory(&'a [u8]),
     File(&'a Path),
@@ -250,7 +253,12 @@ impl RuleSet {
         }
         let found = match target.data {
             ScanData::Memory(bytes) => scanner.scan_mem(bytes).map_err(yara::Error::from),
-            ScanData::File(path) => scanner.scan_file(path),
+            ScanData::File(path) => {
+                let map = mapped::Mapped::open(path)
+                    .map_err(|e| ScanError::Yara(format!("cannot map the sample: {e}")))?;
+                map.scan_trimmed(|bytes| scanner.scan_mem(bytes))
+                    .map_err(yara::Error::from)
+            }
         }
         .map_err(|e| match e {
             yara::Error::Yara(y) if y.kind == yara::YaraErrorKind::ScanTimeout => {
@@ -368,6 +376,38 @@ mod tests {
         };
         assert_eq!(rules.scan(&hit, 5).unwrap().len(), 1);
         assert!(rules.scan(&miss, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_large_file_is_scanned_whole_through_its_mapping() {
+        let dir = temp("large");
+        std::fs::write(
+            dir.join("large.yar"),
+            "rule needles { strings: $n = \"needle-across-a-boundary\" condition: #n == 2 and filesize == 25165824 and uint32(filesize - 4) == 0x646e6521 }",
+        )
+        .unwrap();
+        let rules = RuleSet::load(&compile(Some(&dir)).unwrap().bytes).unwrap();
+        let mut data = vec![b'x'; 24 << 20];
+        let needle = b"needle-across-a-boundary";
+        for at in [(4 << 20) - 7, (24 << 20) - 100] {
+            data[at..at + needle.len()].copy_from_slice(needle);
+        }
+        let end = data.len() - 4;
+        data[end..].copy_from_slice(b"!end");
+        let path = dir.join("large.bin");
+        std::fs::write(&path, &data).unwrap();
+        let target = ScanTarget {
+            data: ScanData::File(&path),
+            filepath: "/q/l",
+            filename: "large.bin",
+            filetype: "data",
+        };
+        let found = rules.scan(&target, 30).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].strings[0].offsets,
+            vec![(4 << 20) - 7, (24 << 20) - 100]
+        );
     }
 
     #[test]

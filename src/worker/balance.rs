@@ -17,7 +17,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER, SLOTS};
+use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 
 /// Connections a worker may hold over the least loaded live worker before
 /// it lets a new one go by.
@@ -38,7 +38,8 @@ pub fn should_defer(board: &Scoreboard, me: usize) -> bool {
         return false;
     }
     let now = monotonic_ms();
-    let least = (1..SLOTS)
+    let least = board
+        .child_slots()
         .filter(|&i| i != me)
         .map(|i| board.slot(i))
         .filter(|s| {
@@ -60,6 +61,11 @@ mod tests {
     use super::*;
 
     fn worker(board: &Scoreboard, slot: usize, active: u64) {
+        assert_eq!(
+            board.claim_slot(),
+            Some(slot),
+            "slots are claimed lowest first"
+        );
         let s = board.slot(slot);
         s.role.store(ROLE_WORKER, Relaxed);
         s.set_state(SlotState::Ready);
