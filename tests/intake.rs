@@ -635,6 +635,28 @@ fn the_recorder_is_replaced_after_a_crash_and_on_hup_without_losing_a_submission
     assert_eq!(first.len(), 1, "one recorder: {first:?}");
     common::assert_isolated(first[0]);
 
+    // Rows reach the recorder already authenticated: its socket is the
+    // service account's alone, and a peer running as another user (root
+    // passes any mode) is cut off at once.
+    let sock = app.socket.with_file_name("recorder.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "recorder socket mode {mode:o}");
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::io::Read;
+        let mut peer = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        peer.set_read_timeout(Some(10 * SEC)).unwrap();
+        let mut byte = [0u8; 1];
+        let read = peer
+            .read(&mut byte)
+            .expect("the recorder kept a root peer open");
+        assert_eq!(read, 0, "the recorder answered a root peer");
+        app.wait_until("the refusal logged", 10 * SEC, |a| {
+            a.log_text().contains("recorder: refused a connection")
+        });
+    }
+
     // SAFETY: kill(2) on the appliance's own child.
     unsafe { libc::kill(first[0] as i32, libc::SIGKILL) };
     app.wait_until("a new recorder", 10 * SEC, |a| {

@@ -28,6 +28,10 @@ pub async fn serve(listener: UnixListener, db: PgPool, deadline: Duration, mut s
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if let Err(why) = peer_is_a_sibling(&stream) {
+                        tracing::warn!(reason = %why, "recorder: refused a connection");
+                        continue;
+                    }
                     conns.spawn(connection(stream, rows.clone(), told.clone()));
                 }
                 Err(e) => {
@@ -44,6 +48,25 @@ pub async fn serve(listener: UnixListener, db: PgPool, deadline: Duration, mut s
     drop(rows);
     while conns.join_next().await.is_some() {}
     let _ = batcher.await;
+}
+
+/// Rows come already authenticated, so only the workers may send them:
+/// a peer must run as this process's own user (the socket's mode says the
+/// same; root, who passes any mode, is refused here).
+fn peer_is_a_sibling(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer pid {:?} runs as uid {}, not the service's uid {me}",
+            cred.pid(),
+            cred.uid()
+        ))
+    }
 }
 
 async fn connection(stream: UnixStream, rows: mpsc::Sender<Pending>, told: watch::Receiver<bool>) {

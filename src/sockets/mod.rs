@@ -53,12 +53,6 @@ pub struct Listener {
     pub fd: OwnedFd,
 }
 
-impl Listener {
-    pub fn is_unix(&self) -> bool {
-        self.name == WORKERS || self.name == RECORDER
-    }
-}
-
 /// Every socket the appliance listens on.
 #[derive(Debug, Default)]
 pub struct Listeners {
@@ -219,8 +213,11 @@ fn bind_unix(name: &str, path: &Path, backlog: i32) -> Result<OwnedFd, BindError
     let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(err)?;
     let addr = SockAddr::unix(path).map_err(err)?;
     socket.bind(&addr).map_err(err)?;
-    // Only the service's own user talks to the workers directly.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    // Only the service's account (and its group, for an operator's curl)
+    // talks to the workers directly. The recorder takes rows that are
+    // already authenticated, so only the service's account may reach it.
+    let mode = if name == RECORDER { 0o600 } else { 0o660 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     socket.listen(backlog).map_err(err)?;
     Ok(socket.into())
 }

@@ -94,10 +94,6 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // Keys are needed before the first request; a database that is down
         // now is retried by the refresher.
         let _ = state.keys.refresh(&db).await;
-        // Booted, and no submission is being scanned (a scan maps its
-        // sample): what ran only to get here leaves the worker's RSS.
-        let dropped = crate::residency::drop_boot_pages();
-        tracing::debug!(kib = dropped, "boot pages dropped");
         tokio::spawn(state.keys.clone().keep_fresh(db.clone()));
         tokio::spawn(crate::analyses::upkeep::run(
             db,

@@ -100,8 +100,15 @@ impl Worker {
         slot.max_connections.store(limit as u64, Relaxed);
         slot.pid.store(shared.pid, Relaxed);
         slot.beat();
+        // Booted, and no request has come yet (so no scan is mapping a
+        // sample): what ran only to get here leaves the worker's RSS.
+        let dropped = crate::residency::drop_boot_pages();
         slot.set_state(SlotState::Ready);
-        tracing::info!(slot = shared.slot_index, "worker ready");
+        tracing::info!(
+            slot = shared.slot_index,
+            boot_pages_dropped_kib = dropped,
+            "worker ready"
+        );
 
         let mut stop = self.shutdown.clone();
         loop {
