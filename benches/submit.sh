@@ -64,8 +64,9 @@ for name in dict.fromkeys(r["sample"] for r in runs):
 PY
 
 # Peak RSS of the worker that takes a 128 MiB sample, and of its private
-# part (RssAnon): libyara maps the sample file to scan it, and those
-# page-cache pages count in VmRSS while the scan runs.
+# part (RssAnon): the worker maps the sample file to scan it and drops
+# the mapping's resident pages as the scan goes (src/scan/mapped.rs), so
+# VmRSS should stay far below the sample's size.
 big=$samples/128m-bench.bin
 [ -f "$big" ] || head -c $((128 << 20)) /dev/urandom > "$big"
 peak_file=$(mktemp)
