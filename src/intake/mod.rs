@@ -164,7 +164,7 @@ pub async fn submit(
             if let Some(name) = headers.get("x-filename").and_then(|v| v.to_str().ok()) {
                 meta.set("filename", name)?;
             }
-            receive_raw(&app, body).await?
+            receive_raw(&app, body, content_length(&headers)).await?
         }
     };
     if received.size == 0 {
@@ -180,12 +180,19 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
-async fn receive_raw(app: &AppState, body: Body) -> Result<Received, ApiError> {
+async fn receive_raw(
+    app: &AppState,
+    body: Body,
+    announced: Option<u64>,
+) -> Result<Received, ApiError> {
     let mut upload = Upload::start(
         &app.spool,
         app.settings.intake.max_sample_bytes,
         &app.memory,
     );
+    if let Some(len) = announced {
+        upload.expect(len);
+    }
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| client_gone(&e))?;

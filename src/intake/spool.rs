@@ -250,6 +250,21 @@ impl Upload {
         }
     }
 
+    /// Sizes the in-memory buffer for a body whose length was announced,
+    /// so that receiving it copies each byte once instead of regrowing the
+    /// buffer as chunks come. Only a length that would stay in memory is
+    /// used, and only as capacity: the budget is still charged per byte
+    /// received, and a body that turns out longer spills as before.
+    pub fn expect(&mut self, len: u64) {
+        if let State::Memory(held) = &mut self.state {
+            if len <= held.budget.per_sample {
+                if let Ok(len) = usize::try_from(len) {
+                    held.bytes.reserve_exact(len);
+                }
+            }
+        }
+    }
+
     /// Adds the next chunk; refuses the upload once it passes the limit.
     pub async fn push(&mut self, chunk: Bytes) -> Result<(), UploadError> {
         self.seen += chunk.len() as u64;
@@ -383,6 +398,33 @@ mod tests {
             u.push(Bytes::copy_from_slice(c)).await.unwrap();
         }
         u.finish().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_is_received_without_regrowing() {
+        let dir = spool("expect");
+        let budget = MemoryBudget::new(4096, 1 << 20);
+        let mut u = Upload::start(&dir, 1 << 20, &budget);
+        u.expect(3000);
+        let start = match &u.state {
+            State::Memory(held) => held.bytes.as_ptr(),
+            _ => panic!("not in memory"),
+        };
+        for _ in 0..3 {
+            u.push(Bytes::from(vec![7u8; 1000])).await.unwrap();
+        }
+        match &u.state {
+            State::Memory(held) => {
+                assert_eq!(held.bytes.as_ptr(), start, "the buffer moved");
+                assert_eq!(held.bytes.capacity(), 3000);
+            }
+            _ => panic!("spilled"),
+        }
+        // A length beyond what stays in memory reserves nothing.
+        let mut big = Upload::start(&dir, 1 << 20, &budget);
+        big.expect(1 << 20);
+        assert!(matches!(&big.state, State::Memory(h) if h.bytes.capacity() == 0));
+        assert_eq!(u.finish().await.unwrap().size, 3000);
     }
 
     #[tokio::test]
