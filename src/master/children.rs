@@ -453,11 +453,21 @@ impl Arbiter {
     }
 
     /// Keeps one recorder of the current generation. One of an older
-    /// generation (HUP) is asked to leave at once: it tells its workers to
-    /// go away and answers what it has read, and they reconnect, waiting in
-    /// the socket's backlog until the new one accepts.
+    /// generation (HUP) is asked to leave once the new one is ready: it
+    /// tells its workers to go away and answers what it has read, and they
+    /// reconnect to the new one.
     fn manage_recorder(&mut self) {
         let generation = self.generation;
+        // Until its successor is ready the old recorder keeps writing what
+        // workers send (both accept on the one socket meanwhile), and a
+        // successor that cannot boot leaves the node recording rather
+        // than queueing in the socket's backlog.
+        let successor_ready = self.children.iter().any(|c| {
+            c.role == Role::Recorder
+                && c.generation == generation
+                && c.retiring.is_none()
+                && c.ready_seen
+        });
         let mut current = false;
         for c in self
             .children
@@ -465,6 +475,9 @@ impl Arbiter {
             .filter(|c| c.role == Role::Recorder && c.retiring.is_none())
         {
             if c.generation < generation {
+                if !successor_ready {
+                    continue;
+                }
                 tracing::info!(
                     pid = c.pid.as_raw(),
                     "retiring the recorder of an older generation"
