@@ -77,6 +77,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # load, and the limits would only measure themselves.
 start_sandgnat() {
   local workers=$1 extra=${2:-}
+  # Another appliance still on the benchmark database (one left running)
+  # would reconnect to the new one and work off its jobs, spoiling both
+  # sides' figures: refuse. A run just stopped may take a moment to let go.
+  local busy=0
+  for _ in $(seq 50); do
+    busy=$(psql "$admin_url" -qtAc "SELECT count(*) FROM pg_stat_activity WHERE datname = '$bench_db'")
+    [ "$busy" = 0 ] && break
+    sleep 0.1
+  done
+  if [ "$busy" != 0 ]; then
+    echo "$busy connection(s) to $bench_db: another sandgnat is using the benchmark database; stop it (pgrep -af 'sandgnat.* serve') or set BENCH_DB" >&2
+    return 1
+  fi
   rm -rf "$run"; mkdir -p "$run"; chmod 0755 "$run"
   psql "$admin_url" -qtAc "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null
   psql "$admin_url" -qtAc "CREATE DATABASE $bench_db" >/dev/null
