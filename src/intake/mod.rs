@@ -276,26 +276,37 @@ async fn process(
     request_id: &str,
     client_ip: Option<String>,
 ) -> Result<serde_json::Value, ApiError> {
-    let worker = app.clone();
     let named = meta.filename.clone();
-    // Hashing (of a sample held in memory), libyara and the file system are
-    // blocking work, done in one hop off the event loop so the worker's
-    // heartbeat and other requests go on.
-    let examined = tokio::task::spawn_blocking(move || examine(&worker, received, named))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "scan_failed",
-                e.to_string(),
-            )
-        })?;
+    let examined =
+        if received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_)) {
+            examine_small(app, received, named).await?
+        } else {
+            // Hashing (of a sample held in memory), libyara and the file
+            // system are blocking work, done in one hop off the event loop so
+            // the worker's heartbeat and other requests go on.
+            let worker = app.clone();
+            tokio::task::spawn_blocking(move || {
+                let (inspected, received) = inspect(&worker, received, named);
+                let stored = quarantine::store(
+                    &worker.quarantine,
+                    &worker.spool,
+                    &inspected.digests.sha256,
+                    received.content,
+                );
+                Examined { inspected, stored }
+            })
+            .await
+            .map_err(blocking_failed)?
+        };
     let Examined {
-        digests,
-        size,
-        filename,
-        file_type,
-        scanned,
+        inspected:
+            Inspected {
+                digests,
+                size,
+                filename,
+                file_type,
+                scanned,
+            },
         stored,
     } = examined;
     let (matches, scan_error): (Vec<RuleMatch>, Option<String>) = match scanned {
@@ -347,20 +358,30 @@ async fn process(
     }))
 }
 
-/// What the blocking part of a submission found out.
-struct Examined {
+/// Samples up to this size, held in memory, are hashed and scanned on
+/// the event loop: that takes less time (tens of microseconds at 4 KiB)
+/// than a hop to the blocking pool and back, two thread wake-ups. Only
+/// writing a new one to the quarantine (an fsync) goes to the pool.
+const INLINE_BYTES: u64 = 16 * 1024;
+
+/// What hashing, typing and scanning a sample found out.
+struct Inspected {
     digests: Digests,
     size: u64,
     /// The name given, else the sha256.
     filename: String,
     file_type: String,
     scanned: Result<Vec<RuleMatch>, ScanError>,
+}
+
+struct Examined {
+    inspected: Inspected,
     stored: std::io::Result<std::path::PathBuf>,
 }
 
-/// Hash (if not done while spooling), detect the type, scan, and store in
-/// quarantine. Blocking: runs on the blocking pool.
-fn examine(app: &AppState, mut received: Received, named: Option<String>) -> Examined {
+/// Hash (if not done while spooling), detect the type and scan. Blocking
+/// for any but a small sample in memory.
+fn inspect(app: &AppState, mut received: Received, named: Option<String>) -> (Inspected, Received) {
     let digests = received.digests();
     let file_type = filetype::detect(&received.content);
     // A sample sent without a name is named by its sha256.
@@ -379,21 +400,47 @@ fn examine(app: &AppState, mut received: Received, named: Option<String>) -> Exa
         filetype: &file_type,
     };
     let scanned = app.rules.scan(&target, app.settings.yara.scan_timeout);
-    let size = received.size;
-    let stored = quarantine::store(
-        &app.quarantine,
-        &app.spool,
-        &digests.sha256,
-        received.content,
-    );
-    Examined {
+    let inspected = Inspected {
         digests,
-        size,
+        size: received.size,
         filename,
         file_type,
         scanned,
-        stored,
+    };
+    (inspected, received)
+}
+
+/// A small sample in memory: inspected here; stored from the blocking pool
+/// unless the same bytes are in the quarantine already.
+async fn examine_small(
+    app: &AppState,
+    received: Received,
+    named: Option<String>,
+) -> Result<Examined, ApiError> {
+    let (inspected, received) = inspect(app, received, named);
+    let target = quarantine::path_for(&app.quarantine, &inspected.digests.sha256);
+    if target.exists() {
+        return Ok(Examined {
+            inspected,
+            stored: Ok(target),
+        });
     }
+    let worker = app.clone();
+    let sha256 = inspected.digests.sha256.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        quarantine::store(&worker.quarantine, &worker.spool, &sha256, received.content)
+    })
+    .await
+    .map_err(blocking_failed)?;
+    Ok(Examined { inspected, stored })
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "scan_failed",
+        e.to_string(),
+    )
 }
 
 /// The quarantine path ends in the sha256; reading it back keeps the row

@@ -201,7 +201,7 @@ pub struct Received {
 
 impl Received {
     /// The sample's digests. For a sample in memory this hashes it: call
-    /// it off the event loop.
+    /// it off the event loop unless the sample is small.
     pub fn digests(&mut self) -> Digests {
         if let Some(d) = &self.digests {
             return d.clone();
