@@ -481,6 +481,39 @@ fn a_full_spool_answers_507_and_records_nothing() {
     assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "0");
 }
 
+/// A small sample is scanned on the event loop for at most a second; one
+/// whose scan needs longer is scanned again off the loop within the full
+/// `yara.scan_timeout`, and matches as it would have.
+#[test]
+fn a_slow_scan_of_a_small_sample_moves_off_the_event_loop() {
+    let db = TestDb::create("slowscan");
+    let rules = common::temp_dir("slowscan");
+    // Hundreds of millions of loop steps: seconds of libyara anywhere.
+    std::fs::write(
+        rules.join("slow.yar"),
+        "rule Slow_Loop { strings: $a = \"slow-marker\" condition: $a and for all i in (0..120000000) : (i >= 0) }",
+    )
+    .unwrap();
+    let app = Appliance::start(
+        "slowscan",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[yara]\nrules_dir = \"{}\"\nscan_timeout = 120\n[queue]\nrunners = 0\n",
+            db.url(),
+            rules.display()
+        ),
+    );
+    let key = app.new_key("submitter");
+    let r = app.submit(&key, b"a slow-marker sample", &[]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let body = json(&r);
+    assert_eq!(body["yara"][0]["rule"], "Slow_Loop", "{body}");
+    assert!(body["yara_error"].is_null(), "{body}");
+    app.wait_until("the move logged", 5 * SEC, |a| {
+        a.log_text().contains("scanning it off the event loop")
+    });
+}
+
 #[test]
 fn rules_that_fail_to_compile_on_hup_keep_the_running_ones() {
     let db = TestDb::create("rules");

@@ -286,7 +286,8 @@ async fn process(
             // the worker's heartbeat and other requests go on.
             let worker = app.clone();
             tokio::task::spawn_blocking(move || {
-                let (inspected, received) = inspect(&worker, received, named);
+                let timeout = worker.settings.yara.scan_timeout;
+                let (inspected, received) = inspect(&worker, received, named, timeout);
                 let stored = quarantine::store(
                     &worker.quarantine,
                     &worker.spool,
@@ -364,6 +365,10 @@ async fn process(
 /// writing a new one to the quarantine (an fsync) goes to the pool.
 const INLINE_BYTES: u64 = 16 * 1024;
 
+/// The longest an inline scan may hold the event loop (libyara counts its
+/// timeout in whole seconds).
+const INLINE_SCAN_TIMEOUT_S: u64 = 1;
+
 /// What hashing, typing and scanning a sample found out.
 struct Inspected {
     digests: Digests,
@@ -379,9 +384,14 @@ struct Examined {
     stored: std::io::Result<std::path::PathBuf>,
 }
 
-/// Hash (if not done while spooling), detect the type and scan. Blocking
-/// for any but a small sample in memory.
-fn inspect(app: &AppState, mut received: Received, named: Option<String>) -> (Inspected, Received) {
+/// Hash (if not done while spooling), detect the type and scan within
+/// `timeout_s`. Blocking for any but a small sample in memory.
+fn inspect(
+    app: &AppState,
+    mut received: Received,
+    named: Option<String>,
+    timeout_s: u64,
+) -> (Inspected, Received) {
     let digests = received.digests();
     let file_type = filetype::detect(&received.content);
     // A sample sent without a name is named by its sha256.
@@ -399,7 +409,7 @@ fn inspect(app: &AppState, mut received: Received, named: Option<String>) -> (In
         filename: &filename,
         filetype: &file_type,
     };
-    let scanned = app.rules.scan(&target, app.settings.yara.scan_timeout);
+    let scanned = app.rules.scan(&target, timeout_s);
     let inspected = Inspected {
         digests,
         size: received.size,
@@ -411,13 +421,34 @@ fn inspect(app: &AppState, mut received: Received, named: Option<String>) -> (In
 }
 
 /// A small sample in memory: inspected here; stored from the blocking pool
-/// unless the same bytes are in the quarantine already.
+/// unless the same bytes are in the quarantine already. Its scan gets
+/// [`INLINE_SCAN_TIMEOUT_S`] here; one that needs longer (slow rules, a
+/// sample made to exercise them) is scanned again on the blocking pool
+/// with `yara.scan_timeout`, so the event loop, and with it every other
+/// request on this worker and its heartbeat, is never held longer.
 async fn examine_small(
     app: &AppState,
     received: Received,
     named: Option<String>,
 ) -> Result<Examined, ApiError> {
-    let (inspected, received) = inspect(app, received, named);
+    let full = app.settings.yara.scan_timeout;
+    let (inspected, received) = inspect(
+        app,
+        received,
+        named.clone(),
+        full.min(INLINE_SCAN_TIMEOUT_S),
+    );
+    let (inspected, received) = if matches!(inspected.scanned, Err(ScanError::Timeout))
+        && full > INLINE_SCAN_TIMEOUT_S
+    {
+        tracing::info!(sha256 = %inspected.digests.sha256, "a small sample's scan took over a second; scanning it off the event loop");
+        let worker = app.clone();
+        tokio::task::spawn_blocking(move || inspect(&worker, received, named, full))
+            .await
+            .map_err(blocking_failed)?
+    } else {
+        (inspected, received)
+    };
     let target = quarantine::path_for(&app.quarantine, &inspected.digests.sha256);
     if target.exists() {
         return Ok(Examined {
