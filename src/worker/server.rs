@@ -21,9 +21,6 @@ use crate::config::Settings;
 use crate::scoreboard::{Scoreboard, Slot, SlotState};
 use crate::shutdown::{self, Shutdown, Trigger};
 
-/// How often the event loop proves it is alive.
-const HEARTBEAT: Duration = Duration::from_millis(500);
-
 /// What every request handler of this worker shares.
 pub struct Shared {
     pub settings: Settings,
@@ -88,7 +85,13 @@ impl Worker {
             .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
         let shared = self.shared.clone();
         let master_pid = std::os::unix::process::parent_id();
-        tokio::spawn(heartbeat(shared.clone(), master_pid));
+        tokio::spawn(crate::child::heartbeat(
+            shared.board.clone(),
+            shared.slot_index,
+            master_pid,
+            shared.trigger.clone(),
+            None,
+        ));
         // Registered before announcing readiness, so no TERM is missed.
         let signals =
             shutdown::Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
@@ -244,16 +247,4 @@ async fn connection(
     // and close an idle keep-alive connection at once.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
-}
-
-async fn heartbeat(shared: Arc<Shared>, master_pid: u32) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    loop {
-        tick.tick().await;
-        shared.slot().beat();
-        if std::os::unix::process::parent_id() != master_pid {
-            tracing::warn!("master is gone; stopping");
-            shared.trigger.graceful();
-        }
-    }
 }
