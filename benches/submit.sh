@@ -2,10 +2,12 @@
 # POST /v1/submit, side by side in one run with the Flask baseline (same
 # rules, same samples, same load generator, alternating round by round):
 # 4 KiB at 16 connections, 1 MiB at 8, 16 MiB at 4. Both sides hash, scan,
-# store and record every sample. Then the machine's ceiling for the work
-# (benches/ceiling.rs: one pass of sha256+sha1+md5+YARA over bytes in
-# memory, per core, times the cores) and a worker's peak RSS while it
-# takes one 128 MiB sample.
+# store and record every sample. Each round first measures the machine's
+# ceiling for the work (benches/ceiling.rs: one pass of sha256+sha1+md5+
+# YARA over bytes in memory, per core, times the cores), and each figure
+# is read against its own round's ceiling: on a shared machine the cores
+# slow down and speed up within one run, for the ceiling as for both
+# sides. Last, a worker's peak RSS while it takes one 128 MiB sample.
 # usage: benches/submit.sh [SECONDS=10] [ROUNDS=3]
 source "$(dirname "$0")/lib.sh"
 secs=${1:-10}
@@ -14,8 +16,7 @@ need_tools
 samples=$BENCH_DIR/samples
 head -c 4096 "$samples/1m.bin" > "$samples/4k-bench.bin"
 
-ceiling=$("$(bench_exe ceiling)")
-echo "$ceiling"
+ceiling_exe=$(bench_exe ceiling)
 
 # No job runners: the baseline queues its Celery task and runs no Celery
 # worker, so both sides enqueue the analysis and neither runs it here
@@ -24,6 +25,8 @@ start_sandgnat 4 $'[intake]\nmax_sample_bytes = 268435456\n[queue]\nrunners = 0'
 trap stop_sandgnat EXIT
 results=()
 for r in $(seq "$rounds"); do
+  ceiling=$("$ceiling_exe")
+  echo "$ceiling"
   for spec in "4k-bench.bin 16" "1m.bin 8" "16m.bin 4"; do
     set -- $spec
     file=$1 conns=$2
@@ -31,24 +34,25 @@ for r in $(seq "$rounds"); do
       -H "X-API-Key: $key" -H "X-Filename: $file" --unix-socket "$run/workers.sock" http://x/v1/submit)
     theirs=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \
       -H "X-API-Key: bench-key" -H "X-Filename: $file" http://127.0.0.1:18080/submit)
-    line=$(python3 - "$ours" "$theirs" "$(stat -c %s "$samples/$file")" "$conns" "$file" "$r" <<'PY'
+    line=$(python3 - "$ours" "$theirs" "$(stat -c %s "$samples/$file")" "$conns" "$file" "$r" "$ceiling" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 size, conns, name, rnd = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+ceiling = json.loads(sys.argv[7])["ceiling_mb_s"]
 mb = lambda x: round(x["rps"] * size / 1e6, 1)
 print(json.dumps({"bench": "submit", "round": rnd, "sample": name, "bytes": size,
   "connections": conns, "sandgnat": {**o, "mb_s": mb(o)}, "baseline": {**t, "mb_s": mb(t)},
-  "rps_ratio": round(o["rps"] / max(t["rps"], 0.01), 2)}))
+  "rps_ratio": round(o["rps"] / max(t["rps"], 0.01), 2), "ceiling_mb_s": ceiling,
+  "pct_of_ceiling": round(100 * mb(o) / ceiling, 1)}))
 PY
 )
     echo "$line"
     results+=("$line")
   done
 done
-python3 - "$ceiling" "${results[@]}" <<'PY'
+python3 - "${results[@]}" <<'PY'
 import json, sys
-ceiling = json.loads(sys.argv[1])["ceiling_mb_s"]
-runs = [json.loads(a) for a in sys.argv[2:]]
+runs = [json.loads(a) for a in sys.argv[1:]]
 for name in dict.fromkeys(r["sample"] for r in runs):
     rs = [r for r in runs if r["sample"] == name]
     med = lambda xs: sorted(xs)[len(xs) // 2]
@@ -57,8 +61,9 @@ for name in dict.fromkeys(r["sample"] for r in runs):
       "median_rps": med([r["sandgnat"]["rps"] for r in rs]),
       "median_baseline_rps": med([r["baseline"]["rps"] for r in rs]),
       "median_rps_ratio": med([r["rps_ratio"] for r in rs]),
-      "median_mb_s": ours, "ceiling_mb_s": ceiling,
-      "pct_of_ceiling": round(100 * ours / ceiling, 1),
+      "median_mb_s": ours, "median_ceiling_mb_s": med([r["ceiling_mb_s"] for r in rs]),
+      "pct_of_ceiling_by_round": [r["pct_of_ceiling"] for r in rs],
+      "median_pct_of_ceiling": med([r["pct_of_ceiling"] for r in rs]),
       "failed": sum(r["sandgnat"]["non_2xx"] + r["sandgnat"]["errors"] for r in rs),
       "baseline_failed": sum(r["baseline"]["non_2xx"] + r["baseline"]["errors"] for r in rs)}))
 PY
