@@ -22,7 +22,8 @@ fn main() {
 /// resident. The list is `packaging/link/regenerate.sh`'s output: names
 /// of functions, as the symbol table spells them; a name that no longer
 /// exists (a dependency or the compiler changed) is skipped silently, so
-/// a stale list costs memory, never a build.
+/// a stale list costs memory, never a build; `packaging/test-deb.sh`
+/// checks the packaged binary's layout and says when to regenerate.
 ///
 /// Only with lld, rustc's linker on x86_64-unknown-linux-gnu since 1.90;
 /// `SANDGNAT_LINK_ORDER=0` leaves the default order (for a toolchain set
