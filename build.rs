@@ -32,14 +32,14 @@ fn order_hot_functions() {
     const ORDER: &str = "packaging/link/hot-functions.order";
     println!("cargo:rerun-if-changed={ORDER}");
     println!("cargo:rerun-if-env-changed=SANDGNAT_LINK_ORDER");
-    let target = |key: &str| env::var(key).unwrap_or_default();
-    let lld_target = target("CARGO_CFG_TARGET_ARCH") == "x86_64"
-        && target("CARGO_CFG_TARGET_OS") == "linux"
-        && target("CARGO_CFG_TARGET_ENV") == "gnu";
-    if !lld_target || target("SANDGNAT_LINK_ORDER") == "0" {
+    let var = |key: &str| env::var(key).unwrap_or_default();
+    let lld_target = var("CARGO_CFG_TARGET_ARCH") == "x86_64"
+        && var("CARGO_CFG_TARGET_OS") == "linux"
+        && var("CARGO_CFG_TARGET_ENV") == "gnu";
+    if !lld_target || var("SANDGNAT_LINK_ORDER") == "0" {
         return;
     }
-    let order = Path::new(&target("CARGO_MANIFEST_DIR")).join(ORDER);
+    let order = Path::new(&var("CARGO_MANIFEST_DIR")).join(ORDER);
     println!(
         "cargo:rustc-link-arg-bin=sandgnat=-Wl,--symbol-ordering-file={}",
         order.display()

@@ -216,6 +216,8 @@ for line in subprocess.run(["nm", "-S", binary], capture_output=True, text=True,
 text = next(int(l.split()[3], 16) for l in subprocess.run(["readelf", "-SW", binary],
     capture_output=True, text=True, check=True).stdout.splitlines() if " .text " in l)
 found = [syms[n] for n in want if n in syms]
+if not found:
+    sys.exit(print(0, len(want), 0, 0, 0))
 lo = min(a for a, _ in found)
 span = max(a + s for a, s in found) - lo
 size = sum(s for _, s in found)
