@@ -4,6 +4,7 @@
 //! seconds, so a revoked key stops working everywhere within five.
 
 mod keys;
+pub mod visibility;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 pub use keys::{create_key, list_keys, revoke_key, KeyError, KeyInfo};
+pub use visibility::Visibility;
 
 use crate::api_error::ApiError;
 
@@ -61,7 +63,8 @@ impl Role {
 pub mod allow {
     use super::Role;
     pub const SUBMIT: &[Role] = &[Role::Submitter, Role::Admin];
-    pub const READ: &[Role] = &[Role::Reader, Role::Submitter, Role::Admin];
+    /// Reading is open to every role; what each sees is `Visibility`'s rule.
+    pub const READ: &[Role] = &[Role::Reader, Role::Submitter, Role::Bridge, Role::Admin];
     pub const BRIDGE: &[Role] = &[Role::Bridge, Role::Admin];
     pub const ADMIN: &[Role] = &[Role::Admin];
 }
