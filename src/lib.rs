@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod frontend;
 pub mod intake;
 pub mod isolation;

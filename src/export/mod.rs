@@ -1,0 +1,7 @@
+//! The read side: what intake and analysis found, for analysts and for
+//! threat-intelligence platforms. Lookups by hash, lists, the change feed,
+//! STIX 2.1 documents and the TAXII 2.1 server, and sample downloads. Every
+//! route here reads with the caller's `auth::Visibility`; nothing here
+//! writes except the audit row of a download.
+
+pub mod view;
