@@ -62,6 +62,26 @@ impl Visibility {
         }
     }
 
+    /// The same predicate pushed onto a query being built, binding the
+    /// key id itself.
+    pub fn push(&self, qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, alias: &str) {
+        match self.scope {
+            Scope::Own => {
+                qb.push(format!("({alias}.api_key_id = "))
+                    .push_bind(self.key_id)
+                    .push(")");
+            }
+            Scope::AllButRed => {
+                qb.push(format!("({alias}.tlp <> 'red' OR {alias}.api_key_id = "))
+                    .push_bind(self.key_id)
+                    .push(")");
+            }
+            Scope::All => {
+                qb.push("TRUE");
+            }
+        }
+    }
+
     /// Whether one analysis, already read, is visible.
     pub fn allows(&self, tlp: &str, submitted_by: Option<i64>) -> bool {
         let own = submitted_by == Some(self.key_id);

@@ -4,4 +4,10 @@
 //! route here reads with the caller's `auth::Visibility`; nothing here
 //! writes except the audit row of a download.
 
+pub mod cursor;
+pub mod feed;
+pub mod feed_route;
+pub mod list;
+pub mod lookup;
+pub mod params;
 pub mod view;

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use crate::api_error::ApiError;
-use crate::{analyses, bridge, intake};
+use crate::{analyses, bridge, export, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
@@ -34,6 +34,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/jobs/{id}/fail",
     "/v1/jobs/{id}/cancel",
     "/v1/samples/{sha256}/content",
+    "/v1/samples/{sha256}",
+    "/v1/analyses",
+    "/v1/export/analyses",
 ];
 
 /// The route a response was produced by, attached by `tag_route`.
@@ -62,7 +65,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/complete", post(bridge::complete))
         .route("/v1/jobs/{id}/fail", post(bridge::fail))
         .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route("/v1/samples/{sha256}/content", get(bridge::sample_content));
+        .route("/v1/samples/{sha256}/content", get(bridge::sample_content))
+        // Any hash: the segment is named as the content route's, which
+        // the router requires of one position.
+        .route("/v1/samples/{sha256}", get(export::lookup::lookup))
+        .route("/v1/analyses", get(export::list::list))
+        .route("/v1/export/analyses", get(export::feed_route::export));
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
