@@ -80,6 +80,23 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Print the change feed from the database, as `GET
+    /// /v1/export/analyses` serves it (every analysis, TLP:RED included):
+    /// one line per analysis changed after CURSOR, then a line with the
+    /// cursor to resume from.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Resume after this cursor (from a previous run's last line).
+        #[arg(long, value_name = "CURSOR")]
+        since: Option<String>,
+        /// At most this many analyses.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// ndjson: the analyses as the API shows them.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+        format: ExportFormat,
+    },
     /// YARA rules.
     Rules {
         #[command(subcommand)]
@@ -133,6 +150,11 @@ enum QueueAction {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Ndjson,
+}
+
 #[derive(Subcommand)]
 enum RulesAction {
     /// Compile a rules directory (default: yara.rules_dir, else the bundled
@@ -183,6 +205,60 @@ async fn connect_migrated(settings: &Settings) -> Result<sqlx::PgPool, ExitCode>
         ExitCode::FAILURE
     })?;
     Ok(pool)
+}
+
+fn export_cmd(settings: Settings, since: Option<String>, limit: Option<u64>) -> ExitCode {
+    use crate::export::cursor::FeedPosition;
+    use crate::export::feed::{closing_line, Feed};
+    use std::io::Write;
+    let from = match since.as_deref().map(FeedPosition::decode).transpose() {
+        Ok(from) => from.unwrap_or(FeedPosition::START),
+        Err(e) => {
+            eprintln!("sandgnat: --since: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    block_on(async move {
+        let pool = match connect_migrated(&settings).await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let vis = crate::auth::Visibility::operator();
+        let mut feed = match Feed::start(pool, vis, from, limit.unwrap_or(u64::MAX)).await {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("sandgnat: cannot read the feed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut count = 0u64;
+        while !feed.is_done() {
+            let chunk = match feed.next_chunk().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "sandgnat: the feed stopped: {e}; resume from the last cursor printed"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            for change in &chunk {
+                if writeln!(out, "{}", change.line()).is_err() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            count += chunk.len() as u64;
+        }
+        let closing = closing_line(feed.position(), count);
+        if writeln!(out, "{closing}")
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return ExitCode::FAILURE;
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn queue_cmd(settings: Settings, action: QueueAction) -> ExitCode {
@@ -364,6 +440,15 @@ pub fn main() -> ExitCode {
         },
         Command::Queue { config, action } => match load_settings(config.config) {
             Ok(s) => queue_cmd(s, action),
+            Err(code) => code,
+        },
+        Command::Export {
+            config,
+            since,
+            limit,
+            format: ExportFormat::Ndjson,
+        } => match load_settings(config.config) {
+            Ok(s) => export_cmd(s, since, limit),
             Err(code) => code,
         },
         Command::Rules {

@@ -327,6 +327,47 @@ fn the_feed_sees_every_change_once_committed_in_any_order() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // The operator's `sandgnat export` reads the same feed from the
+    // database: everything from the start, nothing after the API's cursor.
+    let export = |args: &[&str]| -> Vec<Value> {
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("export")
+            .arg("--config")
+            .arg(app.dir.join("sandgnat.toml"))
+            .args(args);
+        common::clean_env(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let everything = export(&[]);
+    let (closing, lines) = everything.split_last().unwrap();
+    assert_eq!(closing["count"].as_u64(), Some(4));
+    let exported: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["analysis_id"].as_str().unwrap())
+        .collect();
+    assert!(exported.contains(early_id.as_str()));
+    assert!(later.iter().all(|id| exported.contains(id.as_str())));
+    let (api_lines, _) = feed(&app, &reader, None);
+    assert_eq!(api_lines.len(), 4);
+    let nothing_new = export(&["--since", &cursor]);
+    assert_eq!(nothing_new.len(), 1, "{nothing_new:?}");
+    assert_eq!(nothing_new[0]["cursor"], cursor.as_str());
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["export", "--since", "not-a-cursor", "--config"])
+        .arg(app.dir.join("sandgnat.toml"));
+    common::clean_env(&mut cmd);
+    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+
     // A bad cursor is a 400 with a JSON body, not an empty feed.
     let (status, body) = get(&app, &reader, "/v1/export/analyses?cursor=00ff");
     assert_eq!(

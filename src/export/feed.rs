@@ -36,6 +36,21 @@ struct FeedRow {
     change_xid: String,
 }
 
+impl Change {
+    /// The analysis as a feed line: as it is now, with where to resume.
+    pub fn line(&self) -> serde_json::Value {
+        let mut line = self.analysis.to_json();
+        line["cursor"] = serde_json::Value::String(self.position.encode());
+        line
+    }
+}
+
+/// The feed's last line: where to resume, and how many lines came before.
+/// A read without it was cut short.
+pub fn closing_line(at: FeedPosition, count: u64) -> serde_json::Value {
+    serde_json::json!({ "cursor": at.encode(), "count": count, "end": true })
+}
+
 /// A read of the feed from one position up to the horizon it started with.
 pub struct Feed {
     db: PgPool,

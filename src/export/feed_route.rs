@@ -9,10 +9,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::json;
 
 use super::cursor::FeedPosition;
-use super::feed::{Change, Feed};
+use super::feed::{closing_line, Change, Feed};
 use super::params::{bad, Params};
 use crate::analyses::db_error;
 use crate::api_error::ApiError;
@@ -84,19 +83,14 @@ fn feed_done(mut feed: Feed) -> Feed {
 /// resume from.
 fn render(chunk: &[Change], count: &mut u64, end: Option<FeedPosition>) -> Bytes {
     let mut out = BytesMut::with_capacity(chunk.len() * 768 + 128).writer();
+    // Serialising a Value into memory cannot fail.
     for change in chunk {
-        let mut line = change.analysis.to_json();
-        line["cursor"] = json!(change.position.encode());
-        // Serialising a Value into memory cannot fail.
-        let _ = serde_json::to_writer(&mut out, &line);
+        let _ = serde_json::to_writer(&mut out, &change.line());
         out.get_mut().put_u8(b'\n');
     }
     *count += chunk.len() as u64;
     if let Some(at) = end {
-        let _ = serde_json::to_writer(
-            &mut out,
-            &json!({ "cursor": at.encode(), "count": *count, "end": true }),
-        );
+        let _ = serde_json::to_writer(&mut out, &closing_line(at, *count));
         out.get_mut().put_u8(b'\n');
     }
     out.into_inner().freeze()
