@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use crate::api_error::ApiError;
-use crate::{analyses, bridge, intake};
+use crate::{analyses, bridge, export, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
@@ -62,7 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/complete", post(bridge::complete))
         .route("/v1/jobs/{id}/fail", post(bridge::fail))
         .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route("/v1/samples/{sha256}/content", get(bridge::sample_content));
+        .route("/v1/samples/{sha256}/content", get(export::download::sample_content));
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
