@@ -146,6 +146,9 @@ fn the_bridge_flow_from_submit_to_result() {
             "submitted",
             "scanned",
             "status_changed",
+            // The bridge's download, then the reader's.
+            "sample_downloaded",
+            "sample_downloaded",
             "job_completed",
             "status_changed"
         ]

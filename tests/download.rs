@@ -36,16 +36,16 @@ fn sample(len: usize) -> Vec<u8> {
         .unwrap()
         .as_nanos() as u64
         | 1;
-    let mut out = Vec::with_capacity(len + 64);
+    let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         out.extend_from_slice(&x.to_le_bytes());
     }
-    out.truncate(len / 2);
-    out.extend_from_slice(b"SANDGNAT-DOWNLOAD-TEST-MARKER");
-    out.extend_from_slice(&x.to_be_bytes());
+    out.truncate(len);
+    let marker = b"SANDGNAT-DOWNLOAD-TEST-MARKER";
+    out[len / 2..len / 2 + marker.len()].copy_from_slice(marker);
     out
 }
 
@@ -82,6 +82,20 @@ impl Download {
 /// GETs `path` on the workers' socket and streams the body to `dest`
 /// (binary-safe, and without holding 128 MiB in the test).
 fn download(app: &Appliance, path: &str, key: &str, request_id: &str, dest: &Path) -> Download {
+    download_pausing(app, path, key, request_id, dest, u64::MAX, || {})
+}
+
+/// As `download`, calling `paused` once `pause_at` body bytes are in:
+/// the server is then held mid-stream by the connection's backpressure.
+fn download_pausing(
+    app: &Appliance,
+    path: &str,
+    key: &str,
+    request_id: &str,
+    dest: &Path,
+    pause_at: u64,
+    mut paused: impl FnMut(),
+) -> Download {
     let mut s = UnixStream::connect(&app.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(
@@ -98,13 +112,24 @@ fn download(app: &Appliance, path: &str, key: &str, request_id: &str, dest: &Pat
     }
     let head = String::from_utf8(head).unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut out = std::fs::File::create(dest).unwrap();
-    let len = std::io::copy(&mut s, &mut out).unwrap();
+    let mut len = std::io::copy(&mut (&mut s).take(pause_at), &mut out).unwrap();
+    if len == pause_at {
+        paused();
+        len += std::io::copy(&mut s, &mut out).unwrap();
+    }
     let d = Download {
         status,
         headers,
@@ -112,7 +137,11 @@ fn download(app: &Appliance, path: &str, key: &str, request_id: &str, dest: &Pat
         len,
     };
     if let Some(cl) = d.header("content-length") {
-        assert_eq!(cl.parse::<u64>().unwrap(), len, "body against Content-Length");
+        assert_eq!(
+            cl.parse::<u64>().unwrap(),
+            len,
+            "body against Content-Length"
+        );
     }
     d
 }
@@ -157,6 +186,9 @@ fn downloads_open_with_the_password_and_follow_visibility() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let data = sample(600 << 10);
+    assert!(data
+        .windows(29)
+        .any(|w| w == b"SANDGNAT-DOWNLOAD-TEST-MARKER"));
     let sha256 = submit_tlp(&app, &submitter, &data, "amber")["sha256"]
         .as_str()
         .unwrap()
@@ -165,7 +197,13 @@ fn downloads_open_with_the_password_and_follow_visibility() {
 
     // The zip, for a reader.
     let zip = dir.join("sample.zip");
-    let d = download(&app, &format!("{content}?format=zip"), &reader, "dl-zip-1", &zip);
+    let d = download(
+        &app,
+        &format!("{content}?format=zip"),
+        &reader,
+        "dl-zip-1",
+        &zip,
+    );
     assert_eq!(d.status, 200, "{:?}", String::from_utf8_lossy(&d.bytes()));
     assert_eq!(d.header("content-type"), Some("application/zip"));
     assert_eq!(
@@ -210,7 +248,10 @@ fn downloads_open_with_the_password_and_follow_visibility() {
         .args(["x", "-y", "-pinfected"])
         .arg(format!("-o{}", out7.display()))
         .arg(&zip));
-    assert!(std::fs::read(out7.join(&sha256)).unwrap() == data, "7z's bytes");
+    assert!(
+        std::fs::read(out7.join(&sha256)).unwrap() == data,
+        "7z's bytes"
+    );
     let wrong7 = Command::new("7z")
         .args(["t", "-pwrong"])
         .arg(&zip)
@@ -357,9 +398,7 @@ fn downloads_open_with_the_password_and_follow_visibility() {
     assert_eq!(r.status, 200);
     assert!(r.bytes() == red_data);
     assert_eq!(
-        db.scalar(&format!(
-            "SELECT analysis_id FROM analysis_audit_log WHERE request_id = 'bridge-red'"
-        )),
+        db.scalar("SELECT analysis_id FROM analysis_audit_log WHERE request_id = 'bridge-red'"),
         red_analysis
     );
     let r = download(
@@ -408,22 +447,30 @@ fn a_128_mib_zip_streams_in_flat_memory() {
     assert_eq!(workers.len(), 1);
     let before = pss_kib(workers[0]);
 
+    // Measured halfway, while the worker holds whatever it holds to
+    // send the rest, and after.
     let zip = app.dir.join("big.zip");
-    let d = download(
+    let mut halfway = 0;
+    let d = download_pausing(
         &app,
         &format!("/v1/samples/{sha256}/content?format=zip"),
         &reader,
         "big",
         &zip,
+        64 << 20,
+        || halfway = pss_kib(workers[0]),
     );
     assert_eq!(d.status, 200);
+    assert!(d.len > 128 << 20, "{} bytes", d.len);
     assert_eq!(app.worker_pids(), workers, "the worker was replaced");
     let after = pss_kib(workers[0]);
-    assert!(
-        after < before + (16 << 10),
-        "worker PSS grew from {before} KiB to {after} KiB"
-    );
-    eprintln!("worker PSS {before} KiB -> {after} KiB");
+    for (when, pss) in [("halfway", halfway), ("after", after)] {
+        assert!(
+            pss > 0 && pss < before + (16 << 10),
+            "worker PSS grew from {before} KiB to {pss} KiB ({when})"
+        );
+    }
+    eprintln!("worker PSS {before} KiB -> {halfway} KiB halfway -> {after} KiB");
 
     let out = run(Command::new("sh")
         .arg("-c")
@@ -431,7 +478,9 @@ fn a_128_mib_zip_streams_in_flat_memory() {
         .arg("sh")
         .arg(&zip));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).split_whitespace().next(),
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
         Some(sha256.as_str())
     );
 }

@@ -241,7 +241,10 @@ async fn open(path: &std::path::Path) -> Result<(File, u64, DateTime<Utc>), ApiE
             path,
         ));
     }
-    let modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or_default();
+    let modified = meta
+        .modified()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_default();
     Ok((file, meta.len(), modified))
 }
 

@@ -450,10 +450,8 @@ mod tests {
             hex::encode(sha2::Sha256::digest(&data))
         };
         for zip64 in [false, true] {
-            let dir = std::env::temp_dir().join(format!(
-                "sandgnat-zip-unit-{}-{zip64}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("sandgnat-zip-unit-{}-{zip64}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("a.zip");
             std::fs::write(&path, archive(&data, zip64, 8192)).unwrap();

@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/complete", post(bridge::complete))
         .route("/v1/jobs/{id}/fail", post(bridge::fail))
         .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route("/v1/samples/{sha256}/content", get(export::download::sample_content));
+        .route(
+            "/v1/samples/{sha256}/content",
+            get(export::download::sample_content),
+        );
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
