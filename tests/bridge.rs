@@ -64,9 +64,11 @@ fn the_bridge_flow_from_submit_to_result() {
     assert_eq!(content.status, 200);
     assert_eq!(content.body.as_bytes(), EICAR);
     assert_eq!(content.header("x-content-type-options"), Some("nosniff"));
-    // Readers and submitters cannot download malware.
-    let refused = app.get_with_key(&format!("/v1/samples/{sha256}/content"), &reader);
-    assert_eq!(refused.status, 403, "{}", refused.body);
+    // A reader may download what it may read (tests/download.rs has the
+    // rest of the rule).
+    let read = app.get_with_key(&format!("/v1/samples/{sha256}/content"), &reader);
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body.as_bytes(), EICAR);
 
     let running = app
         .get_with_key(&format!("/v1/analyses/{analysis}"), &reader)
@@ -144,6 +146,9 @@ fn the_bridge_flow_from_submit_to_result() {
             "submitted",
             "scanned",
             "status_changed",
+            // The bridge's download, then the reader's.
+            "sample_downloaded",
+            "sample_downloaded",
             "job_completed",
             "status_changed"
         ]

@@ -29,6 +29,10 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v jq >/dev/null || need_apt+=(jq)
 command -v strace >/dev/null || need_apt+=(strace)
 command -v adduser >/dev/null || need_apt+=(adduser)
+# The sample-download tests open the password-protected zip with the
+# readers analysts use: Info-ZIP's unzip and 7-Zip.
+command -v unzip >/dev/null || need_apt+=(unzip)
+command -v 7z >/dev/null || need_apt+=(p7zip-full)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -1,6 +1,7 @@
 //! The analysis bridge's HTTP API (role `bridge`; `admin` may do all of it):
 //! claim jobs with a long poll, hold them by heartbeat, report progress,
-//! complete or fail them, read a job, download a sample. Admins cancel.
+//! complete or fail them, read a job. Admins cancel. The sample itself
+//! comes from `export::download`, the route every role downloads through.
 //!
 //! Every holder call presents the lease token it got from the claim; a
 //! lease that expired or went to another holder answers 409 and changes
@@ -9,11 +10,9 @@
 
 mod body;
 mod claim;
-mod content;
 mod jobs;
 
 pub use claim::claim;
-pub use content::sample_content;
 pub use jobs::{cancel, complete, fail, get_job, heartbeat, progress};
 
 use axum::http::StatusCode;

@@ -5,9 +5,11 @@
 //! writes except the audit row of a download.
 
 pub mod cursor;
+pub mod download;
 pub mod feed;
 pub mod feed_route;
 pub mod list;
 pub mod lookup;
 pub mod params;
 pub mod view;
+pub mod zip;

@@ -65,7 +65,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/complete", post(bridge::complete))
         .route("/v1/jobs/{id}/fail", post(bridge::fail))
         .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route("/v1/samples/{sha256}/content", get(bridge::sample_content))
+        .route(
+            "/v1/samples/{sha256}/content",
+            get(export::download::sample_content),
+        )
         // Any hash: the segment is named as the content route's, which
         // the router requires of one position.
         .route("/v1/samples/{sha256}", get(export::lookup::lookup))

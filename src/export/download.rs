@@ -1,0 +1,389 @@
+//! `GET /v1/samples/{sha256}/content[?format=zip|raw]`: a sample's bytes,
+//! streamed from quarantine in chunks (never buffered whole), as an
+//! attachment the browser must not sniff or render. Raw for the bridge,
+//! or inside a zip encrypted with the password `infected` for analysts.
+//!
+//! Who may: any role, for a sample with at least one analysis the caller
+//! may read (`auth::Visibility`); otherwise 404, the answer a missing
+//! sample gets, so a key learns nothing about samples it cannot read.
+//! Every download is an audit row on that analysis, committed before the
+//! first byte goes out.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::fs::File;
+use tokio::io::AsyncReadExt;
+use uuid::Uuid;
+
+use super::zip::{Encoder, PASSWORD};
+use crate::analyses::db_error;
+use crate::analyses::status::{audit, Actor};
+use crate::api_error::ApiError;
+use crate::auth::{allow, Caller, Role, Visibility};
+use crate::worker::state::AppState;
+
+const CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Raw,
+    Zip,
+}
+
+impl Format {
+    fn as_str(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Zip => "zip",
+        }
+    }
+}
+
+pub async fn sample_content(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(allow::READ)?;
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_sha256",
+            "the sample is named by its sha256: 64 lowercase hex digits",
+        ));
+    }
+    let format = parse_format(query.as_deref())?;
+    let analysis = permitted(&app, &caller, &sha256, format)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sample {sha256}")))?;
+
+    // The path comes from the validated hash, as intake stored it and the
+    // runner reads it, never from the database row: nothing but the
+    // quarantine can be named.
+    let path = crate::intake::quarantine::path_for(&app.quarantine, &sha256);
+    let (mut file, size, modified) = open(&path).await?;
+    let zip = match format {
+        Format::Raw => None,
+        Format::Zip => {
+            let crc = crc_of(&mut file, size).await?;
+            Some(Encoder::new(&sha256, size, crc, modified, PASSWORD))
+        }
+    };
+
+    // Recorded before anything is sent: a download the log cannot hold
+    // does not happen.
+    let actor_name = format!("key:{}", caller.name);
+    let request_id = request_id(&headers);
+    let actor = Actor {
+        name: &actor_name,
+        request_id: request_id.as_deref(),
+    };
+    let mut conn = app.db.acquire().await.map_err(db_error)?;
+    audit(
+        &mut conn,
+        analysis,
+        &actor,
+        "sample_downloaded",
+        json!({ "sha256": sha256, "format": format.as_str(), "key": caller.name }),
+    )
+    .await
+    .map_err(audit_error)?;
+    drop(conn);
+
+    let (body, length, content_type, extension) = match zip {
+        None => (
+            Body::from_stream(raw_stream(file, size)),
+            size,
+            "application/octet-stream",
+            "bin",
+        ),
+        Some(enc) => {
+            let length = enc.archive_len();
+            (
+                Body::from_stream(zip_stream(file, size, enc)),
+                length,
+                "application/zip",
+                "zip",
+            )
+        }
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{sha256}.{extension}\""))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+/// `format=raw` (the default) or `format=zip`; other parameters are
+/// ignored, a `format` this route does not make is refused.
+fn parse_format(query: Option<&str>) -> Result<Format, ApiError> {
+    let mut format = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "format" {
+            continue;
+        }
+        let this = match value {
+            "raw" => Format::Raw,
+            "zip" => Format::Zip,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_format",
+                    "format is zip (password \"infected\") or raw",
+                ))
+            }
+        };
+        if format.is_some_and(|f| f != this) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_format",
+                "format is given twice, differently",
+            ));
+        }
+        format = Some(this);
+    }
+    Ok(format.unwrap_or(Format::Raw))
+}
+
+/// The analysis the download is recorded on, if the caller may have the
+/// sample: the newest analysis of it the caller may read.
+///
+/// And one exception, for the bridge: a bridge key may have the raw bytes
+/// of a sample that has a detonation or analysis job waiting or running,
+/// whatever its TLP, because detonating TLP:RED samples is the bridge's
+/// job too. It does not open the rest of the archive: once its jobs are
+/// done, a TLP:RED sample is again only its submitter's and admin's, and
+/// a stolen bridge key can fetch nothing a claim would not hand it anyway.
+async fn permitted(
+    app: &AppState,
+    caller: &Caller,
+    sha256: &str,
+    format: Format,
+) -> Result<Option<Uuid>, ApiError> {
+    let vis = Visibility::of(caller);
+    let visible: Option<Uuid> = sqlx::query_scalar(&format!(
+        "SELECT a.id FROM analyses a WHERE a.sample_sha256 = $1 AND {} \
+         ORDER BY a.created_at DESC, a.id DESC LIMIT 1",
+        vis.sql("a", 2)
+    ))
+    .bind(sha256)
+    .bind(vis.key_id())
+    .fetch_optional(&app.db)
+    .await
+    .map_err(db_error)?;
+    if visible.is_some() || caller.role != Role::Bridge || format != Format::Raw {
+        return Ok(visible);
+    }
+    sqlx::query_scalar(
+        "SELECT a.id FROM analyses a JOIN jobs j ON j.analysis_id = a.id \
+         WHERE a.sample_sha256 = $1 AND j.kind <> 'webhook' \
+           AND j.state IN ('available', 'running') \
+         ORDER BY a.created_at DESC, a.id DESC LIMIT 1",
+    )
+    .bind(sha256)
+    .fetch_optional(&app.db)
+    .await
+    .map_err(db_error)
+}
+
+/// Whatever kept the audit row out, the download waits for it: 503, to
+/// be retried, with the database's own words only in the log.
+fn audit_error(e: sqlx::Error) -> ApiError {
+    if crate::store::is_unavailable(&e) {
+        return db_error(e);
+    }
+    tracing::error!(error = %e, "a download's audit row was not written; nothing sent");
+    crate::intake::unavailable("the audit log", "the row could not be written")
+}
+
+fn unreadable(e: std::io::Error, path: &std::path::Path) -> ApiError {
+    tracing::error!(error = %e, path = %path.display(), "sample recorded but not readable in quarantine");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "sample_unreadable",
+        "the sample is recorded but cannot be read from quarantine",
+    )
+}
+
+/// Opens the quarantined file (a regular file, not through a link) and
+/// says its size and when it was stored.
+async fn open(path: &std::path::Path) -> Result<(File, u64, DateTime<Utc>), ApiError> {
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
+        .map_err(|e| unreadable(e, path))?;
+    let meta = file.metadata().await.map_err(|e| unreadable(e, path))?;
+    if !meta.is_file() {
+        return Err(unreadable(
+            std::io::Error::other("not a regular file"),
+            path,
+        ));
+    }
+    let modified = meta
+        .modified()
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_default();
+    Ok((file, meta.len(), modified))
+}
+
+/// The CRC-32 of the file's first `size` bytes, read in chunks; leaves
+/// the file at its start again.
+async fn crc_of(file: &mut File, size: u64) -> Result<u32, ApiError> {
+    let failed = |e: std::io::Error| {
+        tracing::error!(error = %e, "reading a quarantined sample failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "sample_unreadable",
+            "the sample is recorded but cannot be read from quarantine",
+        )
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).await.map_err(failed)?;
+        if n == 0 {
+            return Err(failed(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    use tokio::io::AsyncSeekExt;
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(failed)?;
+    Ok(hasher.finalize())
+}
+
+/// The next chunk of the `left` bytes still to read. A file that ends
+/// early is an error, which fails the stream and so cuts the connection:
+/// the client sees a body short of its Content-Length, never one that
+/// looks whole.
+async fn next_chunk(file: &mut File, left: u64) -> std::io::Result<Vec<u8>> {
+    let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
+    let mut buf = vec![0u8; want];
+    let n = file.read(&mut buf).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn raw_stream(file: File, size: u64) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::unfold(Some((file, size)), |state| async move {
+        let (mut file, left) = state?;
+        if left == 0 {
+            return None;
+        }
+        match next_chunk(&mut file, left).await {
+            Ok(c) => {
+                let left = left - c.len() as u64;
+                Some((Ok(Bytes::from(c)), Some((file, left))))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+struct ZipState {
+    file: File,
+    left: u64,
+    enc: Encoder,
+    crc: crc32fast::Hasher,
+    head_sent: bool,
+}
+
+/// The archive: its head, the encrypted sample, its tail. The bytes are
+/// checked against the CRC the head promised as they go: a sample that
+/// changed since fails the stream rather than ending in a tail that
+/// readers would take for a good archive.
+fn zip_stream(
+    file: File,
+    size: u64,
+    enc: Encoder,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let state = ZipState {
+        file,
+        left: size,
+        enc,
+        crc: crc32fast::Hasher::new(),
+        head_sent: false,
+    };
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let mut s = state?;
+        if !s.head_sent {
+            s.head_sent = true;
+            return Some((Ok(Bytes::from(s.enc.head())), Some(s)));
+        }
+        if s.left == 0 {
+            if s.crc.finalize() != s.enc.crc() {
+                tracing::error!("a quarantined sample changed while it was sent; download cut");
+                let e = std::io::Error::other("the sample changed while it was sent");
+                return Some((Err(e), None));
+            }
+            return Some((Ok(Bytes::from(s.enc.tail())), None));
+        }
+        match next_chunk(&mut s.file, s.left).await {
+            Ok(mut c) => {
+                s.left -= c.len() as u64;
+                s.crc.update(&c);
+                s.enc.data(&mut c);
+                Some((Ok(Bytes::from(c)), Some(s)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// The front end's request id, when it is one the log can hold.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_unknown_ones_are_refused() {
+        assert_eq!(parse_format(None).unwrap(), Format::Raw);
+        assert_eq!(parse_format(Some("format=zip")).unwrap(), Format::Zip);
+        assert_eq!(parse_format(Some("x=1&format=raw")).unwrap(), Format::Raw);
+        assert_eq!(
+            parse_format(Some("format=zip&format=zip")).unwrap(),
+            Format::Zip
+        );
+        for bad in ["format=rar", "format=", "format", "format=zip&format=raw"] {
+            let e = parse_format(Some(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}
