@@ -16,7 +16,7 @@
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::cursor::FeedPosition;
-use super::view::{AnalysisRow, COLUMNS, FROM};
+use super::view::{AnalysisRow, COLUMNS};
 use crate::auth::Visibility;
 
 /// Rows per query: large enough to amortise a round trip, small enough
@@ -97,8 +97,11 @@ impl Feed {
             return Ok(Vec::new());
         }
         let take = (CHUNK as u64).min(self.remaining) as i64;
+        // The chunk is cut from `analyses` alone, in index order, and only
+        // then joined to its samples: a chunk's worth of index probes.
         let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COLUMNS}, a.change_xid::text AS change_xid FROM {FROM} WHERE (a.change_xid, a.id) > ("
+            "SELECT {COLUMNS}, a.change_xid::text AS change_xid FROM \
+             (SELECT * FROM analyses a WHERE (a.change_xid, a.id) > ("
         ));
         qb.push_bind(self.position.xid.to_string())
             .push("::text::xid8, ")
@@ -108,7 +111,8 @@ impl Feed {
             .push("::text::xid8 AND ");
         self.vis.push(&mut qb, "a");
         qb.push(" ORDER BY a.change_xid, a.id LIMIT ")
-            .push_bind(take);
+            .push_bind(take)
+            .push(") a JOIN samples s ON s.sha256 = a.sample_sha256 ORDER BY a.change_xid, a.id");
         let rows: Vec<FeedRow> = qb.build_query_as().fetch_all(&self.db).await?;
         if (rows.len() as i64) < take {
             self.done = true;
