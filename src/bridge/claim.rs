@@ -95,7 +95,7 @@ fn view(j: &ClaimedJob) -> Value {
         "queue": j.queue,
         "kind": j.kind,
         "payload": j.payload,
-        "lease_token": j.attempt,
+        "lease_token": j.lease_token.as_str(),
         "attempt": j.attempt,
         "max_attempts": j.max_attempts,
         "analysis_id": j.analysis_id,

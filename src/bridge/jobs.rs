@@ -35,7 +35,7 @@ pub async fn get_job(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeartbeatBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     lease_seconds: Option<f64>,
     progress: Option<Value>,
 }
@@ -55,7 +55,7 @@ pub async fn heartbeat(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProgressBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     progress: Option<Value>,
 }
 
@@ -103,7 +103,7 @@ async fn hold(app: &AppState, id: Uuid, b: HeartbeatBody) -> Result<Json<Value>,
     let until = queue::heartbeat(
         &mut conn,
         id,
-        token,
+        &token,
         Duration::from_secs_f64(lease),
         b.progress,
     )
@@ -156,7 +156,7 @@ pub async fn complete(
         request_id: rid.as_deref(),
     };
     let result = b.result.unwrap_or(Value::Null);
-    let outcome = jobs::complete(&app.db, &app.notifier, id, token, result, &actor)
+    let outcome = jobs::complete(&app.db, &app.notifier, id, &token, result, &actor)
         .await
         .map_err(queue_error)?;
     Ok(Json(outcome_json(outcome)))
@@ -165,14 +165,14 @@ pub async fn complete(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     result: Option<Value>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     error: Option<Value>,
     /// Whether another attempt may succeed; default true.
     retry: Option<bool>,
@@ -201,7 +201,7 @@ pub async fn fail(
         &app.db,
         &app.notifier,
         id,
-        token,
+        &token,
         jobs::Failure {
             error,
             retry,

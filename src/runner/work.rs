@@ -256,7 +256,9 @@ impl Runner {
         loop {
             tick.tick().await;
             let extended = match self.db.acquire().await {
-                Ok(mut conn) => queue::heartbeat(&mut conn, job.id, job.attempt, LEASE, None).await,
+                Ok(mut conn) => {
+                    queue::heartbeat(&mut conn, job.id, job.lease_token.as_str(), LEASE, None).await
+                }
                 Err(e) => Err(QueueError::Db(e)),
             };
             match extended {
@@ -282,7 +284,7 @@ impl Runner {
                         &self.db,
                         &self.notifier,
                         job.id,
-                        job.attempt,
+                        job.lease_token.as_str(),
                         doc.clone(),
                         &actor,
                     )
@@ -300,7 +302,7 @@ impl Runner {
                         &self.db,
                         &self.notifier,
                         job.id,
-                        job.attempt,
+                        job.lease_token.as_str(),
                         failure,
                         &actor,
                     )
