@@ -341,3 +341,61 @@ fn another_bridge_key_cannot_hold_a_job_by_its_id_and_a_reclaim_fences_the_old_t
         .json();
     assert_eq!(seen["results"]["detonate"]["verdict"], "clean");
 }
+
+#[test]
+fn internal_queues_cannot_be_claimed_or_held_over_http() {
+    let db = TestDb::create("bridge_internal");
+    // No runners: the static job waits, as it would while they are busy.
+    let app = Appliance::start(
+        "bridge-internal",
+        "workers = 1\n",
+        &format!("[database]\nurl = \"{}\"\n[queue]\nrunners = 0\n", db.url()),
+    );
+    let submitter = app.new_key("submitter");
+    let bridge = app.new_key("bridge");
+    let admin = app.new_key("admin");
+    let sub = app
+        .submit(&submitter, b"a sample with a static job", &[])
+        .json();
+    let analysis = sub["analysis_id"].as_str().unwrap();
+
+    for key in [&bridge, &admin] {
+        for queue in ["static", "notify"] {
+            let r = app.post_json(key, &format!("/v1/queues/{queue}/claim"), json!({}));
+            assert_eq!(r.status, 403, "{queue}: {}", r.body);
+            assert_eq!(r.json()["error"], "internal_queue");
+            assert!(
+                r.json()["message"].as_str().unwrap().contains(queue),
+                "{}",
+                r.body
+            );
+        }
+    }
+    let seen = app
+        .get_with_key(&format!("/v1/analyses/{analysis}"), &admin)
+        .json();
+    let job = seen["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["queue"] == "static")
+        .unwrap_or_else(|| panic!("no static job: {seen}"))
+        .clone();
+    assert_eq!(job["state"], "available", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let token = "0".repeat(32);
+    for (call, body) in [
+        ("heartbeat", json!({"lease_token": token})),
+        ("progress", json!({"lease_token": token, "progress": {}})),
+        ("complete", json!({"lease_token": token, "result": {}})),
+        ("fail", json!({"lease_token": token, "error": "x"})),
+    ] {
+        let r = app.post_json(&bridge, &format!("/v1/jobs/{id}/{call}"), body);
+        assert_eq!(r.status, 403, "{call}: {}", r.body);
+        assert_eq!(r.json()["error"], "internal_queue");
+    }
+    // The external queue is still the bridge's.
+    let jobs = claim(&app, &bridge, json!({}));
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["queue"], "analysis");
+}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{body, parse_job_id, queue_error};
+use super::{body, parse_job_id, queue_error, require_external};
 use crate::analyses::db_error;
 use crate::analyses::jobs::{self, Outcome};
 use crate::analyses::status::Actor;
@@ -87,6 +87,7 @@ pub async fn progress(
 
 async fn hold(app: &AppState, id: Uuid, b: HeartbeatBody) -> Result<Json<Value>, ApiError> {
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    require_external(app, id).await?;
     let q = &app.settings.queue;
     let lease = b.lease_seconds.unwrap_or(q.lease_seconds as f64);
     if !(1.0..=q.max_lease_seconds as f64).contains(&lease) {
@@ -150,6 +151,7 @@ pub async fn complete(
     let id = parse_job_id(&raw)?;
     let b: CompleteBody = body::json(req_body, body::RESULT_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    require_external(&app, id).await?;
     let (name, rid) = actor_parts(&caller, &headers);
     let actor = Actor {
         name: &name,
@@ -190,6 +192,7 @@ pub async fn fail(
     let b: FailBody = body::json(req_body, body::SMALL_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
     let error = b.error.ok_or_else(|| missing("error"))?;
+    require_external(&app, id).await?;
     let retry = b.retry.unwrap_or(true);
     let (name, rid) = actor_parts(&caller, &headers);
     let actor = Actor {

@@ -34,6 +34,7 @@ const LIST_KEYS: &[&str] = &[
     "proxy.bind",
     "proxy.plain_bind",
     "proxy.forwarded_allow_ips",
+    "queue.external",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -280,6 +281,10 @@ pub struct Queue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
     pub webhook_timeout: u64,
+    /// The queues an outside claimer (a bridge key over HTTP) may claim and
+    /// hold; the others belong to the appliance's own runners, and a key
+    /// that could claim them could, say, mark a webhook sent unsent.
+    pub external: Vec<String>,
     pub analysis: QueueLimits,
     #[serde(rename = "static")]
     pub static_: QueueLimits,
@@ -301,6 +306,7 @@ impl Default for Queue {
             webhook_allow_private: false,
             webhook_secret: None,
             webhook_timeout: 10,
+            external: vec!["analysis".into()],
             analysis: QueueLimits {
                 max_running: 8,
                 max_attempts: 3,
@@ -318,6 +324,11 @@ impl Default for Queue {
 }
 
 impl Queue {
+    /// Whether claims and holder calls over HTTP may touch this queue.
+    pub fn is_external(&self, queue: &str) -> bool {
+        self.external.iter().any(|q| q == queue)
+    }
+
     /// The limits of a named queue; queues the product does not create
     /// get no concurrency cap.
     pub fn limits(&self, queue: &str) -> QueueLimits {
