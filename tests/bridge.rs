@@ -399,3 +399,58 @@ fn internal_queues_cannot_be_claimed_or_held_over_http() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0]["queue"], "analysis");
 }
+
+#[test]
+fn analyses_and_jobs_are_read_only_by_those_allowed_to_see_them() {
+    let db = TestDb::create("bridge_visibility");
+    let app = start("bridge-visibility", &db, "");
+    let a = app.new_key("submitter");
+    let b = app.new_key("submitter");
+    let reader = app.new_key("reader");
+    let bridge = app.new_key("bridge");
+    let admin = app.new_key("admin");
+
+    let amber = app.submit(&a, b"an amber sample", &[]).json();
+    let amber = amber["analysis_id"].as_str().unwrap().to_string();
+    let red = request_unix_body(
+        &app.socket,
+        "POST",
+        "/v1/submit?tlp=red",
+        &[
+            ("X-API-Key", &a),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        Some(b"a red sample"),
+    )
+    .unwrap();
+    assert_eq!(red.status, 202, "{}", red.body);
+    let red = red.json()["analysis_id"].as_str().unwrap().to_string();
+
+    let status = |path: &str, key: &str| app.get_with_key(path, key).status;
+    let amber_path = format!("/v1/analyses/{amber}");
+    let red_path = format!("/v1/analyses/{red}");
+    // Missing and not visible look the same.
+    let missing = app.get_with_key(&format!("/v1/analyses/{}", uuid::Uuid::new_v4()), &b);
+    assert_eq!(missing.status, 404);
+    let hidden = app.get_with_key(&amber_path, &b);
+    assert_eq!(hidden.status, 404, "{}", hidden.body);
+    assert_eq!(hidden.json()["error"], missing.json()["error"]);
+    assert_eq!(status(&amber_path, &a), 200);
+    assert_eq!(status(&amber_path, &reader), 200);
+    assert_eq!(status(&red_path, &reader), 404);
+    assert_eq!(status(&red_path, &bridge), 404);
+    assert_eq!(status(&red_path, &b), 404);
+    let seen = app.get_with_key(&red_path, &a);
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert_eq!(seen.json()["tlp"], "red");
+    assert_eq!(status(&red_path, &admin), 200);
+
+    // The red analysis's job: the admin sees it, a bridge key does not.
+    let jobs = app.get_with_key(&red_path, &admin).json()["jobs"].clone();
+    let red_job = jobs[0]["id"].as_str().unwrap().to_string();
+    let jobs = app.get_with_key(&amber_path, &admin).json()["jobs"].clone();
+    let amber_job = jobs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(status(&format!("/v1/jobs/{red_job}"), &bridge), 404);
+    assert_eq!(status(&format!("/v1/jobs/{red_job}"), &admin), 200);
+    assert_eq!(status(&format!("/v1/jobs/{amber_job}"), &bridge), 200);
+}

@@ -17,7 +17,7 @@ use crate::analyses::db_error;
 use crate::analyses::jobs::{self, Outcome};
 use crate::analyses::status::Actor;
 use crate::api_error::ApiError;
-use crate::auth::{allow, Caller};
+use crate::auth::{allow, Caller, Visibility};
 use crate::queue::{self, Backoff};
 use crate::worker::state::AppState;
 
@@ -29,6 +29,23 @@ pub async fn get_job(
     caller.require(allow::BRIDGE)?;
     let id = parse_job_id(&raw)?;
     let mut conn = app.db.acquire().await.map_err(db_error)?;
+    // A job carries its analysis's sample and results: it is seen by those
+    // who may see the analysis, and otherwise answers as missing.
+    let vis = Visibility::of(&caller);
+    let visible: Option<bool> = sqlx::query_scalar(&format!(
+        "SELECT j.analysis_id IS NULL OR EXISTS (
+                SELECT 1 FROM analyses a WHERE a.id = j.analysis_id AND {})
+           FROM jobs j WHERE j.id = $1",
+        vis.sql("a", 2)
+    ))
+    .bind(id)
+    .bind(vis.key_id())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if visible != Some(true) {
+        return Err(queue_error(queue::QueueError::NotFound));
+    }
     Ok(Json(queue::get(&mut conn, id).await.map_err(queue_error)?))
 }
 
