@@ -192,16 +192,23 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             _ => break,
         }
     }
+    // The probe is unauthenticated: it names the check that failed and
+    // keeps the details (driver errors, versions, paths) for the log.
     match applied {
-        Err(e) => return not_ready("database", format!("cannot query the database: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: cannot query the database");
+            return not_ready("database", "the database cannot be queried".into());
+        }
         Ok(v) if v.unwrap_or(0) < latest => {
+            tracing::warn!(
+                applied = v,
+                needed = latest,
+                "readyz: the schema is older than this binary; run `sandgnat migrate`"
+            );
             return not_ready(
                 "database",
-                format!(
-                    "schema at migration {:?}, this binary needs {latest}; run `sandgnat migrate`",
-                    v
-                ),
-            )
+                "the database schema is older than this binary needs".into(),
+            );
         }
         Ok(_) => {}
     }
@@ -212,10 +219,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .quarantine
         .join(format!(".ready-{}", std::process::id()));
     if let Err(e) = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)) {
-        return not_ready(
-            "quarantine",
-            format!("cannot write to {}: {e}", app.quarantine.display()),
-        );
+        tracing::warn!(error = %e, path = %app.quarantine.display(), "readyz: the quarantine is not writable");
+        return not_ready("quarantine", "the quarantine is not writable".into());
     }
     if !recorder_alive(&app.board) {
         return not_ready(
