@@ -491,3 +491,41 @@ async fn batches_enqueue_and_complete_with_per_job_fencing(pool: PgPool) {
         .unwrap_err();
     assert!(matches!(err, QueueError::Duplicate), "{err:?}");
 }
+
+#[sqlx::test(migrator = "sandgnat::store::MIGRATOR")]
+async fn a_snoozed_job_comes_back_later_without_spending_an_attempt(pool: PgPool) {
+    let mut c = pool.acquire().await.unwrap();
+    let id = queue::enqueue(&mut c, job(None)).await.unwrap();
+    let first = claim(&mut c, &req("static", 1, 30.0)).await;
+    assert_eq!(first[0].attempt, 1);
+    let wrong = queue::LeaseToken::generate();
+    let err = queue::snooze(&mut c, id, wrong.as_str(), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    queue::snooze(
+        &mut c,
+        id,
+        first[0].lease_token.as_str(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(&pool, id).await, "scheduled");
+    // Not before its time, and the token it had holds nothing now.
+    assert!(claim(&mut c, &req("static", 1, 30.0)).await.is_empty());
+    let err = queue::complete(&mut c, id, first[0].lease_token.as_str(), json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    expire(&pool, id).await;
+    let again = claim(&mut c, &req("static", 1, 30.0)).await;
+    assert_eq!(again[0].id, id);
+    assert_eq!(again[0].attempt, 1, "the put-back attempt is not counted");
+    let errors: serde_json::Value = sqlx::query_scalar("SELECT errors FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, json!([]));
+}

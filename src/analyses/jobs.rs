@@ -116,6 +116,26 @@ pub async fn fail(
     Ok((failed, outcome))
 }
 
+/// Puts a held job back for later without counting the attempt (see
+/// `queue::snooze`); no audit row: nothing happened to the analysis.
+pub async fn snooze(
+    db: &PgPool,
+    notifier: &Notifier,
+    id: Uuid,
+    token: &str,
+    delay: std::time::Duration,
+    actor: &Actor<'_>,
+) -> Result<Outcome, QueueError> {
+    let mut tx = db.begin().await?;
+    let snoozed = queue::snooze(&mut tx, id, token, delay).await?;
+    let mut synced = None;
+    if let Some(analysis) = snoozed.analysis_id {
+        let cause = json!({ "event": "job_deferred", "job": id });
+        synced = Some(status::sync(&mut tx, analysis, actor, cause).await?);
+    }
+    finish(tx, notifier, synced).await
+}
+
 pub async fn cancel(
     db: &PgPool,
     notifier: &Notifier,

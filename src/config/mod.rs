@@ -281,6 +281,10 @@ pub struct Queue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
     pub webhook_timeout: u64,
+    /// Deliveries one destination address may get per second from one
+    /// runner; more wait for the next second (the job is put back, not
+    /// dropped), so callbacks cannot make the appliance a reflector.
+    pub webhook_per_host: u32,
     /// The queues an outside claimer (a bridge key over HTTP) may claim and
     /// hold; the others belong to the appliance's own runners, and a key
     /// that could claim them could, say, mark a webhook sent unsent.
@@ -306,6 +310,7 @@ impl Default for Queue {
             webhook_allow_private: false,
             webhook_secret: None,
             webhook_timeout: 10,
+            webhook_per_host: 5,
             external: vec!["analysis".into()],
             analysis: QueueLimits {
                 max_running: 8,

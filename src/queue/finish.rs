@@ -1,6 +1,8 @@
 //! The end of an attempt, fenced by the lease token: complete with a
 //! result, or fail with an error that is kept in the job's history, then
-//! either wait for a retry (backoff) or be discarded after `max_attempts`.
+//! either wait for a retry (backoff) or be discarded after `max_attempts`;
+//! or put the job back for later without counting the attempt (the holder
+//! chose not to run it yet).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -104,6 +106,41 @@ pub async fn fail(
     .await?;
     match row {
         Some(failed) => Ok(failed),
+        None => Err(fence_failure(conn, id).await),
+    }
+}
+
+/// What a job put back for later belonged to.
+#[derive(Debug, Clone)]
+pub struct Snoozed {
+    pub kind: String,
+    pub analysis_id: Option<Uuid>,
+}
+
+/// Gives the job back to run no earlier than `delay` from now, as if this
+/// attempt had not been made: it does not count towards `max_attempts`.
+/// For a holder that held back on purpose (a rate limit), not one that
+/// failed.
+pub async fn snooze(
+    conn: &mut PgConnection,
+    id: JobId,
+    token: &str,
+    delay: std::time::Duration,
+) -> Result<Snoozed, QueueError> {
+    let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'scheduled', attempt = attempt - 1,
+                run_at = now() + make_interval(secs => $3), lease_until = NULL,
+                lease_token_hash = NULL, updated_at = now()
+          WHERE id = $1 AND lease_token_hash = $2 AND state = 'running' AND lease_until > now()
+         RETURNING kind, analysis_id",
+    )
+    .bind(id)
+    .bind(LeaseToken::hash_of(token))
+    .bind(delay.as_secs_f64())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((kind, analysis_id)) => Ok(Snoozed { kind, analysis_id }),
         None => Err(fence_failure(conn, id).await),
     }
 }

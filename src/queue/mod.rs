@@ -25,7 +25,7 @@ pub use cancel::{cancel, Cancelled};
 pub use claim::{claim, Claim, ClaimedJob};
 pub use enqueue::{enqueue, enqueue_many, release_held, Batch, JobId, NewJob};
 pub use error::QueueError;
-pub use finish::{complete, complete_many, fail, Failed, Finished};
+pub use finish::{complete, complete_many, fail, snooze, Failed, Finished, Snoozed};
 pub use inspect::{get, stats, Job, QueueStats};
 pub use lease::{heartbeat, LeaseToken};
 pub use maintain::{maintain, reclaim_expired, Maintenance, Reclaimed};
