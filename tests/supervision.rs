@@ -538,3 +538,70 @@ fn workers_are_isolated() {
     );
     assert!(fds.len() < 16, "unexpected descriptors: {fds:?}");
 }
+
+/// As root, a master re-owns its state directory; one that already holds
+/// someone else's files (a `paths.state_dir` typo naming /etc) or a
+/// planted symlink is refused before anything in it changes.
+#[test]
+fn a_root_master_takes_over_no_foreign_state_dir() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only a master started as root changes owners");
+        return;
+    }
+    let victim = common::temp_dir("statedir-victim");
+    std::fs::write(victim.join("precious.conf"), "keep me").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
+    assert_eq!(before.uid(), 0);
+
+    let mut app = Appliance::spawn(
+        "statedir",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", victim.display()),
+    );
+    let status = app.wait_exit(30 * SEC);
+    assert!(!status.success(), "{status}");
+    let log = app.log_text();
+    assert!(log.contains("refusing to take it over"), "{log}");
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(after.mode() & 0o7777, 0o755);
+    assert!(!victim.join("quarantine").exists());
+
+    // The service account's own directory, with a quarantine that points
+    // elsewhere: the link is not followed.
+    let planted = common::temp_dir("statedir-planted");
+    std::os::unix::fs::symlink(&victim, planted.join("quarantine")).unwrap();
+    let given = std::process::Command::new("chown")
+        .arg("nobody:nogroup")
+        .arg(&planted)
+        .status()
+        .unwrap();
+    assert!(given.success());
+    let mut app = Appliance::spawn(
+        "statedir-link",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", planted.display()),
+    );
+    let status = app.wait_exit(30 * SEC);
+    assert!(!status.success(), "{status}");
+    let log = app.log_text();
+    assert!(log.contains("is not a directory"), "{log}");
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!((after.uid(), after.mode() & 0o7777), (0, 0o755));
+
+    // An empty directory is taken over, as on a first start.
+    let fresh = common::temp_dir("statedir-fresh");
+    let app = Appliance::start(
+        "statedir-fresh",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", fresh.display()),
+    );
+    let nobody = std::fs::metadata(&app.dir).unwrap().uid();
+    assert_eq!(std::fs::metadata(&fresh).unwrap().uid(), nobody);
+    drop(app);
+    for d in [victim, planted, fresh] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

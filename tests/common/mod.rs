@@ -83,6 +83,8 @@ impl Appliance {
         app
     }
 
+    /// `other_sections` may name its own `[paths]` (the state directory is
+    /// then not the test's directory).
     pub fn spawn_with(
         tag: &str,
         server_extra: &str,
@@ -100,14 +102,18 @@ impl Appliance {
         } else {
             ""
         };
+        let paths = if other_sections.contains("[paths]") {
+            String::new()
+        } else {
+            format!("[paths]\nstate_dir = \"{}\"\n", dir.display())
+        };
         let config = format!(
             "[server]\nsocket = \"{}\"\n{account}{server_extra}\n\
              [proxy]\nbind = [\"{tls}\"]\nplain_bind = [\"{plain}\"]\n{proxy_extra}\n\
              [metrics]\nbind = \"{metrics}\"\n\
-             [paths]\nstate_dir = \"{}\"\n\
+             {paths}\
              {other_sections}\n",
             socket.display(),
-            dir.display(),
         );
         let config = if config.contains("[log]") {
             config
@@ -127,6 +133,16 @@ impl Appliance {
             .unwrap();
         let log = dir.join("out.log");
         let out = std::fs::File::create(&log).unwrap();
+        if is_root {
+            // The state directory already holds the test's files: a master
+            // takes over only one that is the service account's already.
+            let given = Command::new("chown")
+                .arg("nobody:nogroup")
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(given.success(), "chown nobody:nogroup {}", dir.display());
+        }
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--config")
