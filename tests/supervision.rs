@@ -605,3 +605,42 @@ fn a_root_master_takes_over_no_foreign_state_dir() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A master that exits before READY is noticed at once, not after the
+/// wait for READY runs out.
+#[test]
+fn a_master_that_exits_before_ready_is_noticed_at_once() {
+    let mut app = Appliance::spawn("exits-early", "backlog = 0\n", "");
+    let t = Instant::now();
+    let exited = app.wait_ready(30 * SEC).unwrap_err();
+    assert!(!exited.success());
+    assert!(t.elapsed() < 10 * SEC, "noticed after {:?}", t.elapsed());
+}
+
+/// A port taken between `free_port` and the master's bind: the master
+/// exits with "Address already in use" and the harness starts it again on
+/// fresh ports.
+#[test]
+fn a_port_taken_before_the_master_binds_it_is_retried_with_new_ones() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let mut handed = Vec::new();
+    let app = Appliance::start_with_ports("port-taken", "workers = 1\n", "", "", &mut || {
+        let p = if handed.is_empty() {
+            taken
+        } else {
+            common::free_port()
+        };
+        handed.push(p);
+        p
+    });
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+    assert!(
+        !app.metrics.ends_with(&format!(":{taken}")),
+        "{}",
+        app.metrics
+    );
+    drop(app);
+    assert!(handed.len() >= 6, "one retry at least: {handed:?}");
+    drop(held);
+}
