@@ -146,7 +146,7 @@ async fn in_process(admin: &str) {
                     }
                     let batch: Vec<_> = jobs
                         .iter()
-                        .map(|j| (j.id, j.attempt, json!({"ok": true})))
+                        .map(|j| (j.id, j.lease_token.as_str(), json!({"ok": true})))
                         .collect();
                     let results = queue::complete_many(&mut c, &batch).await.unwrap();
                     assert!(results.iter().all(Result::is_ok));

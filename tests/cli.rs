@@ -50,6 +50,53 @@ fn check_config_prints_effective_settings_without_secrets() {
 }
 
 #[test]
+fn check_config_hides_passwords_in_every_url_form() {
+    let out = check_config(
+        "[database]\n\
+         url = \"postgres://intake@db.example/sandgnat?sslmode=require&password=qu3ry-pw\"\n\
+         [redis]\n\
+         url = \"redis://cache.example:6379/0?password=r3dis-pw\"\n",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["qu3ry-pw", "r3dis-pw"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    let parsed: toml::Table = text.parse().expect("check-config prints TOML");
+    assert_eq!(
+        parsed["database"]["url"].as_str(),
+        Some("postgres://intake@db.example/sandgnat?sslmode=require&password=********")
+    );
+    assert_eq!(
+        parsed["redis"]["url"].as_str(),
+        Some("redis://cache.example:6379/0?password=********")
+    );
+
+    // A password with characters a URL should have escaped: hidden whole.
+    let out = check_config(
+        "[redis]\nurl = \"redis://default:pa/ss@w0rd@cache.example/0\"\n",
+        &[(
+            "DATABASE_URL",
+            "postgres://intake:s3/cr@t@db.example/sandgnat",
+        )],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["pa/ss", "w0rd", "s3/cr", "cr@t"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    assert!(
+        text.contains("redis://default:********@cache.example/0"),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_config_refuses_bad_values_with_exit_2() {
     let out = check_config("[server]\nbacklog = 0\n", &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -794,3 +794,29 @@ fn a_graceful_stop_records_the_submission_still_uploading() {
     let analyses: usize = db.scalar("SELECT count(*) FROM analyses").parse().unwrap();
     assert_eq!(analyses, 5);
 }
+
+#[test]
+fn readyz_names_the_failed_check_and_keeps_the_driver_error_for_the_log() {
+    let db = TestDb::create("readyz_detail");
+    let app = start("readyz-detail", &db.url(), "");
+    assert_eq!(app.get("/readyz").unwrap().status, 200);
+    // A probe query the database refuses, with its own words for why.
+    db.try_exec("ALTER TABLE _sqlx_migrations RENAME TO _sqlx_migrations_away")
+        .unwrap();
+    let r = app.get("/readyz").unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["check"], "database");
+    assert_eq!(v["error"], "not_ready");
+    let message = v["message"].as_str().unwrap();
+    assert_eq!(message, "the database cannot be queried");
+    assert!(!r.body.contains("_sqlx_migrations"), "{}", r.body);
+    // The operator still gets the driver's message, in the log.
+    app.wait_until("the driver's error in the log", 5 * SEC, |a| {
+        a.log_text().contains("readyz: cannot query the database")
+            && a.log_text().contains("_sqlx_migrations")
+    });
+    db.try_exec("ALTER TABLE _sqlx_migrations_away RENAME TO _sqlx_migrations")
+        .unwrap();
+    assert_eq!(app.get("/readyz").unwrap().status, 200);
+}

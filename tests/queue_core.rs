@@ -125,16 +125,34 @@ async fn stale_token_complete_changes_nothing(pool: PgPool) {
     let id = queue::enqueue(&mut c, job(None)).await.unwrap();
     let claimed = claim(&mut c, &req("static", 1, 30.0)).await;
     assert_eq!(claimed[0].id, id);
-    let token = claimed[0].attempt;
-    let err = queue::complete(&mut c, id, token + 1, json!({}))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
-    let err = queue::fail(&mut c, id, token + 1, json!("x"), true, &NO_BACKOFF)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    let token = claimed[0].lease_token.as_str();
+    // The attempt number (what the token used to be) holds nothing, nor
+    // does any other token.
+    let attempt = claimed[0].attempt.to_string();
+    let other = queue::LeaseToken::generate();
+    for guess in [attempt.as_str(), other.as_str(), ""] {
+        let err = queue::complete(&mut c, id, guess, json!({}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+        let err = queue::fail(&mut c, id, guess, json!("x"), true, &NO_BACKOFF)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+        let err = queue::heartbeat(&mut c, id, guess, Duration::from_secs(30), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    }
     assert_eq!(state_of(&pool, id).await, "running");
+    // Only the hash is kept.
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT lease_token_hash FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 32);
+    assert_ne!(stored, token.as_bytes());
     queue::complete(&mut c, id, token, json!({"ok": true}))
         .await
         .unwrap();
@@ -142,7 +160,7 @@ async fn stale_token_complete_changes_nothing(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::StaleLease), "{err:?}");
-    let err = queue::complete(&mut c, uuid::Uuid::new_v4(), 1, json!({}))
+    let err = queue::complete(&mut c, uuid::Uuid::new_v4(), token, json!({}))
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::NotFound), "{err:?}");
@@ -156,9 +174,15 @@ async fn expired_lease_is_reclaimed_and_the_old_token_is_fenced(pool: PgPool) {
     assert!(claim(&mut c, &req("static", 1, 30.0)).await.is_empty());
     expire(&pool, id).await;
     // Heartbeat on an expired lease is refused even before anyone reclaims.
-    let err = queue::heartbeat(&mut c, id, first[0].attempt, Duration::from_secs(30), None)
-        .await
-        .unwrap_err();
+    let err = queue::heartbeat(
+        &mut c,
+        id,
+        first[0].lease_token.as_str(),
+        Duration::from_secs(30),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, QueueError::StaleLease), "{err:?}");
     let reclaimed = queue::reclaim_expired(&mut c, None).await.unwrap();
     assert_eq!(reclaimed.len(), 1);
@@ -166,11 +190,12 @@ async fn expired_lease_is_reclaimed_and_the_old_token_is_fenced(pool: PgPool) {
     let second = claim(&mut c, &req("static", 1, 30.0)).await;
     assert_eq!(second[0].id, id);
     assert_eq!(second[0].attempt, first[0].attempt + 1);
-    let err = queue::complete(&mut c, id, first[0].attempt, json!({}))
+    assert_ne!(second[0].lease_token, first[0].lease_token);
+    let err = queue::complete(&mut c, id, first[0].lease_token.as_str(), json!({}))
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::StaleLease), "{err:?}");
-    queue::complete(&mut c, id, second[0].attempt, json!({}))
+    queue::complete(&mut c, id, second[0].lease_token.as_str(), json!({}))
         .await
         .unwrap();
     let errors: serde_json::Value = sqlx::query_scalar("SELECT errors FROM jobs WHERE id = $1")
@@ -192,7 +217,7 @@ async fn heartbeat_extends_the_lease(pool: PgPool) {
     let until = queue::heartbeat(
         &mut c,
         id,
-        j[0].attempt,
+        j[0].lease_token.as_str(),
         Duration::from_secs(3600),
         Some(json!({"stage": "booting VM"})),
     )
@@ -226,7 +251,7 @@ async fn retries_back_off_until_discarded_with_every_error_kept(pool: PgPool) {
         let failed = queue::fail(
             &mut c,
             id,
-            attempt,
+            j[0].lease_token.as_str(),
             json!(format!("boom {attempt}")),
             true,
             &backoff,
@@ -259,9 +284,16 @@ async fn fail_without_retry_discards_at_once(pool: PgPool) {
     let mut c = pool.acquire().await.unwrap();
     let id = queue::enqueue(&mut c, job(None)).await.unwrap();
     let j = claim(&mut c, &req("static", 1, 30.0)).await;
-    let failed = queue::fail(&mut c, id, j[0].attempt, json!("bad"), false, &NO_BACKOFF)
-        .await
-        .unwrap();
+    let failed = queue::fail(
+        &mut c,
+        id,
+        j[0].lease_token.as_str(),
+        json!("bad"),
+        false,
+        &NO_BACKOFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(failed.state, "discarded");
 }
 
@@ -278,7 +310,7 @@ async fn unique_key_refuses_a_second_live_job(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::Duplicate), "running is live too");
-    queue::complete(&mut c, j[0].id, j[0].attempt, json!({}))
+    queue::complete(&mut c, j[0].id, j[0].lease_token.as_str(), json!({}))
         .await
         .unwrap();
     // Once finished, the key is free again.
@@ -306,9 +338,15 @@ async fn cancel_stops_waiting_and_running_jobs(pool: PgPool) {
         "running"
     );
     assert!(claim(&mut c, &req("static", 5, 30.0)).await.is_empty());
-    let err = queue::heartbeat(&mut c, running, j[0].attempt, Duration::from_secs(30), None)
-        .await
-        .unwrap_err();
+    let err = queue::heartbeat(
+        &mut c,
+        running,
+        j[0].lease_token.as_str(),
+        Duration::from_secs(30),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, QueueError::StaleLease), "{err:?}");
     let err = queue::cancel(&mut c, running).await.unwrap_err();
     assert!(matches!(err, QueueError::Finished(ref s) if s == "cancelled"));
@@ -358,7 +396,7 @@ async fn maintenance_prunes_old_finished_jobs_and_runs_once_at_a_time(pool: PgPo
     for id in [old, fresh] {
         let j = claim(&mut c, &req("static", 1, 30.0)).await;
         assert_eq!(j[0].id, id);
-        queue::complete(&mut c, j[0].id, j[0].attempt, json!({}))
+        queue::complete(&mut c, j[0].id, j[0].lease_token.as_str(), json!({}))
             .await
             .unwrap();
     }
@@ -432,10 +470,11 @@ async fn batches_enqueue_and_complete_with_per_job_fencing(pool: PgPool) {
     assert_eq!(claimed.len(), 50);
     let mut batch: Vec<_> = claimed
         .iter()
-        .map(|j| (j.id, j.attempt, json!({"n": 1})))
+        .map(|j| (j.id, j.lease_token.as_str(), json!({"n": 1})))
         .collect();
-    // One stale token in the batch: that job alone is refused.
-    batch[7].1 += 1;
+    // One stale token in the batch (another job's): that job alone is
+    // refused.
+    batch[7].1 = claimed[8].lease_token.as_str();
     let results = queue::complete_many(&mut c, &batch).await.unwrap();
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 49);
     assert!(matches!(results[7], Err(QueueError::StaleLease)));
@@ -451,4 +490,42 @@ async fn batches_enqueue_and_complete_with_per_job_fencing(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::Duplicate), "{err:?}");
+}
+
+#[sqlx::test(migrator = "sandgnat::store::MIGRATOR")]
+async fn a_snoozed_job_comes_back_later_without_spending_an_attempt(pool: PgPool) {
+    let mut c = pool.acquire().await.unwrap();
+    let id = queue::enqueue(&mut c, job(None)).await.unwrap();
+    let first = claim(&mut c, &req("static", 1, 30.0)).await;
+    assert_eq!(first[0].attempt, 1);
+    let wrong = queue::LeaseToken::generate();
+    let err = queue::snooze(&mut c, id, wrong.as_str(), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    queue::snooze(
+        &mut c,
+        id,
+        first[0].lease_token.as_str(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state_of(&pool, id).await, "scheduled");
+    // Not before its time, and the token it had holds nothing now.
+    assert!(claim(&mut c, &req("static", 1, 30.0)).await.is_empty());
+    let err = queue::complete(&mut c, id, first[0].lease_token.as_str(), json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::StaleLease), "{err:?}");
+    expire(&pool, id).await;
+    let again = claim(&mut c, &req("static", 1, 30.0)).await;
+    assert_eq!(again[0].id, id);
+    assert_eq!(again[0].attempt, 1, "the put-back attempt is not counted");
+    let errors: serde_json::Value = sqlx::query_scalar("SELECT errors FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, json!([]));
 }

@@ -538,3 +538,109 @@ fn workers_are_isolated() {
     );
     assert!(fds.len() < 16, "unexpected descriptors: {fds:?}");
 }
+
+/// As root, a master re-owns its state directory; one that already holds
+/// someone else's files (a `paths.state_dir` typo naming /etc) or a
+/// planted symlink is refused before anything in it changes.
+#[test]
+fn a_root_master_takes_over_no_foreign_state_dir() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only a master started as root changes owners");
+        return;
+    }
+    let victim = common::temp_dir("statedir-victim");
+    std::fs::write(victim.join("precious.conf"), "keep me").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
+    assert_eq!(before.uid(), 0);
+
+    let mut app = Appliance::spawn(
+        "statedir",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", victim.display()),
+    );
+    let status = app.wait_exit(30 * SEC);
+    assert!(!status.success(), "{status}");
+    let log = app.log_text();
+    assert!(log.contains("refusing to take it over"), "{log}");
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(after.mode() & 0o7777, 0o755);
+    assert!(!victim.join("quarantine").exists());
+
+    // The service account's own directory, with a quarantine that points
+    // elsewhere: the link is not followed.
+    let planted = common::temp_dir("statedir-planted");
+    std::os::unix::fs::symlink(&victim, planted.join("quarantine")).unwrap();
+    let given = std::process::Command::new("chown")
+        .arg("nobody:nogroup")
+        .arg(&planted)
+        .status()
+        .unwrap();
+    assert!(given.success());
+    let mut app = Appliance::spawn(
+        "statedir-link",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", planted.display()),
+    );
+    let status = app.wait_exit(30 * SEC);
+    assert!(!status.success(), "{status}");
+    let log = app.log_text();
+    assert!(log.contains("is not a directory"), "{log}");
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!((after.uid(), after.mode() & 0o7777), (0, 0o755));
+
+    // An empty directory is taken over, as on a first start.
+    let fresh = common::temp_dir("statedir-fresh");
+    let app = Appliance::start(
+        "statedir-fresh",
+        "workers = 1\n",
+        &format!("[paths]\nstate_dir = \"{}\"\n", fresh.display()),
+    );
+    let nobody = std::fs::metadata(&app.dir).unwrap().uid();
+    assert_eq!(std::fs::metadata(&fresh).unwrap().uid(), nobody);
+    drop(app);
+    for d in [victim, planted, fresh] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A master that exits before READY is noticed at once, not after the
+/// wait for READY runs out.
+#[test]
+fn a_master_that_exits_before_ready_is_noticed_at_once() {
+    let mut app = Appliance::spawn("exits-early", "backlog = 0\n", "");
+    let t = Instant::now();
+    let exited = app.wait_ready(30 * SEC).unwrap_err();
+    assert!(!exited.success());
+    assert!(t.elapsed() < 10 * SEC, "noticed after {:?}", t.elapsed());
+}
+
+/// A port taken between `free_port` and the master's bind: the master
+/// exits with "Address already in use" and the harness starts it again on
+/// fresh ports.
+#[test]
+fn a_port_taken_before_the_master_binds_it_is_retried_with_new_ones() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let mut handed = Vec::new();
+    let app = Appliance::start_with_ports("port-taken", "workers = 1\n", "", "", &mut || {
+        let p = if handed.is_empty() {
+            taken
+        } else {
+            common::free_port()
+        };
+        handed.push(p);
+        p
+    });
+    assert_eq!(app.get("/healthz").unwrap().status, 200);
+    assert!(
+        !app.metrics.ends_with(&format!(":{taken}")),
+        "{}",
+        app.metrics
+    );
+    drop(app);
+    assert!(handed.len() >= 6, "one retry at least: {handed:?}");
+    drop(held);
+}

@@ -59,7 +59,7 @@ pub async fn complete(
     db: &PgPool,
     notifier: &Notifier,
     id: Uuid,
-    token: i32,
+    token: &str,
     result: Value,
     actor: &Actor<'_>,
 ) -> Result<Outcome, QueueError> {
@@ -77,7 +77,7 @@ pub async fn complete(
         .bind(&result)
         .execute(&mut *tx)
         .await?;
-        let details = json!({ "job": id, "kind": done.kind, "attempt": token });
+        let details = json!({ "job": id, "kind": done.kind, "attempt": done.attempt });
         synced = Some(record(&mut tx, analysis, actor, "job_completed", details).await?);
     }
     finish(tx, notifier, synced).await
@@ -95,7 +95,7 @@ pub async fn fail(
     db: &PgPool,
     notifier: &Notifier,
     id: Uuid,
-    token: i32,
+    token: &str,
     failure: Failure<'_>,
     actor: &Actor<'_>,
 ) -> Result<(queue::Failed, Outcome), QueueError> {
@@ -108,12 +108,32 @@ pub async fn fail(
     let failed = queue::fail(&mut tx, id, token, error.clone(), retry, backoff).await?;
     let mut synced = None;
     if let Some(analysis) = failed.analysis_id {
-        let details = json!({ "job": id, "kind": failed.kind, "attempt": token, "error": error,
+        let details = json!({ "job": id, "kind": failed.kind, "attempt": failed.attempt, "error": error,
                               "retry": retry, "state": failed.state, "run_at": failed.run_at });
         synced = Some(record(&mut tx, analysis, actor, "job_failed", details).await?);
     }
     let outcome = finish(tx, notifier, synced).await?;
     Ok((failed, outcome))
+}
+
+/// Puts a held job back for later without counting the attempt (see
+/// `queue::snooze`); no audit row: nothing happened to the analysis.
+pub async fn snooze(
+    db: &PgPool,
+    notifier: &Notifier,
+    id: Uuid,
+    token: &str,
+    delay: std::time::Duration,
+    actor: &Actor<'_>,
+) -> Result<Outcome, QueueError> {
+    let mut tx = db.begin().await?;
+    let snoozed = queue::snooze(&mut tx, id, token, delay).await?;
+    let mut synced = None;
+    if let Some(analysis) = snoozed.analysis_id {
+        let cause = json!({ "event": "job_deferred", "job": id });
+        synced = Some(status::sync(&mut tx, analysis, actor, cause).await?);
+    }
+    finish(tx, notifier, synced).await
 }
 
 pub async fn cancel(

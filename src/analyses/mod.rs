@@ -1,5 +1,6 @@
 //! Reading what intake recorded: one analysis with its sample, hashes and
-//! matches (`GET /v1/analyses/{id}`), its audit trail (`GET /v1/audit`),
+//! matches (`GET /v1/analyses/{id}`, for callers `Visibility` lets see
+//! it), its audit trail (`GET /v1/audit`, admins only),
 //! and readiness (`GET /readyz`), which checks every dependency a
 //! submission needs.
 
@@ -18,7 +19,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::api_error::ApiError;
-use crate::auth::{allow, Caller};
+use crate::auth::{allow, Caller, Visibility};
+use crate::export::view::{AnalysisRow, COLUMNS, FROM};
 use crate::intake::unavailable;
 use crate::worker::state::AppState;
 
@@ -59,21 +61,19 @@ pub async fn get_analysis(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-    let row = sqlx::query(
-        "SELECT a.status, a.filename, a.tags, a.tlp, a.priority, a.yara_matches,
-                a.results, a.created_at, a.updated_at, s.sha256, s.sha1, s.md5, s.size, s.file_type
-         FROM analyses a JOIN samples s ON s.sha256 = a.sample_sha256
-         WHERE a.id = $1",
-    )
+    // One that the caller may not see answers as one that does not exist,
+    // so ids cannot be probed.
+    let vis = Visibility::of(&caller);
+    let row = sqlx::query_as::<_, AnalysisRow>(&format!(
+        "SELECT {COLUMNS} FROM {FROM} WHERE a.id = $1 AND {}",
+        vis.sql("a", 2)
+    ))
     .bind(id)
+    .bind(vis.key_id())
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?
     .ok_or_else(|| ApiError::not_found(format!("no analysis {id}")))?;
-    let created: chrono::DateTime<chrono::Utc> = row.get("created_at");
-    let updated: chrono::DateTime<chrono::Utc> = row.get("updated_at");
-    let yara: DbJson<Value> = row.get("yara_matches");
-    let results: DbJson<Value> = row.get("results");
     // Live and recently finished jobs; pruned ones left their results above.
     let jobs: Vec<Value> =
         sqlx::query_as::<_, (Uuid, String, String, String, i32, i32, Option<Value>, Value)>(
@@ -95,24 +95,9 @@ pub async fn get_analysis(
             },
         )
         .collect();
-    Ok(Json(json!({
-        "analysis_id": id,
-        "status": row.get::<String, _>("status"),
-        "filename": row.get::<Option<String>, _>("filename"),
-        "tags": row.get::<Vec<String>, _>("tags"),
-        "tlp": row.get::<String, _>("tlp"),
-        "priority": row.get::<i16, _>("priority"),
-        "sha256": row.get::<String, _>("sha256"),
-        "sha1": row.get::<String, _>("sha1"),
-        "md5": row.get::<String, _>("md5"),
-        "size": row.get::<i64, _>("size"),
-        "file_type": row.get::<String, _>("file_type"),
-        "yara": yara.0,
-        "results": results.0,
-        "jobs": jobs,
-        "created_at": created,
-        "updated_at": updated,
-    })))
+    let mut out = row.to_json();
+    out["jobs"] = Value::Array(jobs);
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]
@@ -207,16 +192,23 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             _ => break,
         }
     }
+    // The probe is unauthenticated: it names the check that failed and
+    // keeps the details (driver errors, versions, paths) for the log.
     match applied {
-        Err(e) => return not_ready("database", format!("cannot query the database: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: cannot query the database");
+            return not_ready("database", "the database cannot be queried".into());
+        }
         Ok(v) if v.unwrap_or(0) < latest => {
+            tracing::warn!(
+                applied = v,
+                needed = latest,
+                "readyz: the schema is older than this binary; run `sandgnat migrate`"
+            );
             return not_ready(
                 "database",
-                format!(
-                    "schema at migration {:?}, this binary needs {latest}; run `sandgnat migrate`",
-                    v
-                ),
-            )
+                "the database schema is older than this binary needs".into(),
+            );
         }
         Ok(_) => {}
     }
@@ -227,10 +219,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .quarantine
         .join(format!(".ready-{}", std::process::id()));
     if let Err(e) = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)) {
-        return not_ready(
-            "quarantine",
-            format!("cannot write to {}: {e}", app.quarantine.display()),
-        );
+        tracing::warn!(error = %e, path = %app.quarantine.display(), "readyz: the quarantine is not writable");
+        return not_ready("quarantine", "the quarantine is not writable".into());
     }
     if !recorder_alive(&app.board) {
         return not_ready(

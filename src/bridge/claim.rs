@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, queue_error, QUEUES};
+use super::{body, internal_queue, queue_error, QUEUES};
 use crate::analyses::jobs;
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller};
@@ -40,6 +40,9 @@ pub async fn claim(
             QUEUES.join(", ")
         )));
     };
+    if !app.settings.queue.is_external(queue_name) {
+        return Err(internal_queue(queue_name));
+    }
     let b: ClaimBody = body::json(req_body, body::SMALL_LIMIT).await?;
     let q = &app.settings.queue;
     let max_jobs = b.max_jobs.unwrap_or(1);
@@ -95,7 +98,7 @@ fn view(j: &ClaimedJob) -> Value {
         "queue": j.queue,
         "kind": j.kind,
         "payload": j.payload,
-        "lease_token": j.attempt,
+        "lease_token": j.lease_token.as_str(),
         "attempt": j.attempt,
         "max_attempts": j.max_attempts,
         "analysis_id": j.analysis_id,

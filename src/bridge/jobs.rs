@@ -12,12 +12,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{body, parse_job_id, queue_error};
+use super::{body, parse_job_id, queue_error, require_external};
 use crate::analyses::db_error;
 use crate::analyses::jobs::{self, Outcome};
 use crate::analyses::status::Actor;
 use crate::api_error::ApiError;
-use crate::auth::{allow, Caller};
+use crate::auth::{allow, Caller, Visibility};
 use crate::queue::{self, Backoff};
 use crate::worker::state::AppState;
 
@@ -29,13 +29,30 @@ pub async fn get_job(
     caller.require(allow::BRIDGE)?;
     let id = parse_job_id(&raw)?;
     let mut conn = app.db.acquire().await.map_err(db_error)?;
+    // A job carries its analysis's sample and results: it is seen by those
+    // who may see the analysis, and otherwise answers as missing.
+    let vis = Visibility::of(&caller);
+    let visible: Option<bool> = sqlx::query_scalar(&format!(
+        "SELECT j.analysis_id IS NULL OR EXISTS (
+                SELECT 1 FROM analyses a WHERE a.id = j.analysis_id AND {})
+           FROM jobs j WHERE j.id = $1",
+        vis.sql("a", 2)
+    ))
+    .bind(id)
+    .bind(vis.key_id())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if visible != Some(true) {
+        return Err(queue_error(queue::QueueError::NotFound));
+    }
     Ok(Json(queue::get(&mut conn, id).await.map_err(queue_error)?))
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeartbeatBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     lease_seconds: Option<f64>,
     progress: Option<Value>,
 }
@@ -55,7 +72,7 @@ pub async fn heartbeat(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProgressBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     progress: Option<Value>,
 }
 
@@ -87,6 +104,7 @@ pub async fn progress(
 
 async fn hold(app: &AppState, id: Uuid, b: HeartbeatBody) -> Result<Json<Value>, ApiError> {
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    require_external(app, id).await?;
     let q = &app.settings.queue;
     let lease = b.lease_seconds.unwrap_or(q.lease_seconds as f64);
     if !(1.0..=q.max_lease_seconds as f64).contains(&lease) {
@@ -103,7 +121,7 @@ async fn hold(app: &AppState, id: Uuid, b: HeartbeatBody) -> Result<Json<Value>,
     let until = queue::heartbeat(
         &mut conn,
         id,
-        token,
+        &token,
         Duration::from_secs_f64(lease),
         b.progress,
     )
@@ -150,13 +168,14 @@ pub async fn complete(
     let id = parse_job_id(&raw)?;
     let b: CompleteBody = body::json(req_body, body::RESULT_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    require_external(&app, id).await?;
     let (name, rid) = actor_parts(&caller, &headers);
     let actor = Actor {
         name: &name,
         request_id: rid.as_deref(),
     };
     let result = b.result.unwrap_or(Value::Null);
-    let outcome = jobs::complete(&app.db, &app.notifier, id, token, result, &actor)
+    let outcome = jobs::complete(&app.db, &app.notifier, id, &token, result, &actor)
         .await
         .map_err(queue_error)?;
     Ok(Json(outcome_json(outcome)))
@@ -165,14 +184,14 @@ pub async fn complete(
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     result: Option<Value>,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailBody {
-    lease_token: Option<i32>,
+    lease_token: Option<String>,
     error: Option<Value>,
     /// Whether another attempt may succeed; default true.
     retry: Option<bool>,
@@ -190,6 +209,7 @@ pub async fn fail(
     let b: FailBody = body::json(req_body, body::SMALL_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
     let error = b.error.ok_or_else(|| missing("error"))?;
+    require_external(&app, id).await?;
     let retry = b.retry.unwrap_or(true);
     let (name, rid) = actor_parts(&caller, &headers);
     let actor = Actor {
@@ -201,7 +221,7 @@ pub async fn fail(
         &app.db,
         &app.notifier,
         id,
-        token,
+        &token,
         jobs::Failure {
             error,
             retry,

@@ -34,6 +34,7 @@ const LIST_KEYS: &[&str] = &[
     "proxy.bind",
     "proxy.plain_bind",
     "proxy.forwarded_allow_ips",
+    "queue.external",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -280,6 +281,14 @@ pub struct Queue {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
     pub webhook_timeout: u64,
+    /// Deliveries one destination address may get per second from one
+    /// runner; more wait for the next second (the job is put back, not
+    /// dropped), so callbacks cannot make the appliance a reflector.
+    pub webhook_per_host: u32,
+    /// The queues an outside claimer (a bridge key over HTTP) may claim and
+    /// hold; the others belong to the appliance's own runners, and a key
+    /// that could claim them could, say, mark a webhook sent unsent.
+    pub external: Vec<String>,
     pub analysis: QueueLimits,
     #[serde(rename = "static")]
     pub static_: QueueLimits,
@@ -301,6 +310,8 @@ impl Default for Queue {
             webhook_allow_private: false,
             webhook_secret: None,
             webhook_timeout: 10,
+            webhook_per_host: 5,
+            external: vec!["analysis".into()],
             analysis: QueueLimits {
                 max_running: 8,
                 max_attempts: 3,
@@ -318,6 +329,11 @@ impl Default for Queue {
 }
 
 impl Queue {
+    /// Whether claims and holder calls over HTTP may touch this queue.
+    pub fn is_external(&self, queue: &str) -> bool {
+        self.external.iter().any(|q| q == queue)
+    }
+
     /// The limits of a named queue; queues the product does not create
     /// get no concurrency cap.
     pub fn limits(&self, queue: &str) -> QueueLimits {
@@ -527,27 +543,49 @@ impl Settings {
     }
 }
 
-/// Hides the password part of `scheme://user:password@host/...`.
+const HIDDEN: &str = "********";
+
+/// Query parameters and connection-string keywords that carry a secret.
+const SECRET_PARAMS: &[&str] = &["password", "pass", "passwd", "sslpassword"];
+
+/// Hides the passwords a connection string may carry: the userinfo of
+/// `scheme://user:password@host/...` and `?password=` (libpq and redis
+/// both read it from the query), or `password=` in a `key=value` string.
+/// Meant for printing, so it errs towards hiding too much: a password with
+/// an unescaped `/` or `@` is hidden whole.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return redact_params(url, ' ');
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let (head, query) = match rest.find('?') {
+        Some(q) => rest.split_at(q),
+        None => (rest, ""),
     };
-    let userinfo = &authority[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:********{}",
-            &url[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    let head = match head.rfind('@') {
+        Some(at) => match head[..at].find(':') {
+            Some(colon) => format!("{}:{HIDDEN}{}", &head[..colon], &head[at..]),
+            None => head.to_string(),
+        },
+        None => head.to_string(),
+    };
+    let query = match query.strip_prefix('?') {
+        Some(q) => format!("?{}", redact_params(q, '&')),
+        None => query.to_string(),
+    };
+    format!("{scheme}{head}{query}")
+}
+
+fn redact_params(s: &str, sep: char) -> String {
+    s.split(sep)
+        .map(|part| match part.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.contains(&k.trim().to_ascii_lowercase().as_str()) => {
+                format!("{k}={HIDDEN}")
+            }
+            _ => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
 }
 
 #[cfg(test)]
@@ -657,6 +695,22 @@ mod tests {
             "postgres://u:********@db:5432/x"
         );
         assert_eq!(redact_url("postgres:///sandgnat"), "postgres:///sandgnat");
+        assert_eq!(
+            redact_url("postgres://u@db/x?sslmode=require&password=secret"),
+            "postgres://u@db/x?sslmode=require&password=********"
+        );
+        assert_eq!(
+            redact_url("postgres://u:se/cr@et@db/x"),
+            "postgres://u:********@db/x"
+        );
+        assert_eq!(
+            redact_url("redis://db:6379/0?Password=secret"),
+            "redis://db:6379/0?Password=********"
+        );
+        assert_eq!(
+            redact_url("host=db user=u password=secret dbname=x"),
+            "host=db user=u password=******** dbname=x"
+        );
         let mut s = Settings::default();
         s.redis.url = Some("redis://:hunter2@127.0.0.1/0".into());
         let shown = s.to_redacted_toml();

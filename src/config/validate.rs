@@ -182,6 +182,16 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     range("queue.retry_base", q.retry_base, 0.001, 86_400.0)?;
     range("queue.retry_cap", q.retry_cap, q.retry_base, 7.0 * 86_400.0)?;
     range("queue.webhook_timeout", q.webhook_timeout, 1, 300)?;
+    range("queue.webhook_per_host", q.webhook_per_host, 1, 10_000)?;
+    for name in &q.external {
+        if !["analysis", "static", "notify"].contains(&name.as_str()) {
+            return Err(invalid(
+                "queue.external",
+                format!("{name:?}"),
+                "queue names: analysis, static, notify",
+            ));
+        }
+    }
     for (running, attempts, limits) in [
         (
             "queue.analysis.max_running",

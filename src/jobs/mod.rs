@@ -7,6 +7,8 @@
 pub mod static_analysis;
 pub mod webhook;
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// How an attempt ended.
@@ -20,4 +22,7 @@ pub enum Outcome {
     Retry(String),
     /// No attempt can succeed: discarded now, with this reason.
     Discard(String),
+    /// Not attempted (held back by a limit): back to the queue for no
+    /// earlier than the delay, the attempt not counted.
+    Later(String, Duration),
 }

@@ -125,6 +125,9 @@ impl Arbiter {
             crate::logging::give_files_to(uid.as_raw(), gid.as_raw());
         }
         let signals = SignalPipe::install().map_err(io_err("install signal handlers"))?;
+        // Before anything writes into it (the self-signed certificate):
+        // whether it may be taken over is judged on what the operator left.
+        ensure_state_dirs(&settings, account).map_err(io_err("prepare the state directory"))?;
         check_certificate(&settings)?;
         let listeners = Listeners::bind(&settings, launch.inherited)?;
         for l in &listeners.all {
@@ -147,7 +150,6 @@ impl Arbiter {
         let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
         let settings_fd =
             settings_memfd(&settings).map_err(io_err("store settings for children"))?;
-        ensure_state_dirs(&settings, account).map_err(io_err("prepare the state directory"))?;
         let rules_dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
         let compiled = crate::scan::compile(rules_dir.as_deref())?;
         tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules compiled");
@@ -338,6 +340,13 @@ impl Arbiter {
                 "server.socket changes take effect at the next restart"
             );
         }
+        // A state directory that may not be taken over refuses the reload
+        // before anything changes.
+        if let Err(e) = ensure_state_dirs(&settings, account) {
+            tracing::error!(error = %e, "reload refused: cannot prepare the state directory");
+            systemd::notify("READY=1");
+            return;
+        }
         if let Err(e) = self.listeners.rebind(&settings) {
             tracing::error!(error = %e, "reload refused, keeping the running settings");
             systemd::notify("READY=1");
@@ -363,9 +372,6 @@ impl Arbiter {
         self.settings_fd = fd;
         self.account = account;
         self.recompile_rules(&settings);
-        if let Err(e) = ensure_state_dirs(&settings, account) {
-            tracing::error!(error = %e, "cannot prepare the state directory");
-        }
         self.target = settings.server.workers;
         self.settings = settings;
         self.generation += 1;
@@ -511,25 +517,69 @@ fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// The state directory with its quarantine (0750) and spool (0700), owned
 /// by the workers' account so that they, and only they, can write there.
+///
+/// A master running as root re-owns these directories, so each is opened
+/// without following a symlink (a worker's account that planted
+/// `quarantine -> /etc` gets a refusal, not /etc) and changed through that
+/// descriptor; and one that already holds files is taken over only if it
+/// is the service account's already: a `paths.state_dir` typo must not
+/// hand `/etc` to it.
 fn ensure_state_dirs(
     settings: &Settings,
     account: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 ) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let state = &settings.paths.state_dir;
     for (dir, mode) in [
         (state.clone(), 0o750),
         (crate::worker::state::quarantine_dir(settings), 0o750),
         (crate::worker::state::spool_dir(settings), 0o700),
     ] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = account {
-            nix::unistd::chown(&dir, Some(uid), Some(gid)).map_err(io::Error::from)?;
+        prepare_dir(&dir, mode, account)?;
+    }
+    Ok(())
+}
+
+fn prepare_dir(
+    dir: &std::path::Path,
+    mode: u32,
+    account: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{} is not a directory (a symlink, or something else): {e}",
+                    dir.display()
+                ),
+            )
+        })?;
+    let owner = account.map_or_else(nix::unistd::Uid::effective, |(uid, _)| uid);
+    let meta = handle.metadata()?;
+    if meta.uid() != owner.as_raw() {
+        // Listed through the descriptor: the very directory opened above.
+        let listed = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+        if std::fs::read_dir(listed)?.next().is_some() {
+            return Err(io::Error::other(format!(
+                "{} is not empty and belongs to uid {}, not the service account (uid {owner}); \
+                 refusing to take it over: check paths.state_dir, or give the directory to \
+                 the service account yourself",
+                dir.display(),
+                meta.uid()
+            )));
         }
+    }
+    handle.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if let Some((uid, gid)) = account {
+        std::os::unix::fs::fchown(&handle, Some(uid.as_raw()), Some(gid.as_raw()))?;
     }
     Ok(())
 }

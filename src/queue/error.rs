@@ -5,7 +5,7 @@
 pub enum QueueError {
     #[error("job not found")]
     NotFound,
-    /// The caller's lease token is not the job's current attempt, the lease
+    /// The caller's lease token is not the job's current one, the lease
     /// expired, or the job is no longer running: someone else owns it now,
     /// or nobody does; nothing was changed.
     #[error("stale lease: the job is no longer held with this token")]

@@ -2,7 +2,7 @@
 //! (migrations `*_jobs.sql`, `*_queue_lifecycle.sql`); this module owns
 //! their life: enqueueing inside a caller's transaction, claiming with
 //! `FOR UPDATE SKIP LOCKED` under a per-queue concurrency cap, fenced
-//! heartbeat / complete / fail (the lease token is the attempt number),
+//! heartbeat / complete / fail (by a random lease token issued per claim),
 //! cancellation, expired-lease reclaim, retention, wake-ups and stats.
 //!
 //! State machine: `available` / `scheduled` / `retryable` (waiting; claimable
@@ -25,9 +25,9 @@ pub use cancel::{cancel, Cancelled};
 pub use claim::{claim, Claim, ClaimedJob};
 pub use enqueue::{enqueue, enqueue_many, release_held, Batch, JobId, NewJob};
 pub use error::QueueError;
-pub use finish::{complete, complete_many, fail, Failed, Finished};
+pub use finish::{complete, complete_many, fail, snooze, Failed, Finished, Snoozed};
 pub use inspect::{get, stats, Job, QueueStats};
-pub use lease::heartbeat;
+pub use lease::{heartbeat, LeaseToken};
 pub use maintain::{maintain, reclaim_expired, Maintenance, Reclaimed};
 pub use wake::{Notifier, Wakeups, CHANNEL};
 

@@ -40,6 +40,9 @@ pub struct Runner {
     frozen: Arc<AtomicU32>,
     holder: String,
     backoff: Backoff,
+    /// Webhook deliveries per destination address, across this runner's
+    /// jobs.
+    hosts: webhook::hostrate::HostLimiter,
     seq: u64,
 }
 
@@ -63,6 +66,7 @@ impl Runner {
     ) -> Self {
         Runner {
             backoff: Backoff::from_settings(&settings.queue),
+            hosts: webhook::hostrate::HostLimiter::new(settings.queue.webhook_per_host),
             notifier: Notifier::new(db.clone()),
             wakeups: Wakeups::new(db.clone()),
             holder: format!("runner:{}", std::process::id()),
@@ -187,7 +191,7 @@ impl Runner {
     async fn perform(&self, job: &ClaimedJob) -> Outcome {
         match job.kind.as_str() {
             "static" => self.static_analysis(job).await,
-            "webhook" => webhook::deliver(&self.db, &self.settings.queue, job).await,
+            "webhook" => webhook::deliver(&self.db, &self.settings.queue, &self.hosts, job).await,
             other => Outcome::Discard(format!(
                 "job kind {other:?} is not one the appliance's runners run"
             )),
@@ -256,7 +260,9 @@ impl Runner {
         loop {
             tick.tick().await;
             let extended = match self.db.acquire().await {
-                Ok(mut conn) => queue::heartbeat(&mut conn, job.id, job.attempt, LEASE, None).await,
+                Ok(mut conn) => {
+                    queue::heartbeat(&mut conn, job.id, job.lease_token.as_str(), LEASE, None).await
+                }
                 Err(e) => Err(QueueError::Db(e)),
             };
             match extended {
@@ -274,6 +280,9 @@ impl Runner {
             name: &self.holder,
             request_id: None,
         };
+        if let Outcome::Later(why, delay) = &outcome {
+            return self.put_back(job, why, *delay, &actor).await;
+        }
         for attempt in 1..=REPORT_TRIES {
             let (counted, result) = match &outcome {
                 Outcome::Done(doc) => (
@@ -282,7 +291,7 @@ impl Runner {
                         &self.db,
                         &self.notifier,
                         job.id,
-                        job.attempt,
+                        job.lease_token.as_str(),
                         doc.clone(),
                         &actor,
                     )
@@ -300,7 +309,7 @@ impl Runner {
                         &self.db,
                         &self.notifier,
                         job.id,
-                        job.attempt,
+                        job.lease_token.as_str(),
                         failure,
                         &actor,
                     )
@@ -308,6 +317,8 @@ impl Runner {
                     .map(|(f, o)| (Some(f), o));
                     ("failed", r)
                 }
+                // Put back above.
+                Outcome::Later(..) => return,
             };
             match result {
                 Ok((failed, analysis)) => {
@@ -340,6 +351,19 @@ impl Runner {
                     return;
                 }
             }
+        }
+    }
+
+    /// Gives a job that was held back (not attempted) to the queue again
+    /// for after `delay`; if that cannot be recorded, the lease runs out
+    /// and the job comes back anyway.
+    async fn put_back(&self, job: &ClaimedJob, why: &str, delay: Duration, actor: &Actor<'_>) {
+        let token = job.lease_token.as_str();
+        match analysis_jobs::snooze(&self.db, &self.notifier, job.id, token, delay, actor).await {
+            Ok(_) => tracing::info!(job = %job.id, kind = %job.kind, reason = %why,
+                                    delay_ms = delay.as_millis() as u64, "job put back for later"),
+            Err(e) => tracing::warn!(job = %job.id, kind = %job.kind, error = %e,
+                                     "cannot put the job back; its lease will run out"),
         }
     }
 }

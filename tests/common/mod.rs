@@ -67,9 +67,7 @@ impl Appliance {
     /// Writes a config with `extra` TOML appended to each section given
     /// and starts the master; returns once it sent READY=1.
     pub fn start(tag: &str, server_extra: &str, other_sections: &str) -> Self {
-        let app = Self::spawn(tag, server_extra, other_sections);
-        app.expect_notify("READY=1", Duration::from_secs(30));
-        app
+        Self::start_with(tag, server_extra, "", other_sections)
     }
 
     pub fn spawn(tag: &str, server_extra: &str, other_sections: &str) -> Self {
@@ -77,10 +75,60 @@ impl Appliance {
     }
 
     /// As `start`, with `proxy_extra` appended to the `[proxy]` section.
+    ///
+    /// The ports `free_port` picked may be taken by another test before the
+    /// master binds them; a master that exits saying so is started again
+    /// with fresh ports, a few times.
     pub fn start_with(tag: &str, server_extra: &str, proxy_extra: &str, other: &str) -> Self {
-        let app = Self::spawn_with(tag, server_extra, proxy_extra, other);
-        app.expect_notify("READY=1", Duration::from_secs(30));
-        app
+        Self::start_with_ports(tag, server_extra, proxy_extra, other, &mut free_port)
+    }
+
+    /// As `start_with`, with the ports (metrics, TLS, plain, in that order)
+    /// from `port`.
+    pub fn start_with_ports(
+        tag: &str,
+        server_extra: &str,
+        proxy_extra: &str,
+        other: &str,
+        port: &mut dyn FnMut() -> u16,
+    ) -> Self {
+        const TRIES: u32 = 4;
+        for attempt in 1..=TRIES {
+            let mut app = Self::spawn_with_ports(tag, server_extra, proxy_extra, other, port);
+            match app.wait_ready(Duration::from_secs(30)) {
+                Ok(()) => return app,
+                Err(status) => {
+                    let log = app.log_text();
+                    if attempt < TRIES && log.contains("Address already in use") {
+                        eprintln!("{tag}: a port was taken before the master bound it; again with new ones");
+                        continue;
+                    }
+                    panic!("master exited ({status}) before READY=1; log:\n{log}");
+                }
+            }
+        }
+        unreachable!("the last try returns or panics")
+    }
+
+    /// Waits for READY=1 while watching the master: `Err` with its exit
+    /// status as soon as it exits instead.
+    pub fn wait_ready(&mut self, within: Duration) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(status);
+            }
+        }
+        panic!(
+            "no READY=1 notification within {within:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn spawn_with(
@@ -89,25 +137,47 @@ impl Appliance {
         proxy_extra: &str,
         other_sections: &str,
     ) -> Self {
+        Self::spawn_with_ports(
+            tag,
+            server_extra,
+            proxy_extra,
+            other_sections,
+            &mut free_port,
+        )
+    }
+
+    /// `other_sections` may name its own `[paths]` (the state directory is
+    /// then not the test's directory).
+    pub fn spawn_with_ports(
+        tag: &str,
+        server_extra: &str,
+        proxy_extra: &str,
+        other_sections: &str,
+        port: &mut dyn FnMut() -> u16,
+    ) -> Self {
         let dir = temp_dir(tag);
         let socket = dir.join("workers.sock");
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let tls = format!("127.0.0.1:{}", free_port());
-        let plain = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", port());
+        let tls = format!("127.0.0.1:{}", port());
+        let plain = format!("127.0.0.1:{}", port());
         let is_root = unsafe { libc::geteuid() } == 0;
         let account = if is_root {
             "user = \"nobody\"\ngroup = \"nogroup\"\n"
         } else {
             ""
         };
+        let paths = if other_sections.contains("[paths]") {
+            String::new()
+        } else {
+            format!("[paths]\nstate_dir = \"{}\"\n", dir.display())
+        };
         let config = format!(
             "[server]\nsocket = \"{}\"\n{account}{server_extra}\n\
              [proxy]\nbind = [\"{tls}\"]\nplain_bind = [\"{plain}\"]\n{proxy_extra}\n\
              [metrics]\nbind = \"{metrics}\"\n\
-             [paths]\nstate_dir = \"{}\"\n\
+             {paths}\
              {other_sections}\n",
             socket.display(),
-            dir.display(),
         );
         let config = if config.contains("[log]") {
             config
@@ -127,6 +197,16 @@ impl Appliance {
             .unwrap();
         let log = dir.join("out.log");
         let out = std::fs::File::create(&log).unwrap();
+        if is_root {
+            // The state directory already holds the test's files: a master
+            // takes over only one that is the service account's already.
+            let given = Command::new("chown")
+                .arg("nobody:nogroup")
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(given.success(), "chown nobody:nogroup {}", dir.display());
+        }
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--config")

@@ -1,7 +1,9 @@
 //! Where a webhook may go. The URL must be `http` or `https` with a host;
 //! the host is resolved here and every address is checked against the
-//! ranges a callback must not reach (loopback, private, link-local, ...)
-//! unless `queue.webhook_allow_private`. The caller then connects to one
+//! ranges a callback must not reach (loopback, private, link-local,
+//! tunnels that hide where they lead, ...) unless
+//! `queue.webhook_allow_private`; addresses that embed an IPv4 address
+//! (mapped, 6to4, NAT64) are judged by it. The caller then connects to one
 //! of the addresses that passed, never to the name again, so a DNS answer
 //! that changes between the check and the connection (rebinding) cannot
 //! smuggle a request to an internal address.
@@ -168,12 +170,19 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         );
         return forbidden_v4(v4);
     }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo (2001::/32) tunnels to an IPv4 address the relay picks,
+        // obfuscated in the low bits: whatever it reaches, it is not the
+        // destination this check saw.
+        return Some("Teredo tunnel (2001::/32)");
+    }
     match seg[0] {
         s if s & 0xfe00 == 0xfc00 => Some("unique local (fc00::/7)"),
         s if s & 0xffc0 == 0xfe80 => Some("link-local"),
         s if s & 0xffc0 == 0xfec0 => Some("site-local (deprecated)"),
         s if s & 0xff00 == 0xff00 => Some("multicast"),
         0x2001 if seg[1] == 0x0db8 => Some("documentation"),
+        0x2001 if seg[1] == 0x0002 && seg[2] == 0 => Some("benchmarking (2001:2::/48)"),
         0x0100 if seg[1..4] == [0, 0, 0] => Some("discard-only"),
         _ => None,
     }
@@ -246,7 +255,19 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b:1::a9fe:a9fe",
             "2002:c0a8:0101::1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:0a00:0001:1::1",
+            // Teredo: server 65.54.227.120, client 192.0.2.45 (obfuscated),
+            // and one whose client part is a public address.
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+            "2001::1",
+            "2001:2::1",
         ] {
             assert!(no(ip), "{ip} should be refused");
         }
@@ -258,6 +279,8 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:0808:0808::1",
+            "2001:4860:4860::8888",
         ] {
             assert!(!no(ip), "{ip} should be allowed");
         }

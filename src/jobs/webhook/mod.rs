@@ -9,13 +9,16 @@
 //! connection failure fails the attempt and the queue retries it with its
 //! backoff, up to `queue.notify.max_attempts`. A destination that is
 //! refused (bad URL, private address) is discarded at once: no retry can
-//! make it allowed.
+//! make it allowed. A destination address that already had
+//! `queue.webhook_per_host` deliveries this second gets the job back later
+//! (`hostrate`), the attempt not counted.
 
 pub mod client;
 pub mod destination;
+pub mod hostrate;
 pub mod signature;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -93,7 +96,12 @@ pub async fn summary(db: &PgPool, job: &ClaimedJob, analysis_id: Uuid) -> Result
     }))
 }
 
-pub async fn deliver(db: &PgPool, settings: &Queue, job: &ClaimedJob) -> Outcome {
+pub async fn deliver(
+    db: &PgPool,
+    settings: &Queue,
+    limiter: &hostrate::HostLimiter,
+    job: &ClaimedJob,
+) -> Outcome {
     let Some(url) = job.payload.get("url").and_then(Value::as_str) else {
         return Outcome::Discard("the job has no url".into());
     };
@@ -127,6 +135,18 @@ pub async fn deliver(db: &PgPool, settings: &Queue, job: &ClaimedJob) -> Outcome
             Ok(Err(transient)) => return Outcome::Retry(transient),
             Ok(Ok(addrs)) => addrs,
         };
+        let mut ips: Vec<_> = addrs.iter().map(|a| a.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        if let Err(wait) = limiter.admit(&ips, Instant::now()) {
+            return Outcome::Later(
+                format!(
+                    "{} had queue.webhook_per_host ({}) deliveries this second",
+                    target.host, settings.webhook_per_host
+                ),
+                wait,
+            );
+        }
         match client::post(&target, &addrs, &headers, body).await {
             Ok(answer) if (200..300).contains(&answer.status) => Outcome::Done(json!({
                 "delivered_at": chrono::Utc::now(),
