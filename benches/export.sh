@@ -30,22 +30,8 @@ db=$bench_db_url
 
 echo "filling $n analyses" >&2
 t0=$(date +%s.%N)
-psql "$db" -qv ON_ERROR_STOP=1 <<SQL
-INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
-SELECT encode(sha256(i::text::bytea), 'hex'), left(encode(sha512(i::text::bytea), 'hex'), 40),
-       md5(i::text), 1 + i, 'data', '' FROM generate_series(1, $n) i;
-INSERT INTO analyses (id, sample_sha256, api_key_id, filename, tags, tlp, status, yara_matches, created_at)
-SELECT gen_random_uuid(), encode(sha256(i::text::bytea), 'hex'), (SELECT min(id) FROM api_keys),
-       'f' || i, ARRAY['t' || i % 97], (ARRAY['clear','green','amber','amber+strict','red'])[1 + i % 5],
-       (ARRAY['queued','running','completed','failed'])[1 + i % 4],
-       jsonb_build_array(jsonb_build_object('rule', 'R' || i % 89, 'namespace', 'ns',
-                         'tags', '[]'::jsonb, 'meta', '{}'::jsonb, 'strings', '[]'::jsonb)),
-       now() - i * interval '1 second'
-  FROM generate_series(1, $n) i;
-VACUUM ANALYZE samples;
-VACUUM ANALYZE analyses;
-SQL
-emit "{\"case\":\"fill\",\"analyses\":$n,\"seconds\":$(echo "$(date +%s.%N) - $t0" | bc)}"
+fill_analyses "$db" "$n"
+emit "{\"case\":\"fill\",\"analyses\":$n,\"seconds\":$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')}"
 
 pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 workers=$(worker_pids)
@@ -59,7 +45,7 @@ peak=$BENCH_DIR/export-peak
 sampler=$!
 t0=$(date +%s.%N)
 lines=$(curl -sf --unix-socket "$run/workers.sock" -H "X-API-Key: $admin" http://x/v1/export/analyses | wc -l)
-t=$(echo "$(date +%s.%N) - $t0" | bc)
+t=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')
 kill $sampler; wait $sampler 2>/dev/null || true
 growth=0; hwm_growth=0
 for p in $workers; do
@@ -67,7 +53,7 @@ for p in $workers; do
   [ "$g" -gt "$growth" ] && growth=$g
   h=$(( $(hwm_kib "$p") - ${hwm0[$p]} )); [ "$h" -gt "$hwm_growth" ] && hwm_growth=$h
 done
-emit "{\"case\":\"feed, one request, unix socket\",\"lines\":$lines,\"seconds\":$t,\"analyses_per_s\":$(echo "($lines - 1) / $t" | bc),\"worker_peak_pss_growth_kib\":$growth,\"worker_vmhwm_growth_kib\":$hwm_growth}"
+emit "{\"case\":\"feed, one request, unix socket\",\"lines\":$lines,\"seconds\":$t,\"analyses_per_s\":$(awk -v n="$lines" -v t="$t" 'BEGIN {printf "%d", (n - 1) / t}'),\"worker_peak_pss_growth_kib\":$growth,\"worker_vmhwm_growth_kib\":$hwm_growth}"
 
 # Lists by sha256 through TLS, each request a different existing sample.
 cat > "$BENCH_DIR/list-hash.lua" <<LUA

@@ -171,3 +171,24 @@ print(json.dumps({"rps": round(s["requestsPerSec"], 1), "p50_ms": round(l["p50"]
   "p99_ms": round(l["p99"] * 1000, 3), "ok": ok, "non_2xx": sum(codes.values()) - ok,
   "errors": sum(d.get("errorDistribution", {}).values())}))'
 }
+
+# fill_analyses DB_URL N: N analyses of N distinct samples, spread over
+# every status, TLP, 97 tags and 89 YARA rules, one a second back in time,
+# all by the database's first API key; then VACUUM ANALYZE.
+fill_analyses() {
+  psql "$1" -qv ON_ERROR_STOP=1 <<SQL
+INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+SELECT encode(sha256(i::text::bytea), 'hex'), left(encode(sha512(i::text::bytea), 'hex'), 40),
+       md5(i::text), 1 + i, 'data', '' FROM generate_series(1, $2) i;
+INSERT INTO analyses (id, sample_sha256, api_key_id, filename, tags, tlp, status, yara_matches, created_at)
+SELECT gen_random_uuid(), encode(sha256(i::text::bytea), 'hex'), (SELECT min(id) FROM api_keys),
+       'f' || i, ARRAY['t' || i % 97], (ARRAY['clear','green','amber','amber+strict','red'])[1 + i % 5],
+       (ARRAY['queued','running','completed','failed'])[1 + i % 4],
+       jsonb_build_array(jsonb_build_object('rule', 'R' || i % 89, 'namespace', 'ns',
+                         'tags', '[]'::jsonb, 'meta', '{}'::jsonb, 'strings', '[]'::jsonb)),
+       now() - i * interval '1 second'
+  FROM generate_series(1, $2) i;
+VACUUM ANALYZE samples;
+VACUUM ANALYZE analyses;
+SQL
+}
