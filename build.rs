@@ -14,18 +14,18 @@ fn main() {
 /// The functions a worker runs once booted (its idle loop, the probes,
 /// submissions) are laid out side by side at the start of `.text`.
 ///
-/// The kernel maps a binary's code 128 KiB at a time on this kind of
-/// machine (fault-around over large page-cache folios), and every chunk a
-/// worker touches counts in its RSS. Left to the linker's default order,
-/// the few hundred KiB a booted worker runs are spread over some sixty
-/// chunks of a 12 MiB `.text`: an idle worker showed 7.6 MiB of code
-/// resident. The list is `packaging/link/regenerate.sh`'s output: names
+/// The kernel maps a binary's code in chunks larger than a page around
+/// each fault, and every chunk a worker touches counts in its RSS. Left to
+/// the linker's default order, the little code a booted worker runs is
+/// scattered over the whole of `.text`, so an idle worker keeps far more
+/// of the binary resident than it runs (figures: benches/RESULTS.md,
+/// 2026-12-04). The list is `packaging/link/regenerate.sh`'s output: names
 /// of functions, as the symbol table spells them; a name that no longer
 /// exists (a dependency or the compiler changed) is skipped silently, so
 /// a stale list costs memory, never a build; `packaging/test-deb.sh`
 /// checks the packaged binary's layout and says when to regenerate.
 ///
-/// Only with lld, rustc's linker on x86_64-unknown-linux-gnu since 1.90;
+/// Only with lld, rustc's default linker on x86_64-unknown-linux-gnu;
 /// `SANDGNAT_LINK_ORDER=0` leaves the default order (for a toolchain set
 /// to link with GNU ld, which has no such option).
 fn order_hot_functions() {

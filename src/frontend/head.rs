@@ -2,42 +2,38 @@
 //! one total deadline for the head (`proxy.header_timeout`, answered 408),
 //! and the appliance's JSON error for every head that is refused.
 //!
-//! Why a wrapper around pingora's `HttpProxy`, and why this one. In
-//! pingora-proxy 0.9 the head is read by `HttpProxy::handle_new_request`
-//! (`read_request`) before any `ProxyHttp` hook runs; when it fails to
-//! parse, pingora answers `respond_error(400)` itself (an empty body,
-//! `Server: Pingora`), and a CONNECT gets an empty 405. No hook sees those
-//! requests (`early_request_filter`, `fail_to_proxy` and
-//! `error_while_proxy` all come later) and `HttpServerOptions` has no
-//! setting for them. Its reads are bounded one at a time (the keep-alive
-//! timeout, 60 s per read) but not in total, so a client sending a byte
-//! every few seconds kept its connection for ever.
+//! Why a wrapper around pingora's `HttpProxy`: pingora reads and parses a
+//! head before any `ProxyHttp` hook runs, and answers a head it cannot
+//! parse (or a CONNECT) itself, in its own format, where no hook can change
+//! the answer; and it bounds each read of a head but not the whole head,
+//! so a client trickling bytes could keep a connection for ever. The
+//! appliance promises one JSON error format and one deadline for a head,
+//! so the head is read here first. (What exactly this relies on in
+//! pingora is listed in ARCHITECTURE.md; re-check it on every upgrade.)
 //!
 //! [`HeadGuard`] is an `HttpServerApp` that owns the `HttpProxy` and stands
-//! where pingora would call it: pingora's own connection loop (the blanket
-//! `ServerApp` impl: accept, TLS, ALPN, HTTP/2, keep-alive reuse) hands it
-//! each HTTP/1 session before anything is read. It takes the stream out of
-//! the unread session, reads up to the blank line under one deadline,
-//! checks the head, and gives the bytes back to a new session with
-//! `set_pipelined_prefix`, the door pingora itself uses for bytes read past
-//! a previous request: `read_request` then parses them without another
-//! read, and everything after (hooks, body, upstream) is pingora's as
-//! before. HTTP/2 sessions go through untouched (h2 frames and bounds its
-//! own headers; `h2_idle_timeout` bounds the connection).
+//! where pingora would call it: pingora's own connection loop (accept,
+//! TLS, ALPN, HTTP/2, keep-alive reuse) hands it each HTTP/1 session before
+//! anything is read. It takes the stream out of the unread session, reads
+//! up to the blank line under one deadline, checks the head, and gives the
+//! bytes back to a new session with `set_pipelined_prefix`, so pingora
+//! parses them without another read and everything after (hooks, body,
+//! upstream) is pingora's as before. HTTP/2 sessions go through untouched
+//! (h2 frames and bounds its own headers; `h2_idle_timeout` bounds the
+//! connection).
 //!
 //! The check is our strict framing check ([`limits::check_head`], for its
 //! precise statuses and messages) followed by pingora's own parser, run on
 //! the same bytes over an in-memory stream: a head that passes here cannot
-//! fail pingora's `read_request`, so no client sees pingora's bare 400, and
-//! no second parser of ours can drift from pingora's. The price is that a
+//! fail pingora's parse, so no client sees pingora's own refusal, and no
+//! second parser of ours can drift from pingora's. The price is that a
 //! head is parsed twice.
 //!
-//! Rejected: patching or forking pingora-proxy (`respond_error` sits in a
-//! private method, so every upgrade would carry the patch); replacing
-//! pingora's `ServerApp` with our own connection loop (a copy of its h2c,
-//! ALPN and keep-alive logic to maintain); a stream wrapper that rewrites
-//! pingora's error bytes on the way out (fragile, and it cannot add a
-//! deadline).
+//! Rejected: patching or forking pingora-proxy (every upgrade would carry
+//! the patch); replacing pingora's connection loop with our own (a copy of
+//! its h2c, ALPN and keep-alive logic to maintain); a stream wrapper that
+//! rewrites pingora's error bytes on the way out (fragile, and it cannot
+//! add a deadline).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -60,9 +56,10 @@ use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::{json_error, new_request_id, FrontEnd};
 use crate::config::Settings;
 
-/// Pingora's own ceiling for a request head (`MAX_HEADER_SIZE`, private).
+/// Pingora's own ceiling for a request head, which it does not export:
+/// a head over it is refused here with our error, never by pingora.
 const PINGORA_MAX_HEAD: usize = 1_048_575;
-/// Pingora's own ceiling for header fields (`MAX_HEADERS`, private).
+/// Pingora's own ceiling for header fields, likewise not exported.
 const PINGORA_MAX_FIELDS: usize = 256;
 /// What one read may add to the buffer; one TCP segment is far less.
 const READ_CHUNK: usize = 4096;

@@ -9,14 +9,14 @@
 //! keeps owning the public sockets, so a front end that dies or is
 //! replaced on HUP loses no connection waiting in a backlog.
 //!
-//! Pingora is handed the inherited sockets instead of binding: its
-//! listening `Service` looks every address up in a `Fds` table before it
-//! binds (the mechanism its own zero-downtime upgrade uses), so we fill
-//! that table with the descriptors the master passed down and run the
-//! service's `start_service` on our own tokio runtime. That keeps all of
+//! Pingora is handed the inherited sockets instead of binding them: the
+//! master owns the public sockets, so that a replaced front end loses no
+//! connection. The descriptors go into the `Fds` table pingora's listening
+//! service takes, and the service runs on our own tokio runtime. That keeps
 //! pingora's accept, TLS, HTTP/1, HTTP/2 and proxy machinery, while its
 //! `Server` (daemonising, its own signal handling, its own upgrade
-//! socket) stays out: the master already does those jobs.
+//! socket) stays out: the master already does those jobs. What this relies
+//! on in pingora is listed in ARCHITECTURE.md.
 //!
 //! A new certificate is served by a new front end: on HUP the master checks
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
@@ -96,7 +96,6 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(&settings, board.clone()));
     // HTTP/1.1 keep-alive is set per request in `request_filter`;
     // HTTP/2 connections need their own idle bound.
-    // The options struct is non-exhaustive: fill it field by field.
     let mut opts = pingora_core::apps::HttpServerOptions::default();
     opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
     proxy.server_options = Some(opts);
@@ -209,15 +208,14 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     })
 }
 
-/// HTTP/2 flow-control windows for what clients send us. With h2's
-/// defaults (64 KiB) an upload moves one window per round trip and a
-/// 128 MiB sample crawled at 60-150 MB/s on loopback (200-350 over
-/// HTTP/1.1); 1 MiB per stream raised the median from about 100 to 160,
-/// and 4 MiB bought nothing more while the front end's RSS grew by 10-20
-/// MiB during the upload (benches/frontend.sh). Pingora hands window back
-/// only as it reads a body, and it reads only as fast as the worker takes
-/// it, so what one connection can make us hold stays bounded by the
-/// connection window.
+/// HTTP/2 flow-control windows for what clients send us. With h2's small
+/// default window an upload moves one window per round trip, far slower
+/// than the same upload over HTTP/1.1. A larger stream window closes most
+/// of that gap; larger still bought no speed and let one upload grow the
+/// front end's memory (benches/RESULTS.md, the front end's runs). Window
+/// is handed back only as the body is read, and it is read only as fast as
+/// the worker takes it, so what one connection can make us hold stays
+/// bounded by the connection window.
 const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONNECTION_WINDOW: u32 = 2 << 20;
 

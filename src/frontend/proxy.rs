@@ -29,8 +29,9 @@ use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 /// take a request (workers beat every 500 ms).
 const STALE_HEARTBEAT_MS: u64 = 1500;
 
-/// Pingora's errors for a chunked body it cannot parse (its `body`
-/// module, which is private, names them so).
+/// Pingora's errors for a chunked body it cannot parse. It names them but
+/// does not export them, so they are matched by name (ARCHITECTURE.md
+/// lists this among what to re-check on a pingora upgrade).
 const MALFORMED_BODY: [ErrorType; 2] = [
     ErrorType::new("InvalidChunk"),
     ErrorType::new("InvalidTrailerEnd"),
@@ -299,9 +300,9 @@ impl ProxyHttp for FrontEnd {
         if framing.chunked && session.as_http1().is_some() {
             // Parse the first chunk before any worker is contacted, so a
             // garbled chunk size at the start is refused here. The bytes
-            // read are kept in pingora's retry buffer (64 KiB, the size of
-            // one read) and sent upstream first. A bad chunk further in is
-            // only caught when it arrives, after the worker got the head.
+            // read are kept in pingora's retry buffer and sent upstream
+            // first. A bad chunk further in is only caught when it
+            // arrives, after the worker got the head.
             session.enable_retry_buffering();
             let expects = session
                 .get_header("expect")
@@ -497,14 +498,12 @@ impl ProxyHttp for FrontEnd {
             ),
             // A chunked body that goes bad after its head (and maybe some
             // chunks) went to a worker. The worker must never take what it
-            // got as the whole upload, and it does not: pingora-proxy 0.9
-            // (proxy_h1.rs, `proxy_1to1`) runs the two halves under
-            // `try_join!`, which returns on the client half's error and
-            // drops the worker half before it can write the last chunk
-            // (`finish_body`), and a connection that failed is dropped,
-            // not pooled. The worker sees its socket close inside a
-            // chunked body and its body stream fails. Retrying is ruled
-            // out for client-side errors in `error_while_proxy`.
+            // got as the whole upload, and it does not: when the client's
+            // half fails, pingora drops the worker's half before it writes
+            // the last chunk, and a connection that failed is dropped, not
+            // pooled. The worker sees its socket close inside a chunked
+            // body and its body stream fails. Retrying is ruled out for
+            // client-side errors in `error_while_proxy`.
             // `a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker`
             // holds pingora to this.
             t if e.esource() == &ErrorSource::Downstream && MALFORMED_BODY.contains(t) => (

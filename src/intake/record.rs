@@ -203,9 +203,9 @@ pub enum Failure {
 
 /// The batcher: takes what is waiting (at least one), writes it, answers.
 /// What arrives while a statement runs makes the next batch; nothing waits
-/// for company. One statement in flight: two (one's commit overlapping the
-/// next batch) were no faster at 4 KiB and 16 connections, and split the
-/// batches.
+/// for company. One statement in flight: a second one, its commit
+/// overlapping the next batch, only split the batches in two without
+/// adding throughput (tried and measured; benches/RESULTS.md).
 pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration) {
     loop {
         let mut batch = Vec::new();

@@ -1,9 +1,10 @@
 //! The recorder role (`sandgnat recorder`, one per master): the process
 //! that writes every worker's submissions to Postgres, so that group
 //! commit batches across the whole node. Per worker, a batch could hold
-//! only that worker's connections: with 16 clients spread over 4 workers,
-//! batches averaged 2.4 submissions and Postgres spent 0.6 ms of CPU per
-//! submission; one batcher for all of them spent 0.25 ms (README, issue 4).
+//! only that worker's connections, and once connections are spread over
+//! the workers those batches stay small: the statement's fixed cost in
+//! Postgres is then paid for few submissions. One batcher for the node
+//! gathers them all (benches/RESULTS.md, the recorder's run).
 //!
 //! Workers connect to its Unix socket (bound by the master next to
 //! `server.socket`, so a recorder being replaced loses no connection: they
