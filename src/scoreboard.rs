@@ -164,6 +164,10 @@ pub struct Header {
     pub runner_restarts: [AtomicU64; RESTART_REASONS.len()],
     /// Jobs the runners finished, by kind and outcome.
     pub runner_jobs: [[AtomicU64; RUNNER_OUTCOMES.len()]; RUNNER_KINDS.len()],
+    /// Whether the database keeps what it acknowledges (`store::durability`):
+    /// 0 not known yet, 1 durable, 2 not durable, with why in the text.
+    pub db_durability: AtomicU64,
+    pub db_durability_reason: Text,
 }
 
 /// A mapping of the scoreboard into this process.

@@ -196,6 +196,16 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     );
     let stale = u8::from(!h.rules_error.load().is_empty());
     let _ = writeln!(out, "sandgnat_rules_stale {stale}");
+    header(
+        &mut out,
+        "sandgnat_database_durable",
+        "gauge",
+        "1 when the database syncs every commit (fsync and synchronous_commit on); absent until read.",
+    );
+    if let Some(d) = crate::store::durability::published(board) {
+        let durable = u8::from(d == crate::store::durability::Durability::Durable);
+        let _ = writeln!(out, "sandgnat_database_durable {durable}");
+    }
 
     header(
         &mut out,

@@ -86,6 +86,10 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             trigger,
             None,
         ));
+        tokio::spawn(crate::store::durability::check_until_known(
+            db.clone(),
+            board.clone(),
+        ));
         tracing::info!(slot = args.slot, "recorder ready");
         let deadline = Duration::from_millis(settings.database.record_timeout_ms);
         serve::serve(listener, db, deadline, shutdown).await;

@@ -3,6 +3,8 @@
 //! connection quickly, so a database outage turns into a fast 503, never a
 //! hung request.
 
+pub mod durability;
+
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
