@@ -168,7 +168,12 @@ pub struct Header {
     /// 0 not known yet, 1 durable, 2 not durable, with why in the text.
     pub db_durability: AtomicU64,
     pub db_durability_reason: Text,
+    /// Crash leftovers removed (`intake::leftovers`), by kind.
+    pub leftovers_removed: [AtomicU64; LEFTOVER_KINDS.len()],
 }
+
+/// The kinds of leftovers, as the metric labels them.
+pub const LEFTOVER_KINDS: [&str; 2] = ["spool", "quarantine"];
 
 /// A mapping of the scoreboard into this process.
 pub struct Scoreboard {

@@ -5,6 +5,7 @@
 //! failure before that answers an error and leaves no row behind.
 
 pub mod filetype;
+pub mod leftovers;
 pub mod metadata;
 pub mod quarantine;
 pub mod record;

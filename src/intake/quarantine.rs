@@ -43,8 +43,11 @@ fn store_synced(
     let target = path_for(root, sha256);
     let dir = target.parent().unwrap_or(root).to_path_buf();
     let mut synced = make_dirs(&dir)?;
-    if target.exists() {
-        // Deduplicated: a spool file is removed when `content` drops.
+    // Deduplicated: a spool file is removed when `content` drops. The
+    // file is touched first, so the sweep for leftovers (which this
+    // submission's commit will make it no longer be) leaves it alone;
+    // if the sweep moved it aside already, store our own copy.
+    if touch(&target).is_ok() {
         return Ok(Stored {
             path: target,
             synced,
@@ -99,6 +102,10 @@ fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(synced)
+}
+
+fn touch(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.set_modified(std::time::SystemTime::now())
 }
 
 fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {

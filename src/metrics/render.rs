@@ -198,6 +198,19 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     let _ = writeln!(out, "sandgnat_rules_stale {stale}");
     header(
         &mut out,
+        "sandgnat_leftovers_removed_total",
+        "counter",
+        "Files a crash left behind (spool files, quarantine files no sample names), removed.",
+    );
+    for (i, kind) in crate::scoreboard::LEFTOVER_KINDS.iter().enumerate() {
+        let n = h.leftovers_removed[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_leftovers_removed_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
         "sandgnat_database_durable",
         "gauge",
         "1 when the database syncs every commit (fsync and synchronous_commit on); absent until read.",
