@@ -164,7 +164,16 @@ pub struct Header {
     pub runner_restarts: [AtomicU64; RESTART_REASONS.len()],
     /// Jobs the runners finished, by kind and outcome.
     pub runner_jobs: [[AtomicU64; RUNNER_OUTCOMES.len()]; RUNNER_KINDS.len()],
+    /// Whether the database keeps what it acknowledges (`store::durability`):
+    /// 0 not known yet, 1 durable, 2 not durable, with why in the text.
+    pub db_durability: AtomicU64,
+    pub db_durability_reason: Text,
+    /// Crash leftovers removed (`intake::leftovers`), by kind.
+    pub leftovers_removed: [AtomicU64; LEFTOVER_KINDS.len()],
 }
+
+/// The kinds of leftovers, as the metric labels them.
+pub const LEFTOVER_KINDS: [&str; 2] = ["spool", "quarantine"];
 
 /// A mapping of the scoreboard into this process.
 pub struct Scoreboard {

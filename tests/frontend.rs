@@ -1005,3 +1005,96 @@ fn a_bad_chunk_after_the_first_aborts_the_upload_at_the_worker() {
         "the worker took a truncated chunked body as complete"
     );
 }
+
+/// Sends raw bytes over TLS (openssl, HTTP/1.1, no ALPN); returns what
+/// came back before the front end closed the connection.
+fn tls_exchange(app: &Appliance, raw: &[u8]) -> RawResponse {
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &app.tls])
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    // stdin stays open: with -quiet, s_client would otherwise wait on
+    // the server either way; the answer's `Connection: close` ends it.
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(raw).unwrap();
+    stdin.flush().unwrap();
+    let pid = client.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut out = Vec::new();
+    let _ = client.stdout.take().unwrap().read_to_end(&mut out);
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    drop(stdin);
+    let _ = client.wait();
+    RawResponse::parse(&out)
+        .unwrap_or_else(|| panic!("no TLS response: {:?}", String::from_utf8_lossy(&out)))
+}
+
+#[test]
+fn an_http_1_1_request_without_host_is_refused_with_400() {
+    let app = Appliance::start("fe-nohost", "workers = 1\n", "");
+    let no_host = b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n";
+    // HTTP/1.0 predates Host: still served, end to end (so the worker
+    // behind the front end accepts what the front end forwards).
+    let old = raw_exchange(&app, b"GET /healthz HTTP/1.0\r\nConnection: close\r\n\r\n");
+    assert_eq!(old.status, 200, "{}", old.head);
+    app.wait_until(
+        "the worker counted the HTTP/1.0 request",
+        Duration::from_secs(5),
+        |a| requests_seen_by_workers(a) >= 1.0,
+    );
+    let before = requests_seen_by_workers(&app);
+
+    let plain = raw_exchange(&app, no_host);
+    assert_eq!(plain.status, 400, "{}", plain.head);
+    assert_eq!(plain.json_error("no Host, plain"), "bad_request");
+    let body = String::from_utf8_lossy(&plain.body);
+    assert!(body.contains("Host"), "{body}");
+
+    let tls = tls_exchange(&app, no_host);
+    assert_eq!(tls.status, 400, "{}", tls.head);
+    assert_eq!(tls.json_error("no Host, TLS"), "bad_request");
+    // And a good request over the same path is served (the 400 is about
+    // the missing Host, not a TLS client the front end dislikes).
+    let good = tls_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(good.status, 200, "{}", good.head);
+    app.wait_until(
+        "the worker counted the good TLS request",
+        Duration::from_secs(5),
+        |a| requests_seen_by_workers(a) >= before + 1.0,
+    );
+    assert_eq!(
+        requests_seen_by_workers(&app),
+        before + 1.0,
+        "a request without Host reached a worker"
+    );
+
+    // The workers' own socket holds to the same rule.
+    let direct = |raw: &[u8]| {
+        let mut s = std::os::unix::net::UnixStream::connect(&app.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        RawResponse::parse(&buf)
+            .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&buf)))
+    };
+    let at_worker = direct(no_host);
+    assert_eq!(at_worker.status, 400, "{}", at_worker.head);
+    assert_eq!(at_worker.json_error("no Host, worker"), "bad_request");
+    let at_worker = direct(b"GET /healthz HTTP/1.0\r\nConnection: close\r\n\r\n");
+    assert_eq!(at_worker.status, 200, "{}", at_worker.head);
+}

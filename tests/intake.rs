@@ -369,7 +369,11 @@ fn database_outage_answers_503_fast_and_recovers_without_restart() {
     let r = app.submit(&key, b"while the database is down", &[]);
     assert!(t.elapsed() < 2 * SEC + SEC / 2, "took {:?}", t.elapsed());
     assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(json(&r)["error"], "unavailable");
+    // `unconfirmed` when the recorder sent the statement on a pooled
+    // connection the cut had already broken: from the client's side of a
+    // lost connection, the commit may have happened.
+    let code = json(&r)["error"].as_str().unwrap_or_default().to_string();
+    assert!(code == "unavailable" || code == "unconfirmed", "{}", r.body);
     assert!(r.header("retry-after").is_some());
     assert_eq!(app.get("/healthz").unwrap().status, 200);
     let r = app.get("/readyz").unwrap();
@@ -414,7 +418,7 @@ fn a_database_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
     let r = app.submit(&key, b"during the stall", &[]);
     let took = t.elapsed();
     assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(json(&r)["error"], "unavailable");
+    assert_eq!(json(&r)["error"], "unconfirmed");
     assert!(r.header("retry-after").is_some());
     assert!(
         json(&r)["message"]

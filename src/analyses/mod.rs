@@ -229,8 +229,16 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         );
     }
     let rules_error = app.board.header().rules_error.load();
+    // Reported, not a reason to refuse traffic: see `store::durability`.
+    let (durable, durability) = match crate::store::durability::published(&app.board) {
+        Some(crate::store::durability::Durability::Durable) => (Some(true), None),
+        Some(crate::store::durability::Durability::NotDurable(why)) => (Some(false), Some(why)),
+        None => (None, None),
+    };
     Json(json!({
         "status": "ready",
+        "durable": durable,
+        "durability": durability,
         "rules": {
             "loaded": app.rules.count(),
             // A failed recompile on HUP keeps the running rules; say so.

@@ -178,6 +178,12 @@ pub struct Intake {
     /// What one worker may hold in memory for samples being received at
     /// once; a sample that finds it spent is spooled.
     pub memory_budget_bytes: u64,
+    /// Seconds a spool file, or a quarantine file no sample names, must be
+    /// left untouched before it counts as a crash's leftover and is
+    /// removed (`intake::leftovers`).
+    pub leftover_age: u64,
+    /// Seconds between two sweeps for leftovers (one also runs at start).
+    pub leftover_sweep_interval: u64,
 }
 
 impl Default for Intake {
@@ -187,6 +193,8 @@ impl Default for Intake {
             static_analysis_enabled: true,
             memory_sample_bytes: 1 << 20,
             memory_budget_bytes: 32 << 20,
+            leftover_age: 3_600,
+            leftover_sweep_interval: 600,
         }
     }
 }

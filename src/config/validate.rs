@@ -155,6 +155,13 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         0,
         4 << 30,
     )?;
+    range("intake.leftover_age", s.intake.leftover_age, 0, 30 * 86_400)?;
+    range(
+        "intake.leftover_sweep_interval",
+        s.intake.leftover_sweep_interval,
+        1,
+        86_400,
+    )?;
     range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
     range("queue.runners", s.queue.runners, 0, 64)?;
     let q = &s.queue;

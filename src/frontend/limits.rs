@@ -76,6 +76,7 @@ pub fn check_head(raw: &[u8], limits: HeaderLimits) -> Result<Framing, Refusal> 
     };
     let mut fields = 0usize;
     let mut te_seen = false;
+    let mut hosts = 0usize;
     for field in lines {
         if field.is_empty() {
             continue;
@@ -109,7 +110,15 @@ pub fn check_head(raw: &[u8], limits: HeaderLimits) -> Result<Framing, Refusal> 
             return Err(bad("control character in a header field value"));
         }
         let value = value.trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err(bad("more than one Host field"));
+            }
+            if !valid_host(value) {
+                return Err(bad("the Host field is not a host[:port]"));
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             let Some(n) = std::str::from_utf8(value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -136,7 +145,21 @@ pub fn check_head(raw: &[u8], limits: HeaderLimits) -> Result<Framing, Refusal> 
     if framing.chunked && framing.content_length.is_some() {
         return Err(bad("both Content-Length and Transfer-Encoding are present"));
     }
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
+    // without Host. HTTP/1.0 predates the field and may omit it.
+    if hosts == 0 && line.ends_with(b" HTTP/1.1") {
+        return Err(bad("an HTTP/1.1 request must have a Host field"));
+    }
     Ok(framing)
+}
+
+/// RFC 9110 §7.2: `uri-host [ ":" port ]`, or empty (allowed when the
+/// target has no authority). Only the characters a reg-name, an IPv4 or a
+/// bracketed IPv6 literal can hold; no userinfo, path or whitespace.
+pub fn valid_host(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 fn count(raw: &[u8], byte: u8) -> usize {
@@ -164,7 +187,28 @@ mod tests {
         let f = check("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
         assert!(f.chunked);
         // Repeating the same length is harmless (RFC 9110 §8.6).
-        check("GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n").unwrap();
+        check("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn host_is_required_in_http_1_1_only() {
+        let r = check("GET / HTTP/1.1\r\nX-A: 1\r\n\r\n").unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.message.contains("Host"), "{}", r.message);
+        check("GET / HTTP/1.0\r\n\r\n").unwrap();
+        check("GET / HTTP/1.1\r\nhOsT: [::1]:8443\r\n\r\n").unwrap();
+        // An empty Host is allowed (a target without an authority).
+        check("GET / HTTP/1.1\r\nHost:\r\n\r\n").unwrap();
+        for raw in [
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        ] {
+            let r = check(raw).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{raw:?}");
+        }
     }
 
     #[test]

@@ -451,11 +451,11 @@ impl ProxyHttp for FrontEnd {
             req.remove_header("expect");
         }
         // HTTP/2 clients send :authority instead of Host; workers speak
-        // HTTP/1.1 and need Host.
+        // HTTP/1.1 and need Host (RFC 9112 §3.2: an empty one when there
+        // is no authority, as from an HTTP/1.0 client that sent none).
         if req.headers.get("host").is_none() {
-            if let Some(auth) = req.uri.authority().map(|a| a.to_string()) {
-                req.insert_header("host", auth)?;
-            }
+            let auth = req.uri.authority().map(|a| a.to_string());
+            req.insert_header("host", auth.unwrap_or_default())?;
         }
         Ok(())
     }

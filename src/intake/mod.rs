@@ -5,6 +5,7 @@
 //! failure before that answers an error and leaves no row behind.
 
 pub mod filetype;
+pub mod leftovers;
 pub mod metadata;
 pub mod quarantine;
 pub mod record;
@@ -90,7 +91,7 @@ impl From<RecordError> for ApiError {
                 tracing::warn!(error = %unconfirmed, "a submission's record was not confirmed in time");
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    "unconfirmed",
                     format!(
                         "{unconfirmed}; the submission may or may not be recorded; \
                          resubmitting the same bytes is safe"
@@ -597,5 +598,30 @@ mod tests {
         assert_eq!(form_pairs("a=%zz%4"), vec![("a".into(), "%zz%4".into())]);
         // Multi-byte input next to a percent sign must not split a character.
         assert_eq!(form_pairs("a=%é"), vec![("a".into(), "%é".into())]);
+    }
+
+    #[test]
+    fn a_record_that_may_have_committed_is_never_answered_nothing_recorded() {
+        use crate::api_error::ApiError;
+        use crate::recorder::RecordError;
+        let cases = [
+            RecordError::Unconfirmed(std::time::Duration::from_secs(5)),
+            RecordError::Lost,
+        ];
+        for e in cases {
+            let a = ApiError::from(e);
+            assert_eq!(a.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(a.code, "unconfirmed");
+            assert!(
+                a.message.contains("may or may not be recorded"),
+                "{}",
+                a.message
+            );
+            assert!(!a.message.contains("nothing was"), "{}", a.message);
+            assert!(a.retry_after.is_some());
+        }
+        let a = ApiError::from(RecordError::Unavailable("down".into()));
+        assert_eq!(a.code, "unavailable");
+        assert!(a.message.contains("nothing was recorded"), "{}", a.message);
     }
 }

@@ -1,6 +1,11 @@
 //! The quarantine: `state_dir/quarantine/aa/bb/<sha256>`, one file per
 //! distinct sample, mode 0440 in 0750 directories, synced before the
 //! database is told about it. Samples are never executable.
+//!
+//! "Synced" covers the whole path: a rename into a directory that was
+//! itself just made is lost in a crash unless the new directory's entry in
+//! its parent is synced too, so every directory made on the way is synced
+//! to its parent before the sample's own directory is.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -18,15 +23,35 @@ pub fn path_for(root: &Path, sha256: &str) -> PathBuf {
 /// in `spool_dir` (on the quarantine's filesystem, so the move is a
 /// rename). Returns the stored path.
 pub fn store(root: &Path, spool_dir: &Path, sha256: &str, content: Content) -> io::Result<PathBuf> {
+    store_synced(root, spool_dir, sha256, content).map(|s| s.path)
+}
+
+/// What [`store`] did: the stored path, and every directory it synced,
+/// in the order synced.
+#[derive(Debug)]
+pub struct Stored {
+    pub path: PathBuf,
+    pub synced: Vec<PathBuf>,
+}
+
+fn store_synced(
+    root: &Path,
+    spool_dir: &Path,
+    sha256: &str,
+    content: Content,
+) -> io::Result<Stored> {
     let target = path_for(root, sha256);
-    let dir = target.parent().unwrap_or(root);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)?;
-    if target.exists() {
-        // Deduplicated: a spool file is removed when `content` drops.
-        return Ok(target);
+    let dir = target.parent().unwrap_or(root).to_path_buf();
+    let mut synced = make_dirs(&dir)?;
+    // Deduplicated: a spool file is removed when `content` drops. The
+    // file is touched first, so the sweep for leftovers (which this
+    // submission's commit will make it no longer be) leaves it alone;
+    // if the sweep moved it aside already, store our own copy.
+    if touch(&target).is_ok() {
+        return Ok(Stored {
+            path: target,
+            synced,
+        });
     }
     let spooled = match content {
         Content::File(f) => f,
@@ -39,8 +64,48 @@ pub fn store(root: &Path, spool_dir: &Path, sha256: &str, content: Content) -> i
     fs::rename(spooled.path(), &target)?;
     spooled.disarm();
     // The rename is durable only once the directory is synced.
-    fs::File::open(dir)?.sync_all()?;
-    Ok(target)
+    fs::File::open(&dir)?.sync_all()?;
+    synced.push(dir);
+    Ok(Stored {
+        path: target,
+        synced,
+    })
+}
+
+/// Makes `dir` and any missing parents (0750), then syncs the parent of
+/// each directory that was missing, deepest first. Returns the parents
+/// synced. A directory another worker made between our look and our
+/// `mkdir` is synced all the same: its maker may not have synced it yet,
+/// and our commit must not depend on theirs.
+fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
+    let mut synced = Vec::new();
+    for d in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o750).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for d in &missing {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::File::open(parent)?.sync_all()?;
+            synced.push(parent.to_path_buf());
+        }
+    }
+    Ok(synced)
+}
+
+fn touch(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.set_modified(std::time::SystemTime::now())
 }
 
 fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {
@@ -53,4 +118,51 @@ fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {
     let guard = SpoolFile::new(path);
     file.write_all(bytes)?;
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sandgnat-quar-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("spool")).unwrap();
+        d
+    }
+
+    fn spooled(spool: &Path, bytes: &[u8]) -> Content {
+        Content::File(write_spool(spool, bytes).unwrap())
+    }
+
+    #[test]
+    fn new_directories_are_synced_to_their_parents_before_the_file_is_named() {
+        let d = scratch("dirs");
+        let root = d.join("quarantine");
+        fs::create_dir(&root).unwrap();
+        let spool = d.join("spool");
+        let a = format!("abcd{}", "0".repeat(60));
+        let s = store_synced(&root, &spool, &a, spooled(&spool, b"one")).unwrap();
+        assert_eq!(s.path, root.join("ab/cd").join(&a));
+        // Both new directories' entries, deepest first, then the file's.
+        assert_eq!(
+            s.synced,
+            vec![root.join("ab"), root.clone(), root.join("ab/cd")]
+        );
+        assert_eq!(fs::read(&s.path).unwrap(), b"one");
+        let mode = fs::metadata(root.join("ab")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o750);
+
+        // A sibling under an existing `ab/`: only the new `ef/` is synced
+        // to `ab/`, then the file's own directory.
+        let b = format!("abef{}", "1".repeat(60));
+        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        assert_eq!(s.synced, vec![root.join("ab"), root.join("ab/ef")]);
+
+        // A duplicate makes nothing and names nothing new.
+        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        assert!(s.synced.is_empty(), "{:?}", s.synced);
+        assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "spool file left");
+        fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -194,10 +194,13 @@ pub struct Recorded {
 /// Why a submission was not recorded.
 #[derive(Debug)]
 pub enum Failure {
-    /// The database failed the statement: nothing was recorded.
+    /// The database failed the statement, or no connection was had to
+    /// send it on: nothing was recorded.
     Database(sqlx::Error),
-    /// The statement did not finish within the deadline. It was sent and
-    /// may still commit, so the submission may or may not be recorded.
+    /// The statement was sent and its outcome is unknown: it did not
+    /// finish within the deadline (it may still commit), or the connection
+    /// was lost before its answer (the commit may have happened). The
+    /// submission may or may not be recorded.
     Unconfirmed,
 }
 
@@ -249,8 +252,22 @@ pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration
 /// giving up frees the batcher (and drops the connection) for what is
 /// queued.
 async fn attempt(db: &PgPool, rows: &[&Row], deadline: Duration) -> Result<(), Failure> {
-    match tokio::time::timeout(deadline, write(db, rows)).await {
-        Ok(r) => r.map_err(Failure::Database),
+    let written = async {
+        // Taken apart from the statement, so that failing to get a
+        // connection (nothing sent: nothing recorded) is not mistaken for
+        // losing one while the statement, and so its commit, was on its way.
+        let mut conn = db.acquire().await.map_err(Failure::Database)?;
+        write(&mut conn, rows).await.map_err(|e| {
+            if crate::store::may_have_committed(&e) {
+                tracing::warn!(error = %e, submissions = rows.len(), "the database connection failed after the submissions were sent; they may or may not be recorded");
+                Failure::Unconfirmed
+            } else {
+                Failure::Database(e)
+            }
+        })
+    };
+    match tokio::time::timeout(deadline, written).await {
+        Ok(r) => r,
         Err(_) => Err(Failure::Unconfirmed),
     }
 }
@@ -259,7 +276,7 @@ async fn attempt(db: &PgPool, rows: &[&Row], deadline: Duration) -> Result<(), F
 /// transaction: every part of every submission commits together or not
 /// at all. Foreign keys are checked at the end of the statement, when the
 /// samples and analyses it inserts exist.
-async fn write(db: &PgPool, rows: &[&Row]) -> Result<(), sqlx::Error> {
+async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
     fn col<T>(rows: &[&Row], f: impl Fn(&Row) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
@@ -398,7 +415,10 @@ mod tests {
             submission(k, 'b', "four", &q),
         ];
         let rows: Vec<Row> = subs.iter().map(|s| Row::new(Uuid::now_v7(), s)).collect();
-        write(&db, &rows.iter().collect::<Vec<_>>()).await.unwrap();
+        let mut conn = db.acquire().await.unwrap();
+        write(&mut conn, &rows.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
         assert_eq!(count(&db, "SELECT count(*) FROM samples").await, 2);
         assert_eq!(count(&db, "SELECT count(*) FROM analyses").await, 4);
         assert_eq!(count(&db, "SELECT count(*) FROM jobs").await, 8);
@@ -452,5 +472,62 @@ mod tests {
             count(&db, "SELECT count(*) FROM analysis_audit_log").await,
             8
         );
+    }
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_connection_lost_while_the_statement_runs_is_unconfirmed(db: PgPool) {
+        let k = key(&db).await;
+        let q = crate::config::Queue::default();
+        // Hold the submission's statement at its first insert, so it is
+        // surely sent and still running when its session is ended.
+        let mut blocker = db.begin().await.unwrap();
+        sqlx::query("LOCK TABLE samples IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done, answer) = oneshot::channel();
+        let row = Row::new(Uuid::now_v7(), &submission(k, 'e', "lost", &q));
+        tx.send(Pending { row, done }).await.unwrap();
+        drop(tx);
+        let runner = tokio::spawn(run(db.clone(), rx, Duration::from_secs(30)));
+        let pid = loop {
+            let waiting: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND query LIKE 'WITH sample AS%'",
+            )
+            .fetch_optional(&db)
+            .await
+            .unwrap();
+            if let Some(pid) = waiting {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The server ends the session with an error (57P01), as a restart
+        // or a failover does: whether a commit had happened by then is
+        // not something the client can know in general.
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert!(ended);
+        let r = answer.await.unwrap();
+        assert!(matches!(r, Err(Failure::Unconfirmed)), "{r:?}");
+        runner.await.unwrap();
+        blocker.rollback().await.unwrap();
+
+        // A refusal by the database itself is still a plain failure: the
+        // statement ran and was rolled back.
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (done, answer) = oneshot::channel();
+        let row = Row::new(Uuid::now_v7(), &submission(k, 'f', "bad\0name", &q));
+        tx.send(Pending { row, done }).await.unwrap();
+        drop(tx);
+        run(db.clone(), rx, Duration::from_secs(30)).await;
+        let r = answer.await.unwrap();
+        assert!(matches!(r, Err(Failure::Database(_))), "{r:?}");
     }
 }

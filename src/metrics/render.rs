@@ -196,6 +196,29 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     );
     let stale = u8::from(!h.rules_error.load().is_empty());
     let _ = writeln!(out, "sandgnat_rules_stale {stale}");
+    header(
+        &mut out,
+        "sandgnat_leftovers_removed_total",
+        "counter",
+        "Files a crash left behind (spool files, quarantine files no sample names), removed.",
+    );
+    for (i, kind) in crate::scoreboard::LEFTOVER_KINDS.iter().enumerate() {
+        let n = h.leftovers_removed[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_leftovers_removed_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "sandgnat_database_durable",
+        "gauge",
+        "1 when the database syncs every commit (fsync and synchronous_commit on); absent until read.",
+    );
+    if let Some(d) = crate::store::durability::published(board) {
+        let durable = u8::from(d == crate::store::durability::Durability::Durable);
+        let _ = writeln!(out, "sandgnat_database_durable {durable}");
+    }
 
     header(
         &mut out,

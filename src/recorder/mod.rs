@@ -87,6 +87,20 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             trigger,
             None,
         ));
+        tokio::spawn(crate::store::durability::check_until_known(
+            db.clone(),
+            board.clone(),
+        ));
+        // One process sweeps for crash leftovers; the recorder is the one
+        // of which there is exactly one, and it has the database.
+        tokio::spawn(crate::intake::leftovers::run(
+            db.clone(),
+            board.clone(),
+            crate::worker::state::quarantine_dir(&settings),
+            crate::worker::state::spool_dir(&settings),
+            Duration::from_secs(settings.intake.leftover_age),
+            Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),
+        ));
         tracing::info!(slot = args.slot, "recorder ready");
         let deadline = Duration::from_millis(settings.database.record_timeout_ms);
         serve::serve(listener, db, deadline, shutdown).await;

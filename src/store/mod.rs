@@ -3,6 +3,8 @@
 //! connection quickly, so a database outage turns into a fast 503, never a
 //! hung request.
 
+pub mod durability;
+
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -75,6 +77,22 @@ pub async fn within<T>(
 /// repeat may go again, on another connection.
 pub fn is_dead_connection(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+}
+
+/// Whether a statement that failed with this error may have committed all
+/// the same: the connection broke, or the server ended the session
+/// (admin or crash shutdown, class 08), after the statement was sent, so
+/// its answer was lost, not necessarily its commit. A caller that sent
+/// the statement must say "may or may not be recorded", never "nothing
+/// was recorded". (Errors from getting a connection come before anything
+/// was sent: keep them apart.)
+pub fn may_have_committed(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
+    ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+        c == "57P01" || c == "57P02" || c.starts_with("08")
+    }))
 }
 
 /// Whether an error means the database could not be reached (answer 503

@@ -117,6 +117,7 @@ fn request_id<B>(req: &Request<B>) -> String {
 /// Gunicorn's request line and header limits, for clients that reach a
 /// worker directly.
 fn check_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ApiError> {
+    check_host(req)?;
     let srv = &shared.settings.server;
     let line = req.method().as_str().len()
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
@@ -146,6 +147,25 @@ fn check_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// RFC 9112 §3.2, as the front end checks it (`frontend::limits`): one
+/// valid Host, and none missing from an HTTP/1.1 request. Hyper does not
+/// check this itself.
+fn check_host<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let mut hosts = req.headers().get_all(axum::http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Err(bad("an HTTP/1.1 request must have a Host field"))
+        }
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(bad("more than one Host field")),
+        (Some(h), None) if !crate::frontend::limits::valid_host(h.as_bytes().trim_ascii()) => {
+            Err(bad("the Host field is not a host[:port]"))
+        }
+        (Some(_), None) => Ok(()),
+    }
 }
 
 fn protocol(v: Version) -> &'static str {
@@ -210,5 +230,31 @@ impl<F: Future> Future for Polled<'_, F> {
         let out = unsafe { Pin::new_unchecked(&mut this.inner) }.poll(cx);
         this.slot.polling_seq.store(0, Relaxed);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri("/healthz").version(version);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_is_checked_as_rfc_9112_says() {
+        let e = check_host(&req(Version::HTTP_11, &[])).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("Host"), "{}", e.message);
+        check_host(&req(Version::HTTP_10, &[])).unwrap();
+        check_host(&req(Version::HTTP_11, &["localhost:8443"])).unwrap();
+        for hosts in [&["a", "b"][..], &["a b"], &["u@a"]] {
+            let e = check_host(&req(Version::HTTP_11, hosts)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{hosts:?}");
+        }
     }
 }

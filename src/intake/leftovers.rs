@@ -1,0 +1,279 @@
+//! Files a crash leaves behind, and their removal. A worker killed mid-
+//! upload leaves its spool file (the guard that removes it never runs); a
+//! crash between a sample's rename into the quarantine and its commit
+//! leaves a quarantine file that no sample names. The recorder sweeps both
+//! at start and every `intake.leftover_sweep_interval`, removing what has
+//! been untouched for `intake.leftover_age`, and counts them in the
+//! scoreboard (`sandgnat_leftovers_removed_total{kind}`).
+//!
+//! A quarantine file is also the dedup target of later submissions of the
+//! same bytes, which commit without writing it again: `quarantine::store`
+//! touches it when it finds it, before the commit. So a file that is
+//! about to be named has a fresh mtime, and the sweeper moves a candidate
+//! aside (an atomic rename that a later `store` sees as absent, and so
+//! stores its own copy), then checks its mtime and the database again
+//! before removing it, putting it back when either says it is in use.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sqlx::PgPool;
+
+use crate::scoreboard::Scoreboard;
+
+const SPOOL: usize = 0;
+const QUARANTINE: usize = 1;
+
+/// What one sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub spool: u64,
+    pub quarantine: u64,
+}
+
+/// Sweeps now, then every `every`, for as long as the process runs.
+pub async fn run(
+    db: PgPool,
+    board: Arc<Scoreboard>,
+    quarantine: PathBuf,
+    spool: PathBuf,
+    age: Duration,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match sweep(&db, &quarantine, &spool, age).await {
+            Ok(s) => {
+                let h = board.header();
+                h.leftovers_removed[SPOOL].fetch_add(s.spool, Relaxed);
+                h.leftovers_removed[QUARANTINE].fetch_add(s.quarantine, Relaxed);
+                if s != Swept::default() {
+                    tracing::info!(
+                        spool = s.spool,
+                        quarantine = s.quarantine,
+                        "removed files left behind by a crash"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sweep for leftovers failed; retrying at the next one")
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("cannot read the state directory: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot ask the database which samples exist: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One sweep of both directories.
+pub async fn sweep(
+    db: &PgPool,
+    quarantine: &Path,
+    spool: &Path,
+    age: Duration,
+) -> Result<Swept, SweepError> {
+    let mut swept = Swept::default();
+    restore_set_aside(quarantine)?;
+    for path in old_files(spool, age)? {
+        if remove(&path) {
+            swept.spool += 1;
+        }
+    }
+    for dir in sample_dirs(quarantine)? {
+        let candidates: Vec<(PathBuf, String)> = old_files(&dir, age)?
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                is_sha256(&name).then_some((p, name))
+            })
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = candidates.iter().map(|(_, n)| n.clone()).collect();
+        let named = recorded(db, &names).await?;
+        for (path, sha) in candidates {
+            if named.contains(&sha) {
+                continue;
+            }
+            let aside = quarantine.join(format!(".leftover-{sha}"));
+            if fs::rename(&path, &aside).is_err() {
+                continue;
+            }
+            let in_use = match recorded(db, std::slice::from_ref(&sha)).await {
+                Ok(named) => !named.is_empty() || !is_old(&aside, age),
+                Err(e) => {
+                    let _ = fs::rename(&aside, &path);
+                    return Err(e.into());
+                }
+            };
+            if in_use {
+                // A `store` that found it absent meanwhile put its own
+                // copy of the same bytes there; either is the sample.
+                let _ = fs::rename(&aside, &path);
+            } else if remove(&aside) {
+                swept.quarantine += 1;
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// Puts back what a sweep that died midway had moved aside, so this
+/// sweep judges it afresh.
+fn restore_set_aside(quarantine: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(quarantine) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(sha) = name.to_str().and_then(|n| n.strip_prefix(".leftover-")) else {
+            continue;
+        };
+        if is_sha256(sha) {
+            let home = crate::intake::quarantine::path_for(quarantine, sha);
+            let _ = fs::rename(e.path(), home);
+        }
+    }
+    Ok(())
+}
+
+/// Which of `shas` a committed sample names.
+async fn recorded(db: &PgPool, shas: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT sha256 FROM samples WHERE sha256 = ANY($1)")
+        .bind(shas)
+        .fetch_all(db)
+        .await
+}
+
+/// `quarantine/aa/bb/` directories.
+fn sample_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in subdirs(root)? {
+        out.extend(subdirs(&a)?);
+    }
+    Ok(out)
+}
+
+fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| e.file_name().len() == 2)
+            .map(|e| e.path())
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Regular files directly in `dir` untouched for at least `age`.
+fn old_files(dir: &Path, age: Duration) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .filter(|p| is_old(p, age))
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_old(path: &Path, age: Duration) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .is_ok_and(|idle| idle >= age)
+        })
+}
+
+fn remove(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover file");
+            }
+            false
+        }
+    }
+}
+
+fn is_sha256(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn only_unnamed_or_spooled_files_are_removed(db: PgPool) {
+        let d = std::env::temp_dir().join(format!("sandgnat-leftovers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let (q, spool) = (d.join("quarantine"), d.join("spool"));
+        fs::create_dir_all(&spool).unwrap();
+        let named = "a".repeat(64);
+        let stray = format!("ab{}", "c".repeat(62));
+        for sha in [&named, &stray] {
+            let p = crate::intake::quarantine::path_for(&q, sha);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, b"x").unwrap();
+        }
+        fs::write(spool.join("upload-1"), b"partial").unwrap();
+        // A recorded sample a dead sweep had moved aside comes back.
+        fs::rename(
+            crate::intake::quarantine::path_for(&q, &named),
+            q.join(format!(".leftover-{named}")),
+        )
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+             VALUES ($1, repeat('1', 40), repeat('5', 32), 1, 'data', 'x')",
+        )
+        .bind(&named)
+        .execute(&db)
+        .await
+        .unwrap();
+
+        // Too young: nothing goes.
+        let s = sweep(&db, &q, &spool, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(s, Swept::default());
+
+        let s = sweep(&db, &q, &spool, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            s,
+            Swept {
+                spool: 1,
+                quarantine: 1
+            }
+        );
+        assert!(crate::intake::quarantine::path_for(&q, &named).exists());
+        assert!(!crate::intake::quarantine::path_for(&q, &stray).exists());
+        assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
+        assert!(!q.join(format!(".leftover-{stray}")).exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
