@@ -29,6 +29,10 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v jq >/dev/null || need_apt+=(jq)
 command -v strace >/dev/null || need_apt+=(strace)
 command -v adduser >/dev/null || need_apt+=(adduser)
+# tests/common/py.rs makes a virtualenv for the Python clients the STIX
+# and TAXII tests check the appliance with (stix2-validator, stix2,
+# taxii2-client); Debian splits venv (and its pip) out of python3.
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -4,4 +4,6 @@
 //! route here reads with the caller's `auth::Visibility`; nothing here
 //! writes except the audit row of a download.
 
+pub mod stix;
+pub mod stix_route;
 pub mod view;

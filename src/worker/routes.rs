@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use crate::api_error::ApiError;
-use crate::{analyses, bridge, intake};
+use crate::{analyses, bridge, export, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
@@ -34,7 +34,11 @@ pub const ROUTES: &[&str] = &[
     "/v1/jobs/{id}/fail",
     "/v1/jobs/{id}/cancel",
     "/v1/samples/{sha256}/content",
+    "/v1/analyses/{id}/stix",
 ];
+
+// A label past the scoreboard's last route slot would be counted in it.
+const _: () = assert!(ROUTES.len() <= crate::scoreboard::ROUTES);
 
 /// The route a response was produced by, attached by `tag_route`.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/submit", post(intake::submit))
         .route("/v1/analyses/{id}", get(analyses::get_analysis))
         .route("/v1/audit", get(analyses::get_audit))
+        .route("/v1/analyses/{id}/stix", get(export::stix_route::get_stix))
         .route("/v1/queues/{queue}/claim", post(bridge::claim))
         .route("/v1/jobs/{id}", get(bridge::get_job))
         .route("/v1/jobs/{id}/heartbeat", post(bridge::heartbeat))
