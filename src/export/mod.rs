@@ -6,4 +6,6 @@
 
 pub mod stix;
 pub mod stix_route;
+pub mod taxii;
+pub mod taxii_page;
 pub mod view;

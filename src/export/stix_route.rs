@@ -62,19 +62,12 @@ pub async fn get_stix(
 /// The name the sample's `file` carries: the file name of the sample's
 /// first analysis that had one, so every analysis of the sample gives the
 /// `file` the same name and so the same id.
-///
-/// That name was given by whoever submitted first, so it is shown only
-/// where it tells nothing new: when this caller may read that analysis,
-/// and when its TLP is no stricter than this one's (a TLP:CLEAR bundle must
-/// not carry an AMBER submitter's file name). Otherwise the `file` has no
-/// name; its id is then the one every producer computes from the hashes
-/// alone, still the same for every such bundle.
 async fn sample_name(
     db: &PgPool,
     row: &AnalysisRow,
     vis: &Visibility,
 ) -> Result<Option<String>, ApiError> {
-    let first: Option<(String, String, Option<i64>)> = sqlx::query_as(
+    let first: Option<FirstName> = sqlx::query_as(
         "SELECT filename, tlp, api_key_id FROM analyses
           WHERE sample_sha256 = $1 AND filename <> ''
           ORDER BY created_at, id LIMIT 1",
@@ -83,8 +76,21 @@ async fn sample_name(
     .fetch_optional(db)
     .await
     .map_err(db_error)?;
-    Ok(first.and_then(|(name, tlp, submitted_by)| {
-        let no_stricter = Tlp::parse(&tlp)? <= Tlp::parse(&row.tlp)?;
-        (no_stricter && vis.allows(&tlp, submitted_by)).then_some(name)
-    }))
+    Ok(shown_name(first, &row.tlp, vis))
+}
+
+/// The sample's first named analysis: file name, TLP, submitting key.
+pub type FirstName = (String, String, Option<i64>);
+
+/// Whether the first name may be shown in an analysis with TLP `tlp`.
+/// That name was given by whoever submitted first, so it is shown only
+/// where it tells nothing new: when this caller may read that analysis,
+/// and when its TLP is no stricter than this one's (a TLP:CLEAR bundle must
+/// not carry an AMBER submitter's file name). Otherwise the `file` has no
+/// name; its id is then the one every producer computes from the hashes
+/// alone, still the same for every such bundle.
+pub fn shown_name(first: Option<FirstName>, tlp: &str, vis: &Visibility) -> Option<String> {
+    let (name, first_tlp, submitted_by) = first?;
+    let no_stricter = Tlp::parse(&first_tlp)? <= Tlp::parse(tlp)?;
+    (no_stricter && vis.allows(&first_tlp, submitted_by)).then_some(name)
 }

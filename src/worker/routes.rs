@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::state::AppState;
 use crate::api_error::ApiError;
+use crate::export::taxii;
 use crate::{analyses, bridge, export, intake};
 
 /// Every label a request can be counted under; index 0 is for requests
@@ -35,6 +36,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/jobs/{id}/cancel",
     "/v1/samples/{sha256}/content",
     "/v1/analyses/{id}/stix",
+    "/taxii2/...",
 ];
 
 // A label past the scoreboard's last route slot would be counted in it.
@@ -48,6 +50,13 @@ pub fn label_index(template: &str) -> usize {
     if template.starts_with("/__debug/") {
         return 2;
     }
+    // One label for the TAXII server: its seven routes would take a
+    // quarter of the scoreboard's route slots.
+    let template = if template.starts_with("/taxii2/") {
+        "/taxii2/..."
+    } else {
+        template
+    };
     ROUTES.iter().position(|r| *r == template).unwrap_or(0)
 }
 
@@ -60,6 +69,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/analyses/{id}", get(analyses::get_analysis))
         .route("/v1/audit", get(analyses::get_audit))
         .route("/v1/analyses/{id}/stix", get(export::stix_route::get_stix))
+        .route("/taxii2/", get(taxii::discovery))
+        .route("/taxii2/api/", get(taxii::api_root))
+        .route("/taxii2/api/collections/", get(taxii::collections))
+        .route("/taxii2/api/collections/{id}/", get(taxii::get_collection))
+        .route("/taxii2/api/collections/{id}/objects/", get(taxii::objects))
+        .route(
+            "/taxii2/api/collections/{id}/objects/{object_id}/",
+            get(taxii::object),
+        )
+        .route(
+            "/taxii2/api/collections/{id}/manifest/",
+            get(taxii::manifest),
+        )
         .route("/v1/queues/{queue}/claim", post(bridge::claim))
         .route("/v1/jobs/{id}", get(bridge::get_job))
         .route("/v1/jobs/{id}/heartbeat", post(bridge::heartbeat))
