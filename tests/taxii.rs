@@ -226,12 +226,27 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["objects"], json!([found[0]]));
     assert!(found[0]["sample_ref"].is_string());
-    let r = get(
-        &app,
-        &format!("{objects}malware-analysis--00000000-0000-4000-8000-000000000000/"),
-        &reader,
+    let r = get(&app, &format!("{objects}{id}/versions/"), &reader);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({ "more": false, "versions": [found[0]["modified"]] })
     );
-    assert_eq!(r.status, 404, "{}", r.body);
+    for missing in [
+        "malware-analysis--00000000-0000-4000-8000-000000000000",
+        "indicator--00000000-0000-4000-8000-000000000000",
+    ] {
+        let r = get(&app, &format!("{objects}{missing}/"), &reader);
+        assert_eq!(r.status, 404, "{}", r.body);
+        assert_eq!(r.json()["error"], "not_found");
+    }
+    // Not the reader's: bob's TLP:RED analysis is in no collection.
+    let red = get(
+        &app,
+        &format!("{objects}?match%5Btype%5D=marking-definition&limit=1000"),
+        &bob,
+    );
+    assert!(!red.body.contains("TLP:RED"), "{}", red.body);
 
     // Errors: JSON, with the reason.
     for (path, status, code) in [

@@ -205,10 +205,50 @@ pub async fn object(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     admit(&caller, &headers)?;
-    let coll = collection(&id)?;
-    let mut filter = parse_filter(query.as_deref())?;
-    filter.ids = Some(vec![object_id.clone()]);
-    let vis = Visibility::of(&caller);
+    let page = find(&app, &caller, &id, &object_id, query.as_deref()).await?;
+    Ok(envelope(page, |item| item.object))
+}
+
+/// Every version of one object: here always one, the current.
+pub async fn versions(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, object_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    admit(&caller, &headers)?;
+    let page = find(&app, &caller, &id, &object_id, query.as_deref()).await?;
+    let mut versions: Vec<String> = page.items.into_iter().map(|i| i.version).collect();
+    versions.sort();
+    versions.dedup();
+    Ok(taxii(json!({ "more": false, "versions": versions }), &[]))
+}
+
+/// The object `object_id` of a collection, every time it occurs there.
+async fn find(
+    app: &AppState,
+    caller: &Caller,
+    collection_id: &str,
+    object_id: &str,
+    query: Option<&str>,
+) -> Result<taxii_page::Page, ApiError> {
+    let coll = collection(collection_id)?;
+    let missing = || {
+        ApiError::not_found(format!(
+            "no object {object_id:?} in collection {}",
+            coll.alias
+        ))
+    };
+    // Only these types are ever served; anything else is missing without
+    // reading the collection for it.
+    let served = ["marking-definition--", "file--", "malware-analysis--"];
+    if !served.iter().any(|p| object_id.starts_with(p)) {
+        return Err(missing());
+    }
+    let mut filter = parse_filter(query)?;
+    filter.ids = Some(vec![object_id.to_owned()]);
+    let vis = Visibility::of(caller);
     let mut page = taxii_page::read(&app.db, &vis, coll.ceiling, &filter).await?;
     // A page can end short of the object (reads are bounded); only the
     // whole collection can say it is not there.
@@ -217,12 +257,9 @@ pub async fn object(
         page = taxii_page::read(&app.db, &vis, coll.ceiling, &filter).await?;
     }
     if page.items.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no object {object_id:?} in collection {}",
-            coll.alias
-        )));
+        return Err(missing());
     }
-    Ok(envelope(page, |item| item.object))
+    Ok(page)
 }
 
 pub async fn manifest(

@@ -79,6 +79,10 @@ pub fn router(state: AppState) -> Router {
             get(taxii::object),
         )
         .route(
+            "/taxii2/api/collections/{id}/objects/{object_id}/versions/",
+            get(taxii::versions),
+        )
+        .route(
             "/taxii2/api/collections/{id}/manifest/",
             get(taxii::manifest),
         )
