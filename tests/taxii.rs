@@ -89,21 +89,32 @@ fn basic(key: &str) -> String {
     format!("Basic {token}")
 }
 
-/// The TLP names of the markings, and the `malware-analysis` results, of
-/// a list of objects.
-fn summary(objects: &Value) -> (Vec<String>, usize) {
+/// A collection's objects: the marking names in order, how many files
+/// and how many analyses. Asserts what holds for every collection: each
+/// object once, markings first, and every `sample_ref` pointing at a file
+/// served before it.
+fn summary(objects: &Value) -> (Vec<String>, usize, usize) {
     let objects = objects.as_array().unwrap();
-    let mut markings: Vec<String> = objects
-        .iter()
-        .filter(|o| o["type"] == "marking-definition")
-        .map(|o| o["name"].as_str().unwrap().to_string())
-        .collect();
-    markings.sort();
-    let analyses = objects
-        .iter()
-        .filter(|o| o["type"] == "malware-analysis")
-        .count();
-    (markings, analyses)
+    let mut seen = std::collections::HashSet::new();
+    let (mut markings, mut files, mut analyses) = (Vec::new(), 0, 0);
+    for o in objects {
+        let id = o["id"].as_str().unwrap();
+        assert!(seen.insert(id), "{id} twice in {objects:#?}");
+        match o["type"].as_str().unwrap() {
+            "marking-definition" => {
+                assert_eq!(files + analyses, 0, "markings come first");
+                markings.push(o["name"].as_str().unwrap().to_string());
+            }
+            "file" => files += 1,
+            "malware-analysis" => {
+                let sample = o["sample_ref"].as_str().unwrap();
+                assert!(seen.contains(sample), "{sample} not served before {id}");
+                analyses += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    (markings, files, analyses)
 }
 
 #[test]
@@ -128,46 +139,45 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
     }
     submit(&app, &bob, "red", format!("taxii red {tag}").as_bytes());
     submit(&app, &bob, "green", format!("taxii bob {tag}").as_bytes());
+    // A sample seen again: the same file, not served twice.
+    submit(&app, &alice, "green", EICAR);
+    // A sample first named under TLP:AMBER+STRICT, then seen as CLEAR: the
+    // CLEAR analysis's file has no name, so it is another file.
+    let shared = format!("taxii shared {tag}");
+    submit(&app, &alice, "amber+strict", shared.as_bytes());
+    submit(&app, &alice, "clear", shared.as_bytes());
 
     // The reader sees everyone's but TLP:RED, in pages of two objects.
     let seen = walk(&app, &reader, 2);
     assert_eq!(seen["versions"], json!([MEDIA]), "{seen}");
     let colls = &seen["collections"];
+    let levels = ["TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT"];
+    // (collection, its levels, files, analyses)
     let expect = [
-        (
-            "analyses",
-            5,
-            vec![
-                "TLP:AMBER",
-                "TLP:AMBER+STRICT",
-                "TLP:CLEAR",
-                "TLP:GREEN",
-                "TLP:GREEN",
-            ],
-        ),
-        ("tlp-clear", 1, vec!["TLP:CLEAR"]),
-        ("tlp-green", 3, vec!["TLP:CLEAR", "TLP:GREEN", "TLP:GREEN"]),
-        (
-            "tlp-amber",
-            4,
-            vec!["TLP:AMBER", "TLP:CLEAR", "TLP:GREEN", "TLP:GREEN"],
-        ),
+        ("analyses", 4, 7, 8),
+        ("tlp-clear", 1, 2, 2),
+        ("tlp-green", 2, 4, 5),
+        ("tlp-amber", 3, 5, 6),
     ];
-    for (alias, analyses, markings) in expect {
+    for (alias, markings, files, analyses) in expect {
         let c = &colls[alias];
         assert_eq!(c["errors"], json!([]), "{alias}: {c:#}");
         assert_eq!(c["can_write"], false);
-        let objects = c["objects"].as_array().unwrap();
-        // Three objects an analysis: its marking, the file, the analysis.
-        assert_eq!(objects.len(), analyses * 3, "{alias}: {c:#}");
-        assert_eq!(c["pages"], (analyses * 3).div_ceil(2), "{alias}");
-        assert_eq!(
-            summary(&c["objects"]),
-            (markings.iter().map(|s| s.to_string()).collect(), analyses),
-            "{alias}"
+        let want = (
+            levels[..markings].iter().map(|s| s.to_string()).collect(),
+            files,
+            analyses,
         );
+        assert_eq!(summary(&c["objects"]), want, "{alias}: {c:#}");
+        let total = markings + files + analyses;
+        assert_eq!(c["pages"], total.div_ceil(2), "{alias}");
         // The manifest lists the same objects in the same order.
-        let ids: Vec<&Value> = objects.iter().map(|o| &o["id"]).collect();
+        let ids: Vec<&Value> = c["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| &o["id"])
+            .collect();
         let listed: Vec<&Value> = c["manifest"]
             .as_array()
             .unwrap()
@@ -176,27 +186,36 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
             .collect();
         assert_eq!(ids, listed, "{alias}");
     }
-    // Submission order: the EICAR analysis comes first, malicious.
-    let first = &colls["analyses"]["objects"][2];
-    assert_eq!(first["type"], "malware-analysis");
-    assert_eq!(first["result"], "malicious");
+    // Submission order: after the markings, the EICAR sample and its
+    // analysis, malicious.
+    let first = &colls["analyses"]["objects"];
+    assert_eq!(first[4]["type"], "file");
+    assert_eq!(first[4]["name"], "clear.bin");
+    assert_eq!(first[5]["type"], "malware-analysis");
+    assert_eq!(first[5]["result"], "malicious");
 
     // A submitter, with its key as a Basic password, sees only its own.
     let own = walk(&app, &alice, 100);
     let c = &own["collections"]["analyses"];
     assert_eq!(c["pages"], 1);
-    assert_eq!(summary(&c["objects"]).1, 4, "{c:#}");
-    assert_eq!(summary(&own["collections"]["tlp-green"]["objects"]).1, 2);
+    assert_eq!(summary(&c["objects"]).1, 6, "{c:#}");
+    assert_eq!(summary(&c["objects"]).2, 7, "{c:#}");
+    assert_eq!(summary(&own["collections"]["tlp-green"]["objects"]).2, 4);
 
     // Over the socket: the media type, the date headers, and added_after
     // given back from the last one.
     let objects = "/taxii2/api/collections/analyses/objects/";
-    let r = get(&app, &format!("{objects}?limit=4"), &reader);
+    // Seven: the four markings, EICAR's file and analysis, the next file.
+    let r = get(&app, &format!("{objects}?limit=7"), &reader);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some(MEDIA));
     let page = r.json();
     assert_eq!(page["more"], true);
-    assert_eq!(page["objects"].as_array().unwrap().len(), 4);
+    assert_eq!(page["objects"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        r.header("x-taxii-date-added-first"),
+        Some("2022-10-01T00:00:00.000000Z")
+    );
     let first_added = r.header("x-taxii-date-added-first").unwrap().to_string();
     let last = r.header("x-taxii-date-added-last").unwrap().to_string();
     assert!(first_added < last, "{first_added} {last}");
@@ -205,8 +224,20 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
         &format!("{objects}?added_after={last}&limit=100"),
         &reader,
     );
-    // Everything after the second analysis: three analyses left.
-    assert_eq!(summary(&r.json()["objects"]).1, 3, "{}", r.body);
+    // Everything after the second analysis: six analyses (one with a
+    // file served before), no markings.
+    let after = r.json()["objects"].as_array().unwrap().clone();
+    let count = |kind: &str| after.iter().filter(|o| o["type"] == kind).count();
+    assert_eq!(
+        (
+            count("marking-definition"),
+            count("file"),
+            count("malware-analysis")
+        ),
+        (0, 5, 6),
+        "{}",
+        r.body
+    );
     let after_all = r.header("x-taxii-date-added-last").unwrap().to_string();
     let r = get(&app, &format!("{objects}?added_after={after_all}"), &reader);
     assert_eq!(r.json(), json!({ "more": false }), "{}", r.body);
@@ -219,7 +250,7 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
         &reader,
     );
     let found = r.json()["objects"].as_array().unwrap().clone();
-    assert_eq!(found.len(), 5);
+    assert_eq!(found.len(), 8);
     assert!(found.iter().all(|o| o["type"] == "malware-analysis"));
     let id = found[0]["id"].as_str().unwrap();
     let r = get(&app, &format!("{objects}{id}/"), &reader);

@@ -60,6 +60,22 @@ pub enum Tlp {
 }
 
 impl Tlp {
+    /// Every level, from the least strict.
+    pub const ALL: [Tlp; 5] = [
+        Tlp::Clear,
+        Tlp::Green,
+        Tlp::Amber,
+        Tlp::AmberStrict,
+        Tlp::Red,
+    ];
+
+    /// When OASIS published the marking definitions.
+    pub fn published() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(TLP2_CREATED)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
     /// The database's spelling; TLP 1.0's `white` is TLP 2.0's CLEAR.
     pub fn parse(s: &str) -> Option<Tlp> {
         Some(match s {
@@ -502,5 +518,7 @@ mod tests {
         assert!(Tlp::Amber < Tlp::AmberStrict && Tlp::AmberStrict < Tlp::Red);
         assert_eq!(Tlp::parse("white"), Some(Tlp::Clear));
         assert_eq!(Tlp::parse("CLEAR"), None);
+        assert!(Tlp::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Tlp::published().to_rfc3339(), "2022-10-01T00:00:00+00:00");
     }
 }

@@ -1,8 +1,12 @@
-//! A page of a TAXII collection: the STIX objects (`stix::objects`) of the
-//! analyses a caller may see up to a TLP ceiling, in the order of the
-//! analyses (`created_at`, `id`), each object added when its analysis was.
-//! A cursor names an analysis and the position of an object in it, so a
-//! page may end inside an analysis and `limit` holds exactly.
+//! A page of a TAXII collection. A collection holds, first, the TLP 2.0
+//! marking definitions up to its ceiling (added when OASIS published
+//! them), then for each analysis the caller may see up to that ceiling,
+//! in the order of the analyses (`created_at`, `id`) and added when the
+//! analysis was: its sample's `file`, unless an earlier analysis there
+//! already gave the same one, and its `malware-analysis`. Each object is
+//! in a collection once, and every `sample_ref` points at a `file` at or
+//! before it. A cursor names an analysis and the position of an object in
+//! it, so a page may end inside an analysis and `limit` holds exactly.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,6 +30,9 @@ const SCAN_LIMIT: usize = 2000;
 
 /// Analyses read per query.
 const BATCH: usize = 200;
+
+/// A cursor index past every object of an analysis.
+const PAST_END: usize = 9;
 
 #[derive(Debug, Default)]
 pub struct Filter {
@@ -66,7 +73,7 @@ impl FromStr for Cursor {
         let micros: i64 = parts.next().ok_or(())?.parse().map_err(|_| ())?;
         let id = Uuid::try_parse(parts.next().ok_or(())?).map_err(|_| ())?;
         let index: usize = parts.next().ok_or(())?.parse().map_err(|_| ())?;
-        if parts.next().is_some() || index > 64 {
+        if parts.next().is_some() || index > PAST_END {
             return Err(());
         }
         let created_at = DateTime::from_timestamp_micros(micros).ok_or(())?;
@@ -104,6 +111,8 @@ struct Row {
     first_name: Option<String>,
     first_tlp: Option<String>,
     first_by: Option<i64>,
+    /// No earlier analysis of the collection gave the same `file`.
+    new_file: bool,
 }
 
 /// The database spellings of every TLP up to `ceiling`.
@@ -132,29 +141,116 @@ impl Filter {
     }
 }
 
+/// A TLP's strictness in SQL, as `Tlp`'s order has it.
+fn rank_sql(tlp: &str) -> String {
+    format!(
+        "array_position(ARRAY['clear','green','amber','amber+strict','red'], \
+         CASE WHEN {tlp} = 'white' THEN 'clear' ELSE {tlp} END)"
+    )
+}
+
+/// Whether analysis `x`'s `file` carries the sample's first name (`f`),
+/// in SQL: `stix_route::shown_name`'s rule, which it must match, or a
+/// `sample_ref` would point at a `file` never served.
+fn named_sql(vis: &Visibility, x: &str) -> String {
+    format!(
+        "COALESCE(f.filename IS NOT NULL AND {} AND {} >= {}, false)",
+        vis.sql("f", 1),
+        rank_sql(&format!("{x}.tlp")),
+        rank_sql("f.tlp"),
+    )
+}
+
+/// The page's entries and the cursor after it, while it fills.
+struct Filling<'a> {
+    filter: &'a Filter,
+    items: Vec<Item>,
+}
+
+impl Filling<'_> {
+    /// Adds an object the filter admits; `false` (and nothing added) once
+    /// the page is full, with the object left for the next page.
+    fn offer(&mut self, object: Value, version: String, date_added: DateTime<Utc>) -> bool {
+        if !self.filter.admits(&object, &version) {
+            return true;
+        }
+        if self.items.len() == self.filter.limit {
+            return false;
+        }
+        self.items.push(Item {
+            date_added,
+            version,
+            object,
+        });
+        true
+    }
+}
+
+/// Stands for the markings, ahead of every analysis, in cursors.
+fn markings_cursor(index: usize) -> Cursor {
+    Cursor {
+        created_at: Tlp::published(),
+        id: Uuid::nil(),
+        index,
+    }
+}
+
 pub async fn read(
     db: &PgPool,
     vis: &Visibility,
     ceiling: Tlp,
     filter: &Filter,
 ) -> Result<Page, ApiError> {
+    let mut page = Filling {
+        filter,
+        items: Vec::new(),
+    };
+    let published = Tlp::published();
+    let mut cursor = filter.next;
+    let in_markings = cursor.is_none_or(|c| c.id.is_nil());
+    if in_markings && filter.added_after.is_none_or(|t| t < published) {
+        let skip = cursor.map_or(0, |c| c.index);
+        for (index, tlp) in Tlp::ALL.into_iter().enumerate().skip(skip) {
+            if tlp > ceiling {
+                break;
+            }
+            let marking = tlp.marking();
+            let version = stix_timestamp(published);
+            if !page.offer(marking, version, published) {
+                return Ok(Page {
+                    items: page.items,
+                    next: Some(markings_cursor(index)),
+                });
+            }
+        }
+    }
+    if in_markings {
+        cursor = None;
+    }
+
+    let named_a = named_sql(vis, "a");
+    let named_p = named_sql(vis, "p");
     let sql = format!(
-        "SELECT {COLUMNS}, f.filename AS first_name, f.tlp AS first_tlp, f.api_key_id AS first_by
+        "SELECT {COLUMNS}, f.filename AS first_name, f.tlp AS first_tlp, f.api_key_id AS first_by,
+                NOT EXISTS (
+                    SELECT 1 FROM analyses p
+                     WHERE p.sample_sha256 = a.sample_sha256 AND p.tlp = ANY($2)
+                       AND {vis_p} AND (p.created_at, p.id) < (a.created_at, a.id)
+                       AND {named_p} = {named_a}) AS new_file
            FROM {FROM}
            LEFT JOIN LATERAL (
                 SELECT filename, tlp, api_key_id FROM analyses
                  WHERE sample_sha256 = a.sample_sha256 AND filename <> ''
                  ORDER BY created_at, id LIMIT 1) f ON true
-          WHERE {} AND a.tlp = ANY($2)
+          WHERE {vis_a} AND a.tlp = ANY($2)
             AND ($3::timestamptz IS NULL OR a.created_at > $3)
             AND ($4::timestamptz IS NULL OR (a.created_at, a.id) >= ($4, $5))
           ORDER BY a.created_at, a.id
           LIMIT $6",
-        vis.sql("a", 1)
+        vis_p = vis.sql("p", 1),
+        vis_a = vis.sql("a", 1),
     );
     let levels = spellings(ceiling);
-    let mut cursor = filter.next;
-    let mut items = Vec::new();
     let mut scanned = 0;
     loop {
         let rows: Vec<Row> = sqlx::query_as(&sql)
@@ -176,61 +272,63 @@ pub async fn read(
                 .zip(row.first_tlp.clone())
                 .map(|(name, tlp)| (name, tlp, row.first_by));
             let name = shown_name(first, &a.tlp, vis);
-            let objects = stix::objects(a, name.as_deref()).map_err(|e| {
-                tracing::error!(analysis = %a.id, error = %e, "cannot express the analysis in STIX");
-                ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "stix_failed",
-                    "an analysis cannot be expressed in STIX",
-                )
-            })?;
+            let [_marking, file, analysis]: [Value; 3] = stix::objects(a, name.as_deref())
+                .map_err(|e| {
+                    tracing::error!(analysis = %a.id, error = %e, "cannot express the analysis in STIX");
+                    e
+                })
+                .ok()
+                .and_then(|o| o.try_into().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "stix_failed",
+                        "an analysis cannot be expressed in STIX",
+                    )
+                })?;
             let skip = match cursor {
                 Some(c) if c.id == a.id => c.index,
                 _ => 0,
             };
-            for (index, object) in objects.into_iter().enumerate().skip(skip) {
+            let added = stix_timestamp(a.created_at);
+            let entries = [(row.new_file, file, added.clone()), (true, analysis, added)];
+            for (index, (emit, object, added)) in entries.into_iter().enumerate().skip(skip) {
                 let version = object
                     .get("modified")
-                    .or_else(|| object.get("created"))
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| stix_timestamp(a.created_at));
-                if !filter.admits(&object, &version) {
-                    continue;
-                }
-                if items.len() == filter.limit {
+                    .map_or(added, str::to_owned);
+                if emit && !page.offer(object, version, a.created_at) {
                     let next = Cursor {
                         created_at: a.created_at,
                         id: a.id,
                         index,
                     };
                     return Ok(Page {
-                        items,
+                        items: page.items,
                         next: Some(next),
                     });
                 }
-                items.push(Item {
-                    date_added: a.created_at,
-                    version,
-                    object,
-                });
             }
             scanned += 1;
             // Everything of this analysis is behind us.
             cursor = Some(Cursor {
                 created_at: a.created_at,
                 id: a.id,
-                index: usize::MAX >> 1,
+                index: PAST_END,
             });
         }
         if exhausted {
-            return Ok(Page { items, next: None });
+            return Ok(Page {
+                items: page.items,
+                next: None,
+            });
         }
         if scanned >= SCAN_LIMIT {
-            // Resume after the last analysis read; the index past its end
-            // makes it contribute nothing again.
-            let next = cursor.map(|c| Cursor { index: 64, ..c });
-            return Ok(Page { items, next });
+            // Resume after the last analysis read.
+            return Ok(Page {
+                items: page.items,
+                next: cursor,
+            });
         }
     }
 }
