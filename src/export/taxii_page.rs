@@ -243,8 +243,7 @@ pub async fn read(
                  WHERE sample_sha256 = a.sample_sha256 AND filename <> ''
                  ORDER BY created_at, id LIMIT 1) f ON true
           WHERE {vis_a} AND a.tlp = ANY($2)
-            AND ($3::timestamptz IS NULL OR a.created_at > $3)
-            AND ($4::timestamptz IS NULL OR (a.created_at, a.id) >= ($4, $5))
+            AND a.created_at > $3 AND (a.created_at, a.id) >= ($4, $5)
           ORDER BY a.created_at, a.id
           LIMIT $6",
         vis_p = vis.sql("p", 1),
@@ -256,9 +255,11 @@ pub async fn read(
         let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(vis.key_id())
             .bind(&levels)
-            .bind(filter.added_after)
-            .bind(cursor.map(|c| c.created_at))
-            .bind(cursor.map(|c| c.id))
+            // Bounds always, never NULL for "none": a prepared statement's
+            // generic plan can then still start its index scan at them.
+            .bind(filter.added_after.unwrap_or(DateTime::UNIX_EPOCH))
+            .bind(cursor.map_or(DateTime::UNIX_EPOCH, |c| c.created_at))
+            .bind(cursor.map_or(Uuid::nil(), |c| c.id))
             .bind(BATCH as i64)
             .fetch_all(db)
             .await
