@@ -257,6 +257,16 @@ fn a_taxii_client_reads_every_page_of_every_collection() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["objects"], json!([found[0]]));
     assert!(found[0]["sample_ref"].is_string());
+    let green = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb";
+    let r = get(&app, &format!("{objects}{green}/"), &reader);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["objects"][0]["name"], "TLP:GREEN");
+    let r = get(
+        &app,
+        &format!("/taxii2/api/collections/tlp-clear/objects/{green}/"),
+        &reader,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
     let r = get(&app, &format!("{objects}{id}/versions/"), &reader);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(

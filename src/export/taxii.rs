@@ -219,13 +219,22 @@ pub async fn versions(
 ) -> Result<Response, ApiError> {
     admit(&caller, &headers)?;
     let page = find(&app, &caller, &id, &object_id, query.as_deref()).await?;
-    let mut versions: Vec<String> = page.items.into_iter().map(|i| i.version).collect();
-    versions.sort();
-    versions.dedup();
-    Ok(taxii(json!({ "more": false, "versions": versions }), &[]))
+    let mut body = serde_json::Map::new();
+    body.insert("more".into(), json!(page.next.is_some()));
+    if let Some(next) = &page.next {
+        body.insert("next".into(), json!(next.to_string()));
+    }
+    let versions: Vec<String> = page.items.into_iter().map(|i| i.version).collect();
+    if !versions.is_empty() {
+        body.insert("versions".into(), json!(versions));
+    }
+    Ok(taxii(Value::Object(body), &[]))
 }
 
-/// The object `object_id` of a collection, every time it occurs there.
+/// The object `object_id` of a collection: a page, as for `objects`.
+/// One request reads a bounded part of the collection, so a page can come
+/// back empty with `more` and a `next` to go on from; only once the whole
+/// collection was read is the object missing (404).
 async fn find(
     app: &AppState,
     caller: &Caller,
@@ -248,15 +257,8 @@ async fn find(
     }
     let mut filter = parse_filter(query)?;
     filter.ids = Some(vec![object_id.to_owned()]);
-    let vis = Visibility::of(caller);
-    let mut page = taxii_page::read(&app.db, &vis, coll.ceiling, &filter).await?;
-    // A page can end short of the object (reads are bounded); only the
-    // whole collection can say it is not there.
-    while page.items.is_empty() && page.next.is_some() {
-        filter.next = page.next;
-        page = taxii_page::read(&app.db, &vis, coll.ceiling, &filter).await?;
-    }
-    if page.items.is_empty() {
+    let page = taxii_page::read(&app.db, &Visibility::of(caller), coll.ceiling, &filter).await?;
+    if page.items.is_empty() && page.next.is_none() {
         return Err(missing());
     }
     Ok(page)

@@ -128,6 +128,22 @@ fn matches(list: &Option<Vec<String>>, value: &str) -> bool {
 }
 
 impl Filter {
+    /// Whether any object of an analysis (a `file`, a `malware-analysis`)
+    /// could pass; if not, the analyses need not be read at all.
+    fn may_match_analyses(&self) -> bool {
+        let kinds = ["file", "malware-analysis"];
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| kinds.contains(&t.as_str())))
+            && self.ids.as_ref().is_none_or(|ids| {
+                ids.iter().any(|id| {
+                    kinds
+                        .iter()
+                        .any(|k| id.strip_prefix(k).is_some_and(|r| r.starts_with("--")))
+                })
+            })
+    }
+
     fn admits(&self, object: &Value, version: &str) -> bool {
         let str_of = |k: &str| object.get(k).and_then(Value::as_str).unwrap_or_default();
         matches(&self.types, str_of("type"))
@@ -226,6 +242,12 @@ pub async fn read(
     }
     if in_markings {
         cursor = None;
+    }
+    if !filter.may_match_analyses() {
+        return Ok(Page {
+            items: page.items,
+            next: None,
+        });
     }
 
     let named_a = named_sql(vis, "a");
@@ -387,5 +409,15 @@ mod tests {
         assert!(f(None, Some(&["last"])).admits(&o, "v"));
         assert!(f(None, Some(&["v"])).admits(&o, "v"));
         assert!(!f(None, Some(&["w"])).admits(&o, "v"));
+        assert!(f(None, None).may_match_analyses());
+        assert!(f(Some(&["indicator", "file"]), None).may_match_analyses());
+        assert!(!f(Some(&["marking-definition"]), None).may_match_analyses());
+        let by_id = |id: &str| Filter {
+            ids: Some(vec![id.to_string()]),
+            ..Filter::default()
+        };
+        assert!(by_id("malware-analysis--1").may_match_analyses());
+        assert!(!by_id("marking-definition--1").may_match_analyses());
+        assert!(!by_id("filex--1").may_match_analyses());
     }
 }
