@@ -33,6 +33,10 @@ command -v adduser >/dev/null || need_apt+=(adduser)
 # readers analysts use: Info-ZIP's unzip and 7-Zip.
 command -v unzip >/dev/null || need_apt+=(unzip)
 command -v 7z >/dev/null || need_apt+=(p7zip-full)
+# tests/common/py.rs makes a virtualenv for the Python clients the STIX
+# and TAXII tests check the appliance with (stix2-validator, stix2,
+# taxii2-client); Debian splits venv (and its pip) out of python3.
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -262,10 +262,62 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let key = presented_key(
+            parts.headers.get("x-api-key").map(|v| v.as_bytes()),
+            parts.headers.get("authorization").map(|v| v.as_bytes()),
+        );
         state
             .key_ring()
-            .authenticate_fresh(key, state.key_db())
+            .authenticate_fresh(key.as_deref(), state.key_db())
             .await
+    }
+}
+
+/// The API key a request presents: its `X-API-Key` header or, failing
+/// that, the password of HTTP Basic authentication under any user name
+/// (TAXII clients know no other way to send a secret). Not UTF-8, or a
+/// Basic value that does not decode, is no key.
+pub fn presented_key(api_key: Option<&[u8]>, authorization: Option<&[u8]>) -> Option<String> {
+    if let Some(key) = api_key {
+        return std::str::from_utf8(key).ok().map(str::to_owned);
+    }
+    let value = std::str::from_utf8(authorization?).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (_user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(password.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presented_key;
+
+    #[test]
+    fn a_key_comes_from_the_header_or_a_basic_password() {
+        // "taxii:sg_secret" and "only-a-user"
+        let basic = Some(&b"Basic dGF4aWk6c2dfc2VjcmV0"[..]);
+        assert_eq!(presented_key(None, basic).as_deref(), Some("sg_secret"));
+        assert_eq!(
+            presented_key(None, Some(b"basic  dGF4aWk6c2dfc2VjcmV0 ")).as_deref(),
+            Some("sg_secret")
+        );
+        assert_eq!(
+            presented_key(Some(b"sg_header"), basic).as_deref(),
+            Some("sg_header")
+        );
+        assert_eq!(presented_key(None, Some(b"Basic b25seS1hLXVzZXI=")), None);
+        assert_eq!(
+            presented_key(None, Some(b"Bearer dGF4aWk6c2dfc2VjcmV0")),
+            None
+        );
+        assert_eq!(presented_key(None, Some(b"Basic !!!")), None);
+        assert_eq!(presented_key(Some(&[0xff]), None), None);
+        assert_eq!(presented_key(None, None), None);
     }
 }

@@ -278,12 +278,13 @@ impl ProxyHttp for FrontEnd {
             .await?;
             return Ok(true);
         }
-        if let Some(key) = session
-            .get_header("x-api-key")
-            .map(|v| v.as_bytes().to_vec())
-        {
+        // The key as the worker will read it (a header, or Basic's password).
+        if let Some(key) = crate::auth::presented_key(
+            session.get_header("x-api-key").map(|v| v.as_bytes()),
+            session.get_header("authorization").map(|v| v.as_bytes()),
+        ) {
             // Counted under a digest so no key is kept in memory in clear.
-            let id = super::tls::fingerprint(&key);
+            let id = super::tls::fingerprint(key.as_bytes());
             if !self.admit(&self.per_key, "key", &id).await {
                 respond(
                     session,

@@ -546,7 +546,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// `application/x-www-form-urlencoded` pairs from a query string.
-fn form_pairs(q: &str) -> Vec<(String, String)> {
+pub(crate) fn form_pairs(q: &str) -> Vec<(String, String)> {
     fn hex_val(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod py;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
