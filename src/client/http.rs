@@ -87,7 +87,9 @@ impl Endpoint {
             url: url.to_string(),
             why: why.to_string(),
         };
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -100,7 +102,10 @@ impl Endpoint {
         if uri.query().is_some() {
             return Err(bad("a query string has no place in the base URL"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let base = uri.path().trim_end_matches('/').to_string();
         let tls = if https {
@@ -346,16 +351,17 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match &ep.tls {
             Some((connector, name)) => {
-                let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| SendError::Tls {
-                        addr: addr.clone(),
-                        why: format!("no handshake within {CONNECT_TIMEOUT:?}"),
-                    })?
-                    .map_err(|e| SendError::Tls {
-                        addr: addr.clone(),
-                        why: e.to_string(),
-                    })?;
+                let tls =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| SendError::Tls {
+                            addr: addr.clone(),
+                            why: format!("no handshake within {CONNECT_TIMEOUT:?}"),
+                        })?
+                        .map_err(|e| SendError::Tls {
+                            addr: addr.clone(),
+                            why: e.to_string(),
+                        })?;
                 Box::new(tls)
             }
             None => Box::new(tcp),
@@ -439,7 +445,10 @@ mod tests {
     #[test]
     fn urls() {
         let e = Endpoint::new("http://127.0.0.1:8080/base/", None, false).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.base.as_str()), ("127.0.0.1", 8080, "/base"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.base.as_str()),
+            ("127.0.0.1", 8080, "/base")
+        );
         assert!(e.is_loopback() && !e.is_tls());
         let e = Endpoint::new("http://[::1]", None, false).unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 80));

@@ -113,7 +113,11 @@ fn connect_args(args: &ServerArgs) -> Result<(Arc<http::Endpoint>, ::http::Heade
         Some(path) => read_key_file(path)?,
         None => match std::env::var("SANDGNAT_API_KEY") {
             Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
-            _ => return Err(usage("no API key: set SANDGNAT_API_KEY or pass --key-file FILE")),
+            _ => {
+                return Err(usage(
+                    "no API key: set SANDGNAT_API_KEY or pass --key-file FILE",
+                ))
+            }
         },
     };
     let key = http::key_header(&key)
@@ -129,7 +133,9 @@ fn connect_args(args: &ServerArgs) -> Result<(Arc<http::Endpoint>, ::http::Heade
         eprintln!("sandgnat: --insecure: the server's certificate is not checked");
     }
     if !endpoint.is_tls() && !endpoint.is_loopback() {
-        eprintln!("sandgnat: {url} is plain HTTP: the key and the samples cross the network in clear");
+        eprintln!(
+            "sandgnat: {url} is plain HTTP: the key and the samples cross the network in clear"
+        );
     }
     Ok((Arc::new(endpoint), key))
 }
@@ -157,8 +163,14 @@ fn metadata(args: &SubmitArgs) -> Result<Vec<(&'static str, String)>, ExitCode> 
         Ok::<(), ExitCode>(())
     };
     if !args.tags.is_empty() {
-        if let Some(t) = args.tags.iter().find(|t| t.contains(',') || t.trim().is_empty()) {
-            return Err(usage(format!("--tag {t:?}: one tag per --tag, not empty, no commas")));
+        if let Some(t) = args
+            .tags
+            .iter()
+            .find(|t| t.contains(',') || t.trim().is_empty())
+        {
+            return Err(usage(format!(
+                "--tag {t:?}: one tag per --tag, not empty, no commas"
+            )));
         }
         field("tags", args.tags.join(","))?;
     }

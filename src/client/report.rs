@@ -52,7 +52,9 @@ impl Report {
         let bars = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let overall = multi.add(ProgressBar::new(total_bytes));
-            overall.set_style(style("{msg:>12} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"));
+            overall.set_style(style(
+                "{msg:>12} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            ));
             overall.set_message(format!("0/{files} files"));
             (multi, overall)
         });
@@ -141,7 +143,9 @@ impl Report {
                 Some(Ok(a)) => self.print(
                     &format!(
                         "{} {file} analysis={} results={}",
-                        a.get("status").and_then(Value::as_str).unwrap_or("finished"),
+                        a.get("status")
+                            .and_then(Value::as_str)
+                            .unwrap_or("finished"),
                         answer["analysis_id"].as_str().unwrap_or("?"),
                         a.get("results").cloned().unwrap_or(Value::Null)
                     ),

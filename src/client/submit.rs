@@ -50,7 +50,13 @@ pub struct Options {
 }
 
 /// Sends every item, reporting each as it ends.
-pub async fn run(endpoint: Arc<Endpoint>, key: HeaderValue, items: Vec<Item>, opts: &Options, report: &Report) {
+pub async fn run(
+    endpoint: Arc<Endpoint>,
+    key: HeaderValue,
+    items: Vec<Item>,
+    opts: &Options,
+    report: &Report,
+) {
     let queue = Mutex::new(VecDeque::from(items));
     let stop = AtomicBool::new(false);
     let left_out = AtomicUsize::new(0);
@@ -107,7 +113,9 @@ pub async fn run(endpoint: Arc<Endpoint>, key: HeaderValue, items: Vec<Item>, op
     tokio::join!(futures_util::future::join_all(workers), waiter);
     let n = left_out.load(Ordering::SeqCst);
     if n > 0 {
-        report.note(&format!("sandgnat: {n} file(s) not submitted: the key was refused"));
+        report.note(&format!(
+            "sandgnat: {n} file(s) not submitted: the key was refused"
+        ));
     }
 }
 
@@ -144,7 +152,12 @@ async fn submit_one(
         };
         upload.set_len(len);
         let digest = Arc::new(Mutex::new(None));
-        let body = file_body(tokio::fs::File::from_std(file), len, upload.clone(), digest.clone());
+        let body = file_body(
+            tokio::fs::File::from_std(file),
+            len,
+            upload.clone(),
+            digest.clone(),
+        );
         let req = client
             .request(Method::POST, &path)
             .header(CONTENT_TYPE, "application/octet-stream")
@@ -153,7 +166,11 @@ async fn submit_one(
             .body(body);
         let req = match req {
             Ok(r) => r,
-            Err(e) => return Outcome::Error { message: e.to_string() },
+            Err(e) => {
+                return Outcome::Error {
+                    message: e.to_string(),
+                }
+            }
         };
         let answer = match client.send(req).await {
             Ok(resp) => client.read(resp).await,
@@ -181,8 +198,9 @@ async fn submit_one(
                 upload.done();
                 return accepted(a.json(), sent_sha256);
             }
-            Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE
-                || a.status == StatusCode::TOO_MANY_REQUESTS =>
+            Ok(a)
+                if a.status == StatusCode::SERVICE_UNAVAILABLE
+                    || a.status == StatusCode::TOO_MANY_REQUESTS =>
             {
                 // By the API's contract these answers record nothing.
                 let (code, message) = a.error();
@@ -234,7 +252,9 @@ async fn submit_one(
                     .map(|s| format!("; check with `sandgnat lookup {s}`"))
                     .unwrap_or_default();
                 return Outcome::Error {
-                    message: format!("{e}; it may have been recorded, so it was not sent again{check}"),
+                    message: format!(
+                        "{e}; it may have been recorded, so it was not sent again{check}"
+                    ),
                 };
             }
         }
@@ -265,7 +285,8 @@ fn submit_path(item: &Item, opts: &Options) -> String {
 /// A 202's body, checked: it names the analysis, and its sha256 is that
 /// of the bytes read from the file.
 fn accepted(doc: Option<Value>, sent_sha256: Option<String>) -> Outcome {
-    let Some(answer) = doc.filter(|d| d.get("analysis_id").and_then(Value::as_str).is_some()) else {
+    let Some(answer) = doc.filter(|d| d.get("analysis_id").and_then(Value::as_str).is_some())
+    else {
         return Outcome::Error {
             message: "the server answered 202 without an analysis id".into(),
         };
@@ -316,7 +337,10 @@ fn file_body(
             buf.truncate(n);
             hasher.update(&buf);
             upload.inc(n as u64);
-            Ok(Some((Frame::data(Bytes::from(buf)), (file, left - n as u64, hasher))))
+            Ok(Some((
+                Frame::data(Bytes::from(buf)),
+                (file, left - n as u64, hasher),
+            )))
         }
     });
     StreamBody::new(stream).boxed_unsync()
@@ -347,8 +371,9 @@ async fn wait_one(
                     None => return Err("the analysis has no status".into()),
                 }
             }
-            Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE
-                || a.status == StatusCode::TOO_MANY_REQUESTS =>
+            Ok(a)
+                if a.status == StatusCode::SERVICE_UNAVAILABLE
+                    || a.status == StatusCode::TOO_MANY_REQUESTS =>
             {
                 pause = a.retry_after.unwrap_or(delay).min(MAX_RETRY_AFTER);
             }
@@ -364,7 +389,10 @@ async fn wait_one(
             }
         }
         if Instant::now() + pause > deadline {
-            return Err(format!("not finished within {}s (--wait-timeout)", limit.as_secs()));
+            return Err(format!(
+                "not finished within {}s (--wait-timeout)",
+                limit.as_secs()
+            ));
         }
         tokio::time::sleep(pause).await;
         delay = (delay * 3 / 2).min(MAX_POLL);

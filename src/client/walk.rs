@@ -129,9 +129,7 @@ pub fn collect(args: &[PathBuf]) -> Result<Walk, WalkError> {
 fn item(shown: &Path, path: PathBuf, follow: bool, size: u64) -> Item {
     Item {
         display: shown.display().to_string(),
-        name: shown
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned()),
+        name: shown.file_name().map(|n| n.to_string_lossy().into_owned()),
         size,
         origin: Origin::Path { path, follow },
     }
@@ -141,8 +139,10 @@ fn walk_dir(dir: &Path, root: &Path, walk: &mut Walk, seen: &mut HashSet<PathBuf
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
-            walk.skipped
-                .push(format!("{}: cannot read the directory ({e}), skipped", dir.display()));
+            walk.skipped.push(format!(
+                "{}: cannot read the directory ({e}), skipped",
+                dir.display()
+            ));
             return;
         }
     };
@@ -150,7 +150,8 @@ fn walk_dir(dir: &Path, root: &Path, walk: &mut Walk, seen: &mut HashSet<PathBuf
     paths.sort();
     for path in paths {
         let skip = |walk: &mut Walk, why: &str| {
-            walk.skipped.push(format!("{}: {why}, skipped", path.display()));
+            walk.skipped
+                .push(format!("{}: {why}, skipped", path.display()));
         };
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -167,7 +168,8 @@ fn walk_dir(dir: &Path, root: &Path, walk: &mut Walk, seen: &mut HashSet<PathBuf
             // only if no component is a link: canonicalize to find out.
             if let Ok(real) = std::fs::canonicalize(&path) {
                 if seen.insert(real) {
-                    walk.items.push(item(&path, path.clone(), false, meta.len()));
+                    walk.items
+                        .push(item(&path, path.clone(), false, meta.len()));
                 }
             }
         } else if kind.is_symlink() {
@@ -180,9 +182,7 @@ fn walk_dir(dir: &Path, root: &Path, walk: &mut Walk, seen: &mut HashSet<PathBuf
                     Ok(m) if m.is_file() => {
                         if seen.insert(real.clone()) {
                             walk.items.push(Item {
-                                name: path
-                                    .file_name()
-                                    .map(|n| n.to_string_lossy().into_owned()),
+                                name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
                                 ..item(&path, real, false, m.len())
                             });
                         }
@@ -239,7 +239,7 @@ mod tests {
         std::os::unix::fs::symlink(tree.join("sub"), tree.join("loop")).unwrap();
         nix::unistd::mkfifo(&tree.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
 
-        let walk = collect(&[tree.clone()]).unwrap();
+        let walk = collect(std::slice::from_ref(&tree)).unwrap();
         let shown: Vec<&str> = walk.items.iter().map(|i| i.display.as_str()).collect();
         let t = tree.display();
         // `again` comes first in name order and stands for sub/a.
@@ -247,8 +247,14 @@ mod tests {
         assert_eq!(walk.items[0].name.as_deref(), Some("again"));
         assert_eq!(walk.items[0].size, 2);
         let skipped = walk.skipped.join("\n");
-        assert!(skipped.contains("out: a symbolic link out of the tree"), "{skipped}");
-        assert!(skipped.contains("loop: a symbolic link to a directory"), "{skipped}");
+        assert!(
+            skipped.contains("out: a symbolic link out of the tree"),
+            "{skipped}"
+        );
+        assert!(
+            skipped.contains("loop: a symbolic link to a directory"),
+            "{skipped}"
+        );
         assert!(skipped.contains("fifo: not a regular file"), "{skipped}");
         assert!(collect(&[base.join("missing")]).is_err());
         std::fs::remove_dir_all(&base).unwrap();
