@@ -215,6 +215,26 @@ fn a_tree_standard_input_refusals_and_lookup() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("TLS with"), "{stderr}");
 
+    // Nobody listening: retried (nothing was sent), then exit 2.
+    let mut cmd = Command::new(BIN);
+    clean_env(&mut cmd);
+    cmd.args(["submit", "--retries", "1", "--url"])
+        .arg(format!("https://127.0.0.1:{}", common::free_port()))
+        .arg("--cacert")
+        .arg(app.dir.join("certs/self-signed.pem"))
+        .arg(root.join("a.bin"))
+        .env("SANDGNAT_API_KEY", &key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = run(cmd, None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("retry") && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gave up after 2 tries"), "{stderr}");
+
     // Lookup by md5 prints the sha256; --json is the server's document;
     // an unknown sample is exit 1. The key file is read, trimmed.
     let data = &files[&root.join("x/b.bin")];

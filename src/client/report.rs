@@ -72,7 +72,7 @@ impl Report {
         match &self.bars {
             Some((multi, overall)) => {
                 let bar = multi.insert_before(overall, ProgressBar::new(len));
-                bar.set_style(style("{msg:>12.dim} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"));
+                bar.set_style(style("{msg:>12.dim} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"));
                 bar.set_message(short(name, 12));
                 Upload {
                     bar,
