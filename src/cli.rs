@@ -1,4 +1,5 @@
-//! The command line: operator commands (`serve`, `check-config`) and the
+//! The command line: operator commands (`serve`, `check-config`), the
+//! analyst's client (`submit`, `lookup`, in `crate::client`) and the
 //! internal roles the master starts (`worker`, `metrics-listener`,
 //! `front-end`, `job-runner`). Flags are the highest-precedence settings source.
 
@@ -102,6 +103,13 @@ enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Send samples to an appliance over its API (key from
+    /// SANDGNAT_API_KEY or --key-file); exit 0 all accepted, 1 some
+    /// refused, 2 a usage or connection error.
+    Submit(crate::client::SubmitArgs),
+    /// Show what an appliance knows of a sample, by md5, sha1 or sha256;
+    /// exit 1 if it knows nothing.
+    Lookup(crate::client::LookupArgs),
     /// Print the effective settings as TOML, secrets hidden; exit 2 on a bad value.
     CheckConfig {
         #[command(flatten)]
@@ -470,6 +478,8 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Submit(args) => crate::client::submit(args),
+        Command::Lookup(args) => crate::client::lookup(args),
         Command::Worker(args) => crate::worker::run(args),
         Command::MetricsListener(args) => crate::metrics::run(args),
         Command::FrontEnd(args) => crate::frontend::run(args),

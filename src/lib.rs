@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bridge;
 pub mod child;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod export;
 pub mod frontend;
