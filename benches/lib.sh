@@ -120,6 +120,9 @@ access_log = "$run/access.log"
 error_log = "$run/error.log"
 $extra
 TOML
+  # A master started as root takes over only a state directory that is
+  # already the service account's (or empty).
+  [ "$(id -u)" = 0 ] && chown nobody:nogroup "$run"
   env -u DATABASE_URL -u REDIS_URL "$bin" migrate --config "$run/sandgnat.toml" >&2
   key=$(env -u DATABASE_URL "$bin" keys create --config "$run/sandgnat.toml" --name bench --role submitter)
   env -u DATABASE_URL -u REDIS_URL "$bin" serve --config "$run/sandgnat.toml" --no-migrate > "$run/out.log" 2>&1 &

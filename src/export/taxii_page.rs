@@ -202,6 +202,25 @@ impl Filling<'_> {
     }
 }
 
+/// The time before which no analysis can still appear. An analysis's
+/// `created_at` is the start of the transaction that recorded it, so one
+/// still open may yet commit an analysis dated as early as its start:
+/// serving only what is older than the oldest open transaction means a
+/// client that polls with `added_after` never sees a later commit dated
+/// before what it already has. Only client sessions of this database
+/// count: nothing else can record an analysis here (autovacuum's long
+/// transactions record nothing).
+async fn settled_before(db: &PgPool) -> Result<DateTime<Utc>, ApiError> {
+    sqlx::query_scalar(
+        "SELECT coalesce(min(xact_start), now()) FROM pg_stat_activity
+          WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid()
+            AND backend_type = 'client backend' AND datname = current_database()",
+    )
+    .fetch_one(db)
+    .await
+    .map_err(db_error)
+}
+
 /// Stands for the markings, ahead of every analysis, in cursors.
 fn markings_cursor(index: usize) -> Cursor {
     Cursor {
@@ -250,6 +269,7 @@ pub async fn read(
         });
     }
 
+    let settled = settled_before(db).await?;
     let named_a = named_sql(vis, "a");
     let named_p = named_sql(vis, "p");
     let sql = format!(
@@ -266,6 +286,7 @@ pub async fn read(
                  ORDER BY created_at, id LIMIT 1) f ON true
           WHERE {vis_a} AND a.tlp = ANY($2)
             AND a.created_at > $3 AND (a.created_at, a.id) >= ($4, $5)
+            AND a.created_at < $7
           ORDER BY a.created_at, a.id
           LIMIT $6",
         vis_p = vis.sql("p", 1),
@@ -283,6 +304,7 @@ pub async fn read(
             .bind(cursor.map_or(DateTime::UNIX_EPOCH, |c| c.created_at))
             .bind(cursor.map_or(Uuid::nil(), |c| c.id))
             .bind(BATCH as i64)
+            .bind(settled)
             .fetch_all(db)
             .await
             .map_err(db_error)?;
