@@ -94,7 +94,8 @@ enum Command {
         /// At most this many analyses.
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
-        /// ndjson: the analyses as the API shows them.
+        /// ndjson: the analyses as the API shows them; stix: one STIX 2.1
+        /// bundle per line, as `GET /v1/analyses/{id}/stix` answers it.
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
@@ -161,6 +162,7 @@ enum QueueAction {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportFormat {
     Ndjson,
+    Stix,
 }
 
 #[derive(Subcommand)]
@@ -215,7 +217,12 @@ async fn connect_migrated(settings: &Settings) -> Result<sqlx::PgPool, ExitCode>
     Ok(pool)
 }
 
-fn export_cmd(settings: Settings, since: Option<String>, limit: Option<u64>) -> ExitCode {
+fn export_cmd(
+    settings: Settings,
+    since: Option<String>,
+    limit: Option<u64>,
+    format: ExportFormat,
+) -> ExitCode {
     use crate::export::cursor::FeedPosition;
     use crate::export::feed::{closing_line, Feed};
     use std::io::Write;
@@ -232,7 +239,7 @@ fn export_cmd(settings: Settings, since: Option<String>, limit: Option<u64>) -> 
             Err(code) => return code,
         };
         let vis = crate::auth::Visibility::operator();
-        let mut feed = match Feed::start(pool, vis, from, limit.unwrap_or(u64::MAX)).await {
+        let mut feed = match Feed::start(pool.clone(), vis, from, limit.unwrap_or(u64::MAX)).await {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("sandgnat: cannot read the feed: {e}");
@@ -252,7 +259,20 @@ fn export_cmd(settings: Settings, since: Option<String>, limit: Option<u64>) -> 
                 }
             };
             for change in &chunk {
-                if writeln!(out, "{}", change.line()).is_err() {
+                let line = match format {
+                    ExportFormat::Ndjson => change.line(),
+                    ExportFormat::Stix => match stix_line(&pool, change, &vis).await {
+                        Ok(bundle) => bundle,
+                        Err(e) => {
+                            eprintln!(
+                                "sandgnat: analysis {}: {}; resume from the last cursor printed",
+                                change.analysis.id, e.message
+                            );
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                };
+                if writeln!(out, "{line}").is_err() {
                     return ExitCode::FAILURE;
                 }
             }
@@ -267,6 +287,25 @@ fn export_cmd(settings: Settings, since: Option<String>, limit: Option<u64>) -> 
         }
         ExitCode::SUCCESS
     })
+}
+
+/// One feed line as a STIX bundle, nothing added, so every line is a
+/// document any STIX consumer takes; the closing line carries the cursor.
+async fn stix_line(
+    pool: &sqlx::PgPool,
+    change: &crate::export::feed::Change,
+    vis: &crate::auth::Visibility,
+) -> Result<serde_json::Value, crate::api_error::ApiError> {
+    use crate::export::{stix, stix_route};
+    let name = stix_route::sample_name(pool, &change.analysis, vis).await?;
+    let objects = stix::objects(&change.analysis, name.as_deref()).map_err(|e| {
+        crate::api_error::ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "stix_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(stix::bundle(uuid::Uuid::new_v4(), objects))
 }
 
 fn queue_cmd(settings: Settings, action: QueueAction) -> ExitCode {
@@ -454,9 +493,9 @@ pub fn main() -> ExitCode {
             config,
             since,
             limit,
-            format: ExportFormat::Ndjson,
+            format,
         } => match load_settings(config.config) {
-            Ok(s) => export_cmd(s, since, limit),
+            Ok(s) => export_cmd(s, since, limit, format),
             Err(code) => code,
         },
         Command::Rules {

@@ -370,3 +370,85 @@ fn a_key_sent_as_a_basic_password_has_the_per_key_rate_limit() {
     let free = answers(&[]);
     assert_eq!(free.matches(" 200").count(), 20, "{free}");
 }
+
+/// A TAXII client that polls with `added_after` must not miss an analysis
+/// whose transaction began before one it already has and commits after:
+/// the server holds back what is younger than the oldest open transaction.
+#[test]
+fn polling_with_added_after_never_misses_a_late_commit() {
+    use std::io::{BufRead, BufReader, Write};
+    let db = TestDb::create("taxii_late");
+    let app = Appliance::start(
+        "taxii-late",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nstatic_analysis_enabled = false\n\
+             [queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let alice = app.new_key("submitter");
+    let reader = app.new_key("reader");
+    let objects = "/taxii2/api/collections/analyses/objects/";
+    let analyses_in = |r: &Response| -> Vec<String> {
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["objects"]
+            .as_array()
+            .map(|o| {
+                o.iter()
+                    .filter(|o| o["type"] == "malware-analysis")
+                    .map(|o| o["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let stix_id = |id: &str| sandgnat::export::stix::analysis_id(id.parse().unwrap());
+
+    let first = submit(&app, &alice, "green", b"first, committed at once");
+    let held = uuid::Uuid::new_v4();
+    let mut psql = Command::new("psql")
+        .args([db.url().as_str(), "-v", "ON_ERROR_STOP=1", "-qtA"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_psql = psql.stdin.take().unwrap();
+    let mut from_psql = BufReader::new(psql.stdout.take().unwrap());
+    writeln!(
+        to_psql,
+        "BEGIN; INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+           VALUES (repeat('c', 64), repeat('c', 40), repeat('c', 32), 1, 'data', '');
+         INSERT INTO analyses (id, sample_sha256, tlp) VALUES ('{held}', repeat('c', 64), 'green');
+         SELECT 'held';"
+    )
+    .unwrap();
+    let mut line = String::new();
+    from_psql.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "held");
+    let later = submit(
+        &app,
+        &alice,
+        "green",
+        b"later, committed while the first waits",
+    );
+
+    let page = get(&app, objects, &reader);
+    let seen = analyses_in(&page);
+    assert!(seen.contains(&stix_id(&first)), "{seen:?}");
+    assert!(
+        !seen.contains(&stix_id(&later)),
+        "served an analysis younger than a transaction still open"
+    );
+    let last = page
+        .header("X-TAXII-Date-Added-Last")
+        .expect("a date header")
+        .to_string();
+
+    writeln!(to_psql, "COMMIT;").unwrap();
+    drop(to_psql);
+    assert!(psql.wait().unwrap().success());
+    let after = format!("{objects}?added_after={last}");
+    let seen = analyses_in(&get(&app, &after, &reader));
+    assert!(seen.contains(&stix_id(&held.to_string())), "{seen:?}");
+    assert!(seen.contains(&stix_id(&later)), "{seen:?}");
+}

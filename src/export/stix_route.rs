@@ -62,7 +62,7 @@ pub async fn get_stix(
 /// The name the sample's `file` carries: the file name of the sample's
 /// first analysis that had one, so every analysis of the sample gives the
 /// `file` the same name and so the same id.
-async fn sample_name(
+pub async fn sample_name(
     db: &PgPool,
     row: &AnalysisRow,
     vis: &Visibility,
