@@ -74,6 +74,12 @@ p99=$(awk '$1 == "99%" {print $2}' "$BENCH_DIR/wrk-list.txt")
 non2xx=$(awk '/Non-2xx/ {print $NF}' "$BENCH_DIR/wrk-list.txt")
 emit "{\"case\":\"list ?sha256= (unique hashes), TLS, 16 connections\",\"rps\":$rps,\"p50\":\"$p50\",\"p99\":\"$p99\",\"non_2xx\":${non2xx:-0}}"
 
+# The same without TLS and the front end: the workers' Unix socket (oha).
+psql "$db" -qtAc "SELECT 'http://x/v1/analyses?sha256=' || encode(sha256(i::text::bytea), 'hex') FROM generate_series(1, $n, greatest($n / 20000, 1)) i" > "$BENCH_DIR/list-urls.txt"
+command -v oha >/dev/null || cargo install oha --locked >&2
+u=$(oha_json -c 16 -z "${secs}s" --unix-socket "$run/workers.sock" -H "X-API-Key: $admin" --urls-from-file "$BENCH_DIR/list-urls.txt")
+emit "{\"case\":\"list ?sha256= (unique hashes), unix socket, 16 connections\",\"oha\":$u}"
+
 # Plans of every filter, as the route builds them (a newest-first page of
 # 101 cut from analyses, then joined to samples).
 h=$(psql "$db" -qtAc "SELECT encode(sha256('777'::bytea), 'hex')")

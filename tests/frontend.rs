@@ -1098,3 +1098,46 @@ fn an_http_1_1_request_without_host_is_refused_with_400() {
     let at_worker = direct(b"GET /healthz HTTP/1.0\r\nConnection: close\r\n\r\n");
     assert_eq!(at_worker.status, 200, "{}", at_worker.head);
 }
+
+/// An HTTP/1.0 client that did not ask for keep-alive reads its answer to
+/// the end of the connection: the front end must close it at once, not
+/// after its idle time (RFC 9112, 9.3). One that asked keeps it.
+#[test]
+fn an_http_1_0_request_without_keep_alive_gets_its_connection_closed() {
+    let app = Appliance::start("fe-http10", "workers = 1\n", "");
+    let ends_within = |raw: &[u8], within: Duration| -> (bool, String) {
+        let mut s = TcpStream::connect(&app.plain).unwrap();
+        s.set_read_timeout(Some(within)).unwrap();
+        s.write_all(raw).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
+            }
+        }
+    };
+    let (closed, answer) = ends_within(
+        b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert!(closed, "an HTTP/1.0 connection was kept open: {answer}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{answer}"
+    );
+    let (closed, answer) = ends_within(
+        b"GET /healthz HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        Duration::from_secs(1),
+    );
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert!(
+        !closed,
+        "a keep-alive HTTP/1.0 connection was closed at once"
+    );
+}

@@ -150,6 +150,22 @@ pub(super) fn new_request_id() -> String {
 
 /// A request id from a client is kept only if it is short and plain, so
 /// it cannot inject anything into logs.
+/// Whether a request lets its connection stay open (RFC 9112, 9.3):
+/// HTTP/1.1 and later unless it says `close`, HTTP/1.0 only when it says
+/// `keep-alive`.
+fn client_keeps_alive(version: http::Version, connection: Option<&http::HeaderValue>) -> bool {
+    let says = |token: &str| {
+        connection
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if version >= http::Version::HTTP_11 {
+        !says("close")
+    } else {
+        says("keep-alive")
+    }
+}
+
 fn acceptable_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
@@ -245,7 +261,16 @@ impl ProxyHttp for FrontEnd {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        session.set_keepalive(Some(self.idle_timeout));
+        // The idle time replaces pingora's own (unbounded) only where the
+        // client keeps the connection at all: an HTTP/1.0 client that did
+        // not ask for keep-alive reads the answer to the end of the
+        // connection and must get that end at once.
+        let req = session.req_header();
+        if client_keeps_alive(req.version, req.headers.get(http::header::CONNECTION)) {
+            session.set_keepalive(Some(self.idle_timeout));
+        } else {
+            session.set_keepalive(None);
+        }
         session.set_read_timeout(Some(self.body_timeout));
 
         let framing = match self.check_framing(session) {
@@ -578,5 +603,23 @@ impl FrontEnd {
             }
         }
         Ok(framing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_keeps_alive;
+    use http::{HeaderValue, Version};
+
+    #[test]
+    fn keep_alive_follows_rfc_9112() {
+        let h = |v: &'static str| HeaderValue::from_static(v);
+        assert!(client_keeps_alive(Version::HTTP_11, None));
+        assert!(!client_keeps_alive(Version::HTTP_11, Some(&h("Close"))));
+        assert!(!client_keeps_alive(Version::HTTP_11, Some(&h("te, close"))));
+        assert!(!client_keeps_alive(Version::HTTP_10, None));
+        assert!(client_keeps_alive(Version::HTTP_10, Some(&h("Keep-Alive"))));
+        assert!(!client_keeps_alive(Version::HTTP_10, Some(&h("upgrade"))));
+        assert!(client_keeps_alive(Version::HTTP_2, None));
     }
 }
