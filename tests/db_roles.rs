@@ -122,6 +122,7 @@ fn the_service_role_serves_and_cannot_rewrite_the_audit_trail() {
     let submitter = app.new_key("submitter");
     let bridge = app.new_key("bridge");
     let reader = app.new_key("reader");
+    let admin = app.new_key("admin");
     let sub = app.submit(&submitter, EICAR, &[("X-Filename", "eicar.com")]);
     assert_eq!(sub.status, 202, "{}", sub.body);
     let id = sub.json()["analysis_id"].as_str().unwrap().to_string();
@@ -147,7 +148,7 @@ fn the_service_role_serves_and_cannot_rewrite_the_audit_trail() {
     let seen = app.get_with_key(&format!("/v1/analyses/{id}"), &reader);
     assert_eq!(seen.status, 200, "{}", seen.body);
     assert_eq!(seen.json()["results"]["detonate"]["verdict"], "clean");
-    let audit = app.get_with_key(&format!("/v1/audit?analysis_id={id}"), &reader);
+    let audit = app.get_with_key(&format!("/v1/audit?analysis_id={id}"), &admin);
     assert_eq!(audit.status, 200, "{}", audit.body);
     let trail = db.scalar(&format!(
         "SELECT count(*) FROM analysis_audit_log WHERE analysis_id = '{id}'"
