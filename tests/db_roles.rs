@@ -142,7 +142,8 @@ fn the_service_role_serves_and_cannot_rewrite_the_audit_trail() {
     assert_eq!(done.status, 200, "{}", done.body);
     // The job runner, as the service role too, does the static analysis.
     app.wait_until("the static result", 30 * SEC, |a| {
-        a.get_with_key(&format!("/v1/analyses/{id}"), &reader).json()["results"]["static"]
+        a.get_with_key(&format!("/v1/analyses/{id}"), &reader)
+            .json()["results"]["static"]
             .is_object()
     });
     let seen = app.get_with_key(&format!("/v1/analyses/{id}"), &reader);

@@ -163,15 +163,14 @@ mod tests {
                 panic!("table {table} is new: say in a migration what {SERVICE_ROLE} may do to it, and list it here");
             };
             for privilege in PRIVILEGES {
-                let has: bool = sqlx::query_scalar(
-                    "SELECT has_table_privilege($1, quote_ident($2), $3)",
-                )
-                .bind(SERVICE_ROLE)
-                .bind(table)
-                .bind(privilege)
-                .fetch_one(&admin)
-                .await
-                .unwrap();
+                let has: bool =
+                    sqlx::query_scalar("SELECT has_table_privilege($1, quote_ident($2), $3)")
+                        .bind(SERVICE_ROLE)
+                        .bind(table)
+                        .bind(privilege)
+                        .fetch_one(&admin)
+                        .await
+                        .unwrap();
                 assert_eq!(
                     has,
                     granted.contains(&privilege),
@@ -282,7 +281,11 @@ mod tests {
             .await
             .unwrap();
         if version >= 150_000 {
-            exec(format!("ALTER DATABASE \"{}\" OWNER TO {name}", db_name(&admin).await)).await;
+            exec(format!(
+                "ALTER DATABASE \"{}\" OWNER TO {name}",
+                db_name(&admin).await
+            ))
+            .await;
             assert_eq!(
                 standing(&pool).await.unwrap(),
                 Standing::Owner(OwnerBy::Schema)
