@@ -112,6 +112,8 @@ bind = "127.0.0.1:$metrics_port"
 state_dir = "$run"
 [database]
 url = "$bench_db_url"
+# The bench connects as postgres, a superuser: allowed for a bench only.
+allow_owner = true
 [yara]
 rules_dir = "$BENCH_DIR/rules"
 [log]

@@ -107,9 +107,12 @@ drop_test_database() {
 	if [ "$(pg "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'sandgnat'")" = "$MARK" ]; then
 		pg 'DROP DATABASE sandgnat WITH (FORCE)' >/dev/null
 	fi
-	if [ "$(pg "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'sandgnat'")" = "$MARK" ]; then
-		pg 'DROP ROLE sandgnat' >/dev/null
-	fi
+	local role
+	for role in sandgnat sandgnat_owner; do
+		if [ "$(pg "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '$role'")" = "$MARK" ]; then
+			pg "DROP ROLE $role" >/dev/null
+		fi
+	done
 }
 
 # Running and not a zombie (an exited child of this shell is one until
@@ -175,8 +178,8 @@ if getent passwd sandgnat >/dev/null || getent group sandgnat >/dev/null; then
 	fail "a user or group sandgnat exists without the package; purging would delete it: remove it first (deluser --system sandgnat)"
 fi
 drop_test_database
-if [ -n "$(pg "SELECT 1 FROM pg_database WHERE datname = 'sandgnat' UNION SELECT 1 FROM pg_roles WHERE rolname = 'sandgnat'")" ]; then
-	fail "a database or role sandgnat exists that this script did not make; the install would use it"
+if [ -n "$(pg "SELECT 1 FROM pg_database WHERE datname = 'sandgnat' UNION SELECT 1 FROM pg_roles WHERE rolname IN ('sandgnat', 'sandgnat_owner')")" ]; then
+	fail "a database or role sandgnat (or sandgnat_owner) exists that this script did not make; the install would use it"
 fi
 ok "no sandgnat package, user, database or role on this machine"
 # A run killed outright (SIGKILL, a machine restart) cannot run its trap;
@@ -273,17 +276,26 @@ expect "postrm purges the unit's systemd state" grep -q 'deb-systemd-helper purg
 
 step "install"
 dpkg -i "$deb" 2>&1 | tee "$work/install.log"
-for line in "created the PostgreSQL role sandgnat" "created the PostgreSQL database sandgnat" \
+for line in "created the PostgreSQL role sandgnat" "created the PostgreSQL role sandgnat_owner" \
+	"created the PostgreSQL database sandgnat" \
 	"migrations applied" "systemctl enable --now sandgnat"; do
 	expect "postinst said: $line" grep -qF "$line" "$work/install.log"
 done
 admin_cmd=$(sed -n 's/^sandgnat:   first admin key: //p' "$work/install.log")
 expect_eq "postinst printed the admin key command" "$admin_cmd" \
 	"runuser -u sandgnat -- sandgnat keys create --name admin --role admin"
-pg "COMMENT ON DATABASE sandgnat IS '$MARK'; COMMENT ON ROLE sandgnat IS '$MARK'" >/dev/null
-expect_eq "database owner" "$(pg "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'sandgnat'")" sandgnat
-expect_eq "tables are the service's" \
-	"$(pg "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'public'" sandgnat)" sandgnat
+pg "COMMENT ON DATABASE sandgnat IS '$MARK'; COMMENT ON ROLE sandgnat IS '$MARK'; COMMENT ON ROLE sandgnat_owner IS '$MARK'" >/dev/null
+# sandgnat_service, the group, is left: the test suite's databases use it too.
+expect_eq "database owner" "$(pg "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'sandgnat'")" sandgnat_owner
+expect_eq "tables are the owner's, not the service's" \
+	"$(pg "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'public'" sandgnat)" sandgnat_owner
+expect_eq "the service's role is a member of sandgnat_service, nothing more" \
+	"$(pg "SELECT pg_has_role('sandgnat', 'sandgnat_service', 'MEMBER'), pg_has_role('sandgnat', 'sandgnat_owner', 'MEMBER'), rolsuper FROM pg_roles WHERE rolname = 'sandgnat'")" "t|f|f"
+# What a worker taken over could try with the service's credentials.
+for sql in "ALTER TABLE analysis_audit_log DISABLE TRIGGER ALL" "DELETE FROM analysis_audit_log" "DROP TABLE analyses"; do
+	expect "the service's role is refused: $sql" \
+		eval '! (cd / && runuser -u sandgnat -- psql -X -d sandgnat -v ON_ERROR_STOP=1 -tAc "$sql" 2>/dev/null)'
+done
 IFS=: read -r _ _ uid _ _ home shell < <(getent passwd sandgnat)
 expect "sandgnat is a system user ($uid), home $home, no login shell" \
 	eval '[ "$uid" -lt 1000 ] && [ "$home" = "$STATE" ] && [ "$shell" = /usr/sbin/nologin ]'
@@ -310,7 +322,12 @@ expect "systemd-analyze security: exposure $exposure (at most 2.0)" \
 	eval '[ -n "$exposure" ] && awk -v e="$exposure" "BEGIN { exit !(e <= 2.0) }"'
 
 step "install again (the upgrade path): idempotent"
+# As an earlier version left it: the service's role owns the database.
+pg "ALTER DATABASE sandgnat OWNER TO sandgnat; REASSIGN OWNED BY sandgnat_owner TO sandgnat" sandgnat >/dev/null
 dpkg -i "$deb" 2>&1 | tee "$work/reinstall.log"
+expect "postinst handed the schema to sandgnat_owner" grep -qF "now belong to sandgnat_owner" "$work/reinstall.log"
+expect_eq "tables are the owner's again" \
+	"$(pg "SELECT string_agg(DISTINCT tableowner, ',') || '/' || pg_get_userbyid((SELECT datdba FROM pg_database WHERE datname = 'sandgnat')) FROM pg_tables WHERE schemaname = 'public'" sandgnat)" sandgnat_owner/sandgnat_owner
 expect "no second role or database" eval '! grep -q "created the PostgreSQL" "$work/reinstall.log"'
 expect "migrations checked again" grep -qF "migrations applied" "$work/reinstall.log"
 expect "no first-install banner on upgrade" eval '! grep -q "first admin key" "$work/reinstall.log"'

@@ -202,19 +202,26 @@ fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     }
 }
 
+/// A pool as the service (`database.url`) on a current schema; pending
+/// migrations are applied as the owner (`database.migrate_url`) first.
 async fn connect_migrated(settings: &Settings) -> Result<sqlx::PgPool, ExitCode> {
-    let pool = crate::store::connect(settings).await.map_err(|e| {
+    crate::store::connect_current(settings).await.map_err(|e| {
         eprintln!(
-            "sandgnat: {e} (database.url = {})",
-            crate::config::redact_url(&settings.database.url)
+            "sandgnat: {e} (database.url = {}, database.migrate_url = {})",
+            crate::config::redact_url(&settings.database.url),
+            crate::config::redact_url(settings.database.migrate_url()),
         );
         ExitCode::FAILURE
-    })?;
-    crate::store::migrate(&pool).await.map_err(|e| {
-        eprintln!("sandgnat: {e}");
-        ExitCode::FAILURE
-    })?;
-    Ok(pool)
+    })
+}
+
+/// `sandgnat migrate`: always runs the migrator as the owner, so that it
+/// also checks what was applied against what this binary carries.
+async fn migrate_as_owner(settings: &Settings) -> Result<(), crate::store::StoreError> {
+    let pool = crate::store::connect_owner(settings).await?;
+    let applied = crate::store::migrate(&pool).await;
+    pool.close().await;
+    applied
 }
 
 fn export_cmd(
@@ -405,15 +412,22 @@ fn rules_check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// `serve` applies migrations first, unless told not to. A database that
-/// is down now is not fatal: `/readyz` reports it until it is back.
+/// `serve` applies pending migrations first, as the owner, unless told
+/// not to. A database that is down now is not fatal: `/readyz` reports it
+/// until it is back. A current schema is left alone, so a `migrate_url`
+/// that is the service's own role (the package's layout: its post-install
+/// migrates) costs one query, not a warning.
 fn migrate_at_start(settings: &Settings) {
     let outcome = block_on(async {
         let attempt = async {
-            let pool = crate::store::connect(settings).await?;
-            crate::store::migrate(&pool).await?;
+            let pool = crate::store::connect_owner(settings).await?;
+            let version = crate::store::schema_version(&pool).await;
+            let applied = match version {
+                Ok(v) if v >= crate::store::latest_migration() => Ok(()),
+                _ => crate::store::migrate(&pool).await,
+            };
             pool.close().await;
-            Ok::<(), crate::store::StoreError>(())
+            applied
         };
         match tokio::time::timeout(std::time::Duration::from_secs(10), attempt).await {
             Ok(Ok(())) => ExitCode::SUCCESS,
@@ -430,6 +444,46 @@ fn migrate_at_start(settings: &Settings) {
         }
     });
     let _ = outcome;
+}
+
+/// Whether `serve` may start: not as the tables' owner or a superuser
+/// unless `database.allow_owner`. A refusal is a settings error (exit 2):
+/// `/readyz` alone would not do, as the front end hands requests to the
+/// workers whatever a balancer makes of it. A database that cannot be
+/// asked now is not a refusal: `/readyz` asks again.
+fn role_allowed(settings: &Settings) -> bool {
+    if settings.database.allow_owner {
+        return true;
+    }
+    block_on(async {
+        let ask = async {
+            let pool = crate::store::connect(settings).await?;
+            let standing = crate::store::role::standing(&pool).await;
+            pool.close().await;
+            standing.map_err(crate::store::StoreError::Query)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ask).await {
+            Ok(Ok(standing)) => match crate::store::role::refusal(false, &standing) {
+                Some(by) => {
+                    tracing::error!(role = %by, "{}", crate::store::role::FIX);
+                    eprintln!(
+                        "sandgnat: the database role {by}: {}",
+                        crate::store::role::FIX
+                    );
+                    ExitCode::FAILURE
+                }
+                None => ExitCode::SUCCESS,
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot check the database role at start; /readyz checks it");
+                ExitCode::SUCCESS
+            }
+            Err(_) => {
+                tracing::warn!("checking the database role timed out at start; /readyz checks it");
+                ExitCode::SUCCESS
+            }
+        }
+    }) == ExitCode::SUCCESS
 }
 
 pub fn main() -> ExitCode {
@@ -469,15 +523,21 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             block_on(async move {
-                match connect_migrated(&settings).await {
-                    Ok(_) => {
+                match migrate_as_owner(&settings).await {
+                    Ok(()) => {
                         println!(
                             "migrations applied (schema version {})",
                             crate::store::latest_migration()
                         );
                         ExitCode::SUCCESS
                     }
-                    Err(code) => code,
+                    Err(e) => {
+                        eprintln!(
+                            "sandgnat: {e} (database.migrate_url = {})",
+                            crate::config::redact_url(settings.database.migrate_url())
+                        );
+                        ExitCode::FAILURE
+                    }
                 }
             })
         }
@@ -551,6 +611,9 @@ fn serve(
     // A new master taking over (USR2) finds the schema already in place.
     if migrate && inherit.is_none() {
         migrate_at_start(&settings);
+    }
+    if inherit.is_none() && !role_allowed(&settings) {
+        return ExitCode::from(EXIT_BAD_CONFIG);
     }
     let inherited = match inherit.as_deref().map(Inherited::from_arg).transpose() {
         Ok(i) => i.unwrap_or_default(),

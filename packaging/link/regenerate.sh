@@ -51,6 +51,8 @@ bind = "127.0.0.1:$metrics"
 state_dir = "$work/state"
 [database]
 url = "$url"
+# As postgres, a superuser: allowed for a profiling run only.
+allow_owner = true
 [log]
 format = "json"
 error_log = "$work/error.log"

@@ -160,7 +160,7 @@ const RECORDER_SILENCE_MS: u64 = 5_000;
 const READYZ_TRIES: usize = 3;
 
 /// Ready means a submission would succeed now: database reachable and
-/// migrated, rules loaded, quarantine writable, a recorder running.
+/// migrated, reached as the service's role (`store::role`), rules loaded, quarantine writable, a recorder running.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = |check: &str, message: String| {
         let mut resp = (
@@ -211,6 +211,20 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             );
         }
         Ok(_) => {}
+    }
+    if !app.settings.database.allow_owner {
+        match crate::store::role::standing(&app.db).await {
+            Err(e) => {
+                tracing::warn!(error = %e, "readyz: cannot read the database role");
+                return not_ready("database", "the database cannot be queried".into());
+            }
+            Ok(standing) => {
+                if let Some(by) = crate::store::role::refusal(false, &standing) {
+                    tracing::error!(role = %by, "readyz: {}", crate::store::role::FIX);
+                    return not_ready("database_role", crate::store::role::FIX.into());
+                }
+            }
+        }
     }
     if app.rules.count() == 0 {
         return not_ready("rules", "no YARA rules are loaded".into());

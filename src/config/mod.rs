@@ -233,7 +233,18 @@ impl Default for Yara {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Database {
+    /// What the processes that serve requests (workers, recorder, job
+    /// runners) and the commands that read or add rows connect as: a
+    /// member of `sandgnat_service`, owning nothing (`store::role`).
     pub url: String,
+    /// What `sandgnat migrate` and `serve`'s migration at start connect
+    /// as: the schema's owner. Unset: `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate_url: Option<String>,
+    /// Let the service run as the tables' owner or a superuser (for
+    /// development only): otherwise `serve` refuses to start and
+    /// `/readyz` answers 503.
+    pub allow_owner: bool,
     /// Connections per process (each worker has its own pool).
     pub max_connections: u32,
     /// How long a request waits for a connection before answering 503.
@@ -243,10 +254,19 @@ pub struct Database {
     pub record_timeout_ms: u64,
 }
 
+impl Database {
+    /// The URL migrations connect with.
+    pub fn migrate_url(&self) -> &str {
+        self.migrate_url.as_deref().unwrap_or(&self.url)
+    }
+}
+
 impl Default for Database {
     fn default() -> Self {
         Database {
             url: "postgres:///sandgnat".into(),
+            migrate_url: None,
+            allow_owner: false,
             max_connections: 8,
             acquire_timeout_ms: 1500,
             record_timeout_ms: 5000,
@@ -538,6 +558,7 @@ impl Settings {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
+        shown.database.migrate_url = shown.database.migrate_url.as_deref().map(redact_url);
         shown.redis.url = shown.redis.url.as_deref().map(redact_url);
         if shown.queue.webhook_secret.is_some() {
             shown.queue.webhook_secret = Some("(hidden)".into());
@@ -721,7 +742,9 @@ mod tests {
         );
         let mut s = Settings::default();
         s.redis.url = Some("redis://:hunter2@127.0.0.1/0".into());
+        s.database.migrate_url = Some("postgres://owner:sesame@db/x".into());
         let shown = s.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("sesame"), "{shown}");
     }
 }

@@ -246,12 +246,19 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
             "an absolute path",
         ));
     }
-    if !(s.database.url.starts_with("postgres://") || s.database.url.starts_with("postgresql://")) {
-        return Err(invalid(
-            "database.url",
-            super::redact_url(&s.database.url),
-            "a postgres:// or postgresql:// URL",
-        ));
+    let urls = [
+        ("database.url", Some(&s.database.url)),
+        ("database.migrate_url", s.database.migrate_url.as_ref()),
+    ];
+    for (key, url) in urls {
+        let Some(url) = url else { continue };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                key,
+                super::redact_url(url),
+                "a postgres:// or postgresql:// URL",
+            ));
+        }
     }
     if let Some(url) = &s.redis.url {
         if !["redis://", "rediss://", "unix://"]

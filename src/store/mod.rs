@@ -1,9 +1,11 @@
 //! The Postgres connection pool and the schema migrations every process
 //! role shares. A worker's pool connects lazily and gives up on a
 //! connection quickly, so a database outage turns into a fast 503, never a
-//! hung request.
+//! hung request. The service connects with `database.url`, migrations
+//! with `database.migrate_url` (the schema's owner; see [`role`]).
 
 pub mod durability;
+pub mod role;
 
 use std::time::Duration;
 
@@ -21,13 +23,19 @@ pub enum StoreError {
     Url(#[source] sqlx::Error),
     #[error("cannot reach the database: {0}")]
     Unreachable(#[source] sqlx::Error),
+    #[error("cannot read the schema's version: {0}")]
+    Query(#[source] sqlx::Error),
     #[error("cannot apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// A pool that opens connections on first use.
+/// A pool that opens connections on first use, as the service's role.
 pub fn lazy_pool(settings: &Settings) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = settings.database.url.parse().map_err(StoreError::Url)?;
+    lazy_pool_at(settings, &settings.database.url)
+}
+
+fn lazy_pool_at(settings: &Settings, url: &str) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
     let options = options.application_name("sandgnat");
     Ok(PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
@@ -49,10 +57,47 @@ pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
     Ok(pool)
 }
 
+/// Connects now as the schema's owner (`database.migrate_url`).
+pub async fn connect_owner(settings: &Settings) -> Result<PgPool, StoreError> {
+    let pool = lazy_pool_at(settings, settings.database.migrate_url())?;
+    pool.acquire().await.map_err(StoreError::Unreachable)?;
+    Ok(pool)
+}
+
 /// Applies every pending migration; safe to run from several processes.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// The newest migration applied to the database (0 on an empty one).
+pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let applied = sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT max(version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(pool)
+    .await;
+    match applied {
+        Ok(v) => Ok(v.unwrap_or(0)),
+        // undefined_table: nothing was ever migrated here.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Connects as the service and makes sure the schema is current, applying
+/// pending migrations as the owner (`database.migrate_url`) only when
+/// there are some: a service role may not run DDL, not even the
+/// migrator's `CREATE TABLE IF NOT EXISTS`.
+pub async fn connect_current(settings: &Settings) -> Result<PgPool, StoreError> {
+    let pool = connect(settings).await?;
+    if schema_version(&pool).await.map_err(StoreError::Query)? < latest_migration() {
+        let owner = connect_owner(settings).await?;
+        let applied = migrate(&owner).await;
+        owner.close().await;
+        applied?;
+    }
+    Ok(pool)
 }
 
 /// The newest migration this binary knows.
