@@ -29,7 +29,7 @@ fn head(out: &mut String, title: &str, refresh: Option<u64>) {
     out.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta name=\"referrer\" content=\"no-referrer\">",
+         <meta name=\"referrer\" content=\"same-origin\">",
     );
     if let Some(s) = refresh {
         let _ = write!(out, "<meta http-equiv=\"refresh\" content=\"{s}\">");

@@ -70,9 +70,11 @@ fn secured(mut resp: Response) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: under it Chromium posts forms with `Origin: null`,
+    // and the origin check needs the real one.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     resp
 }
@@ -132,6 +134,21 @@ fn same_origin(headers: &HeaderMap) -> bool {
     site_ok && host.is_some() && origin_host == host
 }
 
+fn refused_cross_site(headers: &HeaderMap) {
+    let show = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    tracing::warn!(
+        origin = %show("origin"),
+        host = %show("host"),
+        sec_fetch_site = %show("sec-fetch-site"),
+        "status page form posted from another site; refused"
+    );
+}
+
 /// The caller a request's session cookie stands for.
 async fn session_caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
     let Some(token) = session::Token::from_headers(headers) else {
@@ -168,6 +185,7 @@ async fn page(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): Ra
 
 async fn login(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     if !same_origin(&headers) {
+        refused_cross_site(&headers);
         return html(
             StatusCode::FORBIDDEN,
             html::login(Some("This form was posted from another site.")),
@@ -228,6 +246,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
 
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
+        refused_cross_site(&headers);
         return html(
             StatusCode::FORBIDDEN,
             html::message("Not allowed", "This form was posted from another site."),
