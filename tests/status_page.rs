@@ -70,7 +70,11 @@ fn page(app: &Appliance, cookie: Option<&str>) -> Response {
 
 fn assert_locked_down(r: &Response) {
     let csp = r.header("content-security-policy").unwrap_or_default();
-    for part in ["default-src 'none'", "frame-ancestors 'none'", "form-action 'self'"] {
+    for part in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
         assert!(csp.contains(part), "CSP {csp:?} lacks {part}");
     }
     assert!(!csp.contains("script-src"), "{csp}");
@@ -84,7 +88,12 @@ fn status_page_without_a_browser() {
     let app = start("status-plain", &db);
     let reader = app.new_key("reader");
     let submitter = app.new_key("submitter");
-    submit(&app, &submitter, EICAR, &format!("filename={HOSTILE_QUERY}"));
+    submit(
+        &app,
+        &submitter,
+        EICAR,
+        &format!("filename={HOSTILE_QUERY}"),
+    );
 
     // No cookie: the login form.
     let r = page(&app, None);
@@ -103,12 +112,31 @@ fn status_page_without_a_browser() {
     assert!(r.header("set-cookie").is_none());
     let r = login(&app, "sgk_not-a-key", None);
     assert_eq!(r.status, 401, "{}", r.body);
+    // Through the plain-HTTP listener the page asks for HTTPS instead.
+    let plain = format!("http://{}/status", app.plain);
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &plain])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--data-urlencode"])
+        .arg(format!("key={reader}"))
+        .arg(format!("http://{}/status/login", app.plain))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!head.contains("set-cookie"), "{head}");
 
     // A reader key opens a session; the cookie holds a token, not the key.
     let r = login(&app, &reader, Some("http://sandgnat"));
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(r.header("location"), Some("/status"));
-    let set = r.header("set-cookie").expect("a session cookie").to_string();
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     for part in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/status"] {
         assert!(set.contains(part), "{set}");
     }
@@ -126,15 +154,35 @@ fn status_page_without_a_browser() {
     assert_locked_down(&r);
     assert!(r.body.contains(EICAR_SHA256), "{}", r.body);
     assert!(
-        r.body
-            .contains("&lt;img src=x onerror=alert(1)&gt;.exe"),
+        r.body.contains("&lt;img src=x onerror=alert(1)&gt;.exe"),
         "{}",
         r.body
     );
     assert!(!r.body.contains("<img"), "{}", r.body);
     assert!(!r.body.contains("<script"), "{}", r.body);
-    assert!(r.body.contains("<span id=\"worker-count\">2</span>"), "{}", r.body);
-    assert!(r.body.contains("EICAR"), "the YARA match is listed: {}", r.body);
+    assert!(
+        r.body.contains("<span id=\"worker-count\">2</span>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("EICAR"),
+        "the YARA match is listed: {}",
+        r.body
+    );
+    // The accept queues were read from the kernel, not left unknown.
+    for listener in [
+        "workers (Unix socket)".to_string(),
+        format!("TLS {}", app.tls),
+    ] {
+        let row = format!("<td>{listener}</td><td class=\"n\">");
+        let at = r.body.find(&row).unwrap_or_else(|| panic!("no {row}"));
+        let value = &r.body[at + row.len()..];
+        assert!(
+            value.starts_with(|c: char| c.is_ascii_digit()),
+            "{listener}: {value:.40}"
+        );
+    }
 
     // Logout ends the session in the database, not only in the browser.
     let r = request_unix_body(
@@ -208,11 +256,14 @@ fn http_json(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16
         raw.extend_from_slice(&buf[..n]);
     }
     let r = common::parse_response(&raw[..head_end + length]).unwrap();
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 impl Driver {
-    fn start(profile: &PathBuf) -> Self {
+    fn start(profile: &std::path::Path) -> Self {
         let port = common::free_port();
         let addr = format!("127.0.0.1:{port}");
         let process = Killed(
@@ -231,7 +282,10 @@ impl Driver {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -308,7 +362,12 @@ fn status_page_in_headless_chromium() {
     let app = start("status-browser", &db);
     let reader = app.new_key("reader");
     let submitter = app.new_key("submitter");
-    submit(&app, &submitter, EICAR, &format!("filename={HOSTILE_QUERY}"));
+    submit(
+        &app,
+        &submitter,
+        EICAR,
+        &format!("filename={HOSTILE_QUERY}"),
+    );
 
     let profile = app.dir.join("chromium-profile");
     std::fs::create_dir_all(&profile).unwrap();
@@ -375,7 +434,10 @@ fn status_page_in_headless_chromium() {
     driver.call("POST", &format!("/element/{out_button}/click"), None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while driver.call("GET", "/title", None) != "SandGNAT status: sign in" {
-        assert!(Instant::now() < deadline, "signing out did not return to the form");
+        assert!(
+            Instant::now() < deadline,
+            "signing out did not return to the form"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(db.scalar("SELECT count(*) FROM status_sessions"), "0");

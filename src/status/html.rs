@@ -64,11 +64,11 @@ pub fn login(message: Option<&str>) -> String {
 pub fn message(title: &str, text: &str) -> String {
     let mut out = String::new();
     head(&mut out, title, None);
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<main class=\"login\"><h1>{}</h1><p id=\"message\">{}</p>\
          <form method=\"post\" action=\"/status/logout\"><button type=\"submit\">Sign out</button></form>\
-         </main></body></html>\n",
+         </main></body></html>",
         esc(title),
         esc(text)
     );
@@ -125,10 +125,7 @@ pub fn page(snap: &Snapshot, caller: &Caller, refresh: Option<u64>) -> String {
     );
     match refresh {
         Some(s) => {
-            let _ = write!(
-                out,
-                "refreshing every {s} s (<a href=\"/status\">stop</a>)"
-            );
+            let _ = write!(out, "refreshing every {s} s (<a href=\"/status\">stop</a>)");
         }
         None => out.push_str("<a href=\"/status?refresh=10\">refresh every 10 s</a>"),
     }
@@ -153,8 +150,16 @@ pub fn page(snap: &Snapshot, caller: &Caller, refresh: Option<u64>) -> String {
         count("worker", "booting"),
         count("worker", "recycling"),
         count("job runner", "ready"),
-        if count("front end", "ready") > 0 { "up" } else { "down" },
-        if count("recorder", "ready") > 0 { "up" } else { "down" },
+        if count("front end", "ready") > 0 {
+            "up"
+        } else {
+            "down"
+        },
+        if count("recorder", "ready") > 0 {
+            "up"
+        } else {
+            "down"
+        },
     );
     out.push_str(
         "<table><thead><tr><th>role</th><th>pid</th><th>state</th><th>heartbeat</th>\

@@ -10,8 +10,6 @@ pub mod rates;
 pub mod session;
 pub mod snapshot;
 
-use std::os::fd::OwnedFd;
-
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -36,7 +34,7 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 const CSS: &str = include_str!("../../assets/status/status.css");
 
 /// What one worker knows about itself that the page shows: the rules it
-/// loaded, its traffic samples, and its copy of the workers' socket.
+/// loaded, its traffic samples, and which socket is the workers'.
 pub struct Local {
     /// A rules directory, or "bundled".
     pub rules_source: String,
@@ -46,7 +44,8 @@ pub struct Local {
     pub rules_digest: String,
     pub rules_loaded_at: DateTime<Utc>,
     pub rates: rates::Rates,
-    pub workers_socket: Option<OwnedFd>,
+    /// The workers' socket's inode, to read its accept queue by.
+    pub workers_socket: Option<u32>,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -149,6 +148,25 @@ fn refused_cross_site(headers: &HeaderMap) {
     );
 }
 
+/// Whether the front end received the request over plain HTTP: a key
+/// typed there crossed the network in clear, and the browser would drop
+/// the `Secure` cookie anyway.
+fn plain_http(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes() == b"http")
+}
+
+fn use_https() -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        html::message(
+            "Use HTTPS",
+            "The status page signs in only over HTTPS (the front end's TLS listener).",
+        ),
+    )
+}
+
 /// The caller a request's session cookie stands for.
 async fn session_caller(state: &AppState, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
     let Some(token) = session::Token::from_headers(headers) else {
@@ -167,9 +185,14 @@ fn refresh_of(query: Option<&str>) -> Option<u64> {
         .map(|s| s.clamp(5, 300))
 }
 
-async fn page(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let caller = match session_caller(&state, &headers).await {
         Ok(Some(c)) => c,
+        Ok(None) if plain_http(&headers) => return use_https(),
         Ok(None) => return html(StatusCode::UNAUTHORIZED, html::login(None)),
         Err(resp) => return resp,
     };
@@ -179,8 +202,18 @@ async fn page(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): Ra
             html::message("Not allowed", "This key may not see the status page."),
         );
     }
-    let snap = snapshot::gather(&state.board, &state.status, &state.settings, &state.db, &caller).await;
-    html(StatusCode::OK, html::page(&snap, &caller, refresh_of(q.as_deref())))
+    let snap = snapshot::gather(
+        &state.board,
+        &state.status,
+        &state.settings,
+        &state.db,
+        &caller,
+    )
+    .await;
+    html(
+        StatusCode::OK,
+        html::page(&snap, &caller, refresh_of(q.as_deref())),
+    )
 }
 
 async fn login(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -190,6 +223,9 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
             StatusCode::FORBIDDEN,
             html::login(Some("This form was posted from another site.")),
         );
+    }
+    if plain_http(&headers) {
+        return use_https();
     }
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -294,7 +330,10 @@ mod tests {
             ("host", "node:8443"),
             ("origin", "https://evil.example"),
         ])));
-        assert!(!same_origin(&headers(&[("host", "node:8443"), ("origin", "null")])));
+        assert!(!same_origin(&headers(&[
+            ("host", "node:8443"),
+            ("origin", "null")
+        ])));
         assert!(!same_origin(&headers(&[("origin", "https://node:8443")])));
         assert!(!same_origin(&headers(&[
             ("host", "node:8443"),

@@ -137,7 +137,11 @@ mod tests {
             HeaderValue::from_str(&format!("other=1; {COOKIE}={good}")).unwrap(),
         );
         assert_eq!(Token::from_headers(&h).map(|t| t.0), Some(good));
-        for bad in ["AB".repeat(32), "ab".repeat(31), format!("{}\"", "a".repeat(63))] {
+        for bad in [
+            "AB".repeat(32),
+            "ab".repeat(31),
+            format!("{}\"", "a".repeat(63)),
+        ] {
             let mut h = HeaderMap::new();
             h.append(
                 header::COOKIE,

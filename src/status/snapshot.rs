@@ -4,7 +4,6 @@
 //! cannot be read (the database is down) is shown as such; the rest of the
 //! page still renders.
 
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -184,15 +183,14 @@ fn processes(board: &Scoreboard) -> Vec<Process> {
     out.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The workers' socket (this worker holds it) and the TCP listeners, whose
+/// The workers' socket and the TCP listeners, whose
 /// accept queues Linux shows in `/proc/net/tcp` to any process.
 fn backlog(local: &Local, settings: &crate::config::Settings) -> Vec<Backlog> {
     let mut out = vec![Backlog {
         listener: "workers (Unix socket)".to_string(),
         queued: local
             .workers_socket
-            .as_ref()
-            .and_then(|fd| crate::sockets::backlog::pending(fd.as_fd(), true).ok()),
+            .and_then(|ino| crate::sockets::backlog::unix_pending_by_inode(ino).ok()),
     }];
     let listening = tcp_listen_queues();
     let named = settings
@@ -203,10 +201,7 @@ fn backlog(local: &Local, settings: &crate::config::Settings) -> Vec<Backlog> {
         .chain(settings.proxy.plain_bind.iter().map(|b| ("plain HTTP", b)))
         .chain(std::iter::once(("metrics", &settings.metrics.bind)));
     for (kind, bind) in named {
-        let port = bind
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .map(|a| a.port());
+        let port = bind.parse::<std::net::SocketAddr>().ok().map(|a| a.port());
         let queued = port.and_then(|p| {
             let found: Vec<u32> = listening
                 .iter()

@@ -80,8 +80,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         rules_digest,
         rules_loaded_at: chrono::Utc::now(),
         rates: crate::status::rates::Rates::default(),
-        // A copy, so the page can read the socket's accept queue.
-        workers_socket: listener.try_clone().ok().map(std::os::fd::OwnedFd::from),
+        // By inode, not a second descriptor, so a draining worker's
+        // `drop(listener)` still lets go of the socket.
+        workers_socket: crate::sockets::backlog::inode(std::os::fd::AsFd::as_fd(&listener)).ok(),
     };
     let served = runtime.block_on(async {
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
