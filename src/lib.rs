@@ -27,6 +27,7 @@ pub mod scan;
 pub mod scoreboard;
 pub mod shutdown;
 pub mod sockets;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod worker;

@@ -37,6 +37,10 @@ command -v 7z >/dev/null || need_apt+=(p7zip-full)
 # and TAXII tests check the appliance with (stix2-validator, stix2,
 # taxii2-client); Debian splits venv (and its pip) out of python3.
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# tests/status_page.rs drives headless Chromium through chromedriver to
+# sign in to the status page and read what it shows.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -67,9 +67,19 @@ struct Request {
 }
 
 fn unix_pending(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let ino = nix::sys::stat::fstat(fd.as_raw_fd())
+    unix_pending_by_inode(inode(fd)?)
+}
+
+/// The inode that names a socket to `unix_pending_by_inode`.
+pub fn inode(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(nix::sys::stat::fstat(fd.as_raw_fd())
         .map_err(io::Error::from)?
-        .st_ino as u32;
+        .st_ino as u32)
+}
+
+/// Connections waiting on the Unix listening socket with inode `ino`,
+/// without holding a descriptor to it.
+pub fn unix_pending_by_inode(ino: u32) -> io::Result<u32> {
     // SAFETY: plain socket(2).
     let raw = unsafe {
         libc::socket(

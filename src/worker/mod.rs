@@ -63,12 +63,26 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the event loop: {e}")),
     };
-    let rules = match crate::master::read_inherited(RULES_FD)
+    let (rules, rules_digest) = match crate::master::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
-    {
-        Ok(r) => Arc::new(r),
+        .and_then(|bytes| {
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            Ok((RuleSet::load(&bytes).map_err(|e| e.to_string())?, digest))
+        }) {
+        Ok((r, digest)) => (Arc::new(r), digest),
         Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
+    };
+    let status = crate::status::Local {
+        rules_source: crate::scan::rules_dir(settings.yara.rules_dir.as_deref())
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "bundled".to_string()),
+        rules_count: rules.count(),
+        rules_digest,
+        rules_loaded_at: chrono::Utc::now(),
+        rates: crate::status::rates::Rates::default(),
+        // By inode, not a second descriptor, so a draining worker's
+        // `drop(listener)` still lets go of the socket.
+        workers_socket: crate::sockets::backlog::inode(std::os::fd::AsFd::as_fd(&listener)).ok(),
     };
     let served = runtime.block_on(async {
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
@@ -90,7 +104,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             board: board.clone(),
             notifier: crate::queue::Notifier::new(db.clone()),
             wakeups: crate::queue::Wakeups::new(db.clone()),
+            status,
         });
+        tokio::spawn(state.status.rates.clone().sample(board.clone()));
         // Keys are needed before the first request; a database that is down
         // now is retried by the refresher.
         let _ = state.keys.refresh(&db).await;

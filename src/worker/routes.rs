@@ -40,6 +40,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/export/analyses",
     "/v1/analyses/{id}/stix",
     "/taxii2/...",
+    "/status",
 ];
 
 // A label past the scoreboard's last route slot would be counted in it.
@@ -57,6 +58,9 @@ pub fn label_index(template: &str) -> usize {
     // quarter of the scoreboard's route slots.
     let template = if template.starts_with("/taxii2/") {
         "/taxii2/..."
+    } else if template.starts_with("/status") {
+        // The page, its form posts and its style sheet under one label.
+        "/status"
     } else {
         template
     };
@@ -104,7 +108,8 @@ pub fn router(state: AppState) -> Router {
         // the router requires of one position.
         .route("/v1/samples/{sha256}", get(export::lookup::lookup))
         .route("/v1/analyses", get(export::list::list))
-        .route("/v1/export/analyses", get(export::feed_route::export));
+        .route("/v1/export/analyses", get(export::feed_route::export))
+        .merge(crate::status::routes());
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))

@@ -32,6 +32,8 @@ pub struct Inner {
     pub notifier: crate::queue::Notifier,
     /// Where long-polling claims wait.
     pub wakeups: crate::queue::Wakeups,
+    /// What the status page shows about this worker itself.
+    pub status: crate::status::Local,
 }
 
 impl AppState {
