@@ -3,7 +3,8 @@ one JSON line: objects, seconds, objects per second. With --dump FILE it
 also writes a medallion memory-backend data file holding the same
 objects and manifest, so the reference server can serve exactly them.
 
-Usage: taxii_pull.py URL_OF_DISCOVERY USER PASSWORD COLLECTION_ALIAS_OR_TITLE PER_REQUEST [--dump FILE] [--insecure]
+Usage: taxii_pull.py URL_OF_DISCOVERY USER PASSWORD COLLECTION_ALIAS_OR_TITLE PER_REQUEST [--dump FILE]
+(TLS: REQUESTS_CA_BUNDLE names the certificate to trust.)
 """
 import json
 import sys
@@ -15,8 +16,7 @@ from taxii2client.v21 import Server, as_pages
 def main():
     url, user, password, wanted, per_request = sys.argv[1:6]
     dump = sys.argv[sys.argv.index("--dump") + 1] if "--dump" in sys.argv else None
-    verify = "--insecure" not in sys.argv
-    server = Server(url, user=user, password=password, verify=verify)
+    server = Server(url, user=user, password=password)
     root = server.api_roots[0]
     collection = next(c for c in root.collections if wanted in (c.id, c.title, getattr(c, "alias", None)))
     started = time.monotonic()
@@ -34,6 +34,17 @@ def main():
         manifest = []
         for envelope in as_pages(collection.get_manifest, per_request=int(per_request)):
             manifest.extend(envelope.get("objects", []))
+        # The memory backend keeps each object's date added on the object.
+        # (Each object is in the collection once: its id is enough.)
+        added = {m["id"]: m["date_added"] for m in manifest}
+        for o in objects:
+            o["_date_added"] = added[o["id"]]
+            # medallion reads an object's `version` property as the STIX
+            # version timestamp (find_att), and malware-analysis's
+            # `version` is the product's ("0.1.0"): without this its
+            # filters raise. One property fewer for medallion to send.
+            if o.get("type") == "malware-analysis":
+                o.pop("version", None)
         data = {
             "/discovery": {"title": "medallion", "api_roots": ["http://127.0.0.1/api1/"],
                            "default": "http://127.0.0.1/api1/"},
