@@ -10,6 +10,7 @@
 
 mod balance;
 mod request;
+pub mod openapi;
 pub mod routes;
 mod server;
 pub mod state;

@@ -6,11 +6,13 @@ use axum::extract::{MatchedPath, Query, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::openapi;
 use super::state::AppState;
 use crate::api_error::ApiError;
 use crate::export::taxii;
@@ -40,6 +42,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/export/analyses",
     "/v1/analyses/{id}/stix",
     "/taxii2/...",
+    "/v1/openapi.json",
 ];
 
 // A label past the scoreboard's last route slot would be counted in it.
@@ -63,48 +66,86 @@ pub fn label_index(template: &str) -> usize {
     ROUTES.iter().position(|r| *r == template).unwrap_or(0)
 }
 
-pub fn router(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(analyses::readyz))
-        .route("/v1/submit", post(intake::submit))
-        .route("/submit", post(intake::submit))
-        .route("/v1/analyses/{id}", get(analyses::get_analysis))
-        .route("/v1/audit", get(analyses::get_audit))
-        .route("/v1/analyses/{id}/stix", get(export::stix_route::get_stix))
-        .route("/taxii2/", get(taxii::discovery))
-        .route("/taxii2/api/", get(taxii::api_root))
-        .route("/taxii2/api/collections/", get(taxii::collections))
-        .route("/taxii2/api/collections/{id}/", get(taxii::get_collection))
-        .route("/taxii2/api/collections/{id}/objects/", get(taxii::objects))
-        .route(
+/// One public operation: what `assets/openapi.json` documents under
+/// `paths`, and what the router serves. Routes exist only through
+/// [`operations`], so the document test sees every one.
+pub struct Operation {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn op<H, T>(method: Method, path: &'static str, handler: H) -> Operation
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    // Only the standard methods are used here, each of which has a filter.
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    Operation {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every public operation (the fault-injection routes are not).
+pub fn operations() -> Vec<Operation> {
+    use Method as M;
+    vec![
+        op(M::GET, "/healthz", healthz),
+        op(M::GET, "/readyz", analyses::readyz),
+        op(M::GET, "/v1/openapi.json", openapi::serve),
+        op(M::POST, "/v1/submit", intake::submit),
+        op(M::POST, "/submit", intake::submit),
+        op(M::GET, "/v1/analyses/{id}", analyses::get_analysis),
+        op(M::GET, "/v1/audit", analyses::get_audit),
+        op(M::GET, "/v1/analyses/{id}/stix", export::stix_route::get_stix),
+        op(M::GET, "/taxii2/", taxii::discovery),
+        op(M::GET, "/taxii2/api/", taxii::api_root),
+        op(M::GET, "/taxii2/api/collections/", taxii::collections),
+        op(M::GET, "/taxii2/api/collections/{id}/", taxii::get_collection),
+        op(M::GET, "/taxii2/api/collections/{id}/objects/", taxii::objects),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/objects/{object_id}/",
-            get(taxii::object),
-        )
-        .route(
+            taxii::object,
+        ),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/objects/{object_id}/versions/",
-            get(taxii::versions),
-        )
-        .route(
+            taxii::versions,
+        ),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/manifest/",
-            get(taxii::manifest),
-        )
-        .route("/v1/queues/{queue}/claim", post(bridge::claim))
-        .route("/v1/jobs/{id}", get(bridge::get_job))
-        .route("/v1/jobs/{id}/heartbeat", post(bridge::heartbeat))
-        .route("/v1/jobs/{id}/progress", post(bridge::progress))
-        .route("/v1/jobs/{id}/complete", post(bridge::complete))
-        .route("/v1/jobs/{id}/fail", post(bridge::fail))
-        .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route(
+            taxii::manifest,
+        ),
+        op(M::POST, "/v1/queues/{queue}/claim", bridge::claim),
+        op(M::GET, "/v1/jobs/{id}", bridge::get_job),
+        op(M::POST, "/v1/jobs/{id}/heartbeat", bridge::heartbeat),
+        op(M::POST, "/v1/jobs/{id}/progress", bridge::progress),
+        op(M::POST, "/v1/jobs/{id}/complete", bridge::complete),
+        op(M::POST, "/v1/jobs/{id}/fail", bridge::fail),
+        op(M::POST, "/v1/jobs/{id}/cancel", bridge::cancel),
+        op(
+            M::GET,
             "/v1/samples/{sha256}/content",
-            get(export::download::sample_content),
-        )
+            export::download::sample_content,
+        ),
         // Any hash: the segment is named as the content route's, which
         // the router requires of one position.
-        .route("/v1/samples/{sha256}", get(export::lookup::lookup))
-        .route("/v1/analyses", get(export::list::list))
-        .route("/v1/export/analyses", get(export::feed_route::export));
+        op(M::GET, "/v1/samples/{sha256}", export::lookup::lookup),
+        op(M::GET, "/v1/analyses", export::list::list),
+        op(M::GET, "/v1/export/analyses", export::feed_route::export),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for o in operations() {
+        router = router.route(o.path, o.handler);
+    }
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
