@@ -79,7 +79,9 @@ mod tests {
     use super::*;
     use crate::worker::routes::{label_index, operations};
 
-    const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    const METHODS: &[&str] = &[
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
 
     fn parsed() -> Value {
         serde_json::from_str(DOCUMENT).expect("assets/openapi.json is JSON")
@@ -119,13 +121,21 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let at = format!("{method} {path}");
-                let allowed = op["x-roles"].as_array().unwrap_or_else(|| panic!("{at}: x-roles"));
+                let allowed = op["x-roles"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{at}: x-roles"));
                 assert!(
                     allowed.iter().all(|r| roles.contains(&r.as_str().unwrap())),
                     "{at}"
                 );
-                let open = op.get("security").is_some_and(|s| s == &serde_json::json!([]));
-                assert_eq!(open, allowed.is_empty(), "{at}: no key exactly when no role");
+                let open = op
+                    .get("security")
+                    .is_some_and(|s| s == &serde_json::json!([]));
+                assert_eq!(
+                    open,
+                    allowed.is_empty(),
+                    "{at}: no key exactly when no role"
+                );
                 let responses = op["responses"].as_object().unwrap();
                 if !open {
                     assert!(responses.contains_key("401"), "{at}: 401");
@@ -136,7 +146,9 @@ mod tests {
                     }
                 }
                 assert!(
-                    op["description"].as_str().is_some_and(|d| d.contains("Roles:")),
+                    op["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("Roles:")),
                     "{at}: the description names the roles"
                 );
                 assert!(op["operationId"].is_string(), "{at}: operationId");

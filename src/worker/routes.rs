@@ -3,10 +3,10 @@
 //! client cannot grow the metric set.
 
 use axum::extract::{MatchedPath, Query, Request};
+use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::handler::Handler;
 use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -100,12 +100,24 @@ pub fn operations() -> Vec<Operation> {
         op(M::POST, "/submit", intake::submit),
         op(M::GET, "/v1/analyses/{id}", analyses::get_analysis),
         op(M::GET, "/v1/audit", analyses::get_audit),
-        op(M::GET, "/v1/analyses/{id}/stix", export::stix_route::get_stix),
+        op(
+            M::GET,
+            "/v1/analyses/{id}/stix",
+            export::stix_route::get_stix,
+        ),
         op(M::GET, "/taxii2/", taxii::discovery),
         op(M::GET, "/taxii2/api/", taxii::api_root),
         op(M::GET, "/taxii2/api/collections/", taxii::collections),
-        op(M::GET, "/taxii2/api/collections/{id}/", taxii::get_collection),
-        op(M::GET, "/taxii2/api/collections/{id}/objects/", taxii::objects),
+        op(
+            M::GET,
+            "/taxii2/api/collections/{id}/",
+            taxii::get_collection,
+        ),
+        op(
+            M::GET,
+            "/taxii2/api/collections/{id}/objects/",
+            taxii::objects,
+        ),
         op(
             M::GET,
             "/taxii2/api/collections/{id}/objects/{object_id}/",
@@ -160,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         // Bodies are streamed and bounded by intake itself.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -180,6 +193,34 @@ async fn tag_route(req: Request, next: Next) -> Response {
 /// database, so a database outage never makes the service look dead.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// axum's own extractor rejections (a path segment that is not UTF-8, a
+/// query it cannot read) answer in plain text; every error here is the
+/// JSON the API documents.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    };
+    // Rejection texts are one line; a longer body is not one of them.
+    let body = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    ApiError::new(status, code, String::from_utf8_lossy(&body).trim()).into_response()
 }
 
 async fn not_found(method: Method, req: Request) -> ApiError {
