@@ -214,6 +214,8 @@ fn schemathesis_finds_every_operation_keeps_its_contract() {
         .args(["--report", "ndjson", "--report-ndjson-path"])
         .arg(&report)
         .arg("--no-color")
+        // Its crash cache goes in the working directory: not the checkout.
+        .current_dir(&app.dir)
         .output()
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);
