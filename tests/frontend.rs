@@ -1141,3 +1141,35 @@ fn an_http_1_0_request_without_keep_alive_gets_its_connection_closed() {
         "a keep-alive HTTP/1.0 connection was closed at once"
     );
 }
+
+/// A worker that answers before reading the body (a 405 here; a bad key
+/// or id elsewhere) reads it anyway before the answer goes out, so the
+/// connection stays good for the next request. It did not: the front end
+/// then lost the connection (or, when a request came on it meanwhile,
+/// answered 502 for what was a 4xx).
+#[test]
+fn an_answer_given_before_the_body_keeps_the_connection() {
+    let app = Appliance::start("fe-early", "workers = 1\n", "");
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = br#"{"a": "body nobody reads"}"#;
+    for i in 0..4 {
+        write!(
+            s,
+            "POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        // The body comes after the worker has the head and has answered
+        // it: a client's head and body are separate writes, and nothing
+        // tells a client when the worker has read the head.
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(body)
+            .unwrap_or_else(|e| panic!("request {i}: the connection is gone: {e}"));
+        let r = read_one_response(&mut s);
+        assert_eq!(r.status, 405, "request {i}: {}", r.head);
+        assert_eq!(r.json_error("an early 405"), "method_not_allowed");
+        assert!(!r.head.contains("connection: close"), "{}", r.head);
+    }
+}

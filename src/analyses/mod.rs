@@ -8,11 +8,10 @@ pub mod jobs;
 pub mod status;
 pub mod upkeep;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::types::Json as DbJson;
 use sqlx::Row;
@@ -100,18 +99,21 @@ pub async fn get_analysis(
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
-pub struct AuditQuery {
-    analysis_id: String,
-}
-
 pub async fn get_audit(
     State(app): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(allow::ADMIN)?;
-    let id = parse_id(&q.analysis_id)?;
+    let params = crate::export::params::Params::parse(raw.as_deref(), &["analysis_id"])?;
+    let raw_id = params.get("analysis_id").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_parameter",
+            "analysis_id is required",
+        )
+    })?;
+    let id = parse_id(raw_id)?;
     let rows = sqlx::query(
         "SELECT id, at, actor, event, details, request_id FROM analysis_audit_log
          WHERE analysis_id = $1 ORDER BY id",

@@ -36,3 +36,45 @@ pub async fn json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Re
         )
     })
 }
+
+/// Refuses a document PostgreSQL's jsonb cannot store: one with a NUL
+/// (`\u0000`) in a string or a key. Checked before anything is changed,
+/// so the answer is a 400 and not a failed statement.
+pub fn storable(field: &str, doc: &serde_json::Value) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        let nul = match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => {
+                stack.extend(items);
+                false
+            }
+            Value::Object(map) => {
+                stack.extend(map.values());
+                map.keys().any(|k| k.contains('\0'))
+            }
+            _ => false,
+        };
+        if nul {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("{field}: a string or key holds a NUL character (\\u0000), which cannot be stored"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_nul_anywhere_is_refused() {
+        assert!(super::storable("r", &json!({"a": [1, "b", {"c": null}]})).is_ok());
+        assert!(super::storable("r", &json!({"a": ["x\u{0}"]})).is_err());
+        assert!(super::storable("r", &json!([{"k\u{0}": 1}])).is_err());
+    }
+}

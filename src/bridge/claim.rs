@@ -22,7 +22,8 @@ use crate::worker::state::AppState;
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
-    max_jobs: Option<u32>,
+    /// A JSON number: `2.0` is as good as `2`, as JSON Schema's integer says.
+    max_jobs: Option<f64>,
     lease_seconds: Option<f64>,
     wait_seconds: Option<f64>,
 }
@@ -45,13 +46,15 @@ pub async fn claim(
     }
     let b: ClaimBody = body::json(req_body, body::SMALL_LIMIT).await?;
     let q = &app.settings.queue;
-    let max_jobs = b.max_jobs.unwrap_or(1);
-    if max_jobs == 0 || max_jobs > q.max_claim_batch {
+    let asked = b.max_jobs.unwrap_or(1.0);
+    if asked.fract() != 0.0 || !(1.0..=f64::from(q.max_claim_batch)).contains(&asked) {
         return Err(bad(format!(
-            "max_jobs must be 1 to {}, not {max_jobs}",
+            "max_jobs must be a whole number from 1 to {}, not {asked}",
             q.max_claim_batch
         )));
     }
+    // Whole and within a u32 bound, checked above.
+    let max_jobs = asked as u32;
     let lease = b.lease_seconds.unwrap_or(q.lease_seconds as f64);
     if !(1.0..=q.max_lease_seconds as f64).contains(&lease) {
         return Err(bad(format!(

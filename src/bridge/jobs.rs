@@ -104,6 +104,9 @@ pub async fn progress(
 
 async fn hold(app: &AppState, id: Uuid, b: HeartbeatBody) -> Result<Json<Value>, ApiError> {
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    if let Some(progress) = &b.progress {
+        body::storable("progress", progress)?;
+    }
     require_external(app, id).await?;
     let q = &app.settings.queue;
     let lease = b.lease_seconds.unwrap_or(q.lease_seconds as f64);
@@ -168,13 +171,14 @@ pub async fn complete(
     let id = parse_job_id(&raw)?;
     let b: CompleteBody = body::json(req_body, body::RESULT_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
+    let result = b.result.unwrap_or(Value::Null);
+    body::storable("result", &result)?;
     require_external(&app, id).await?;
     let (name, rid) = actor_parts(&caller, &headers);
     let actor = Actor {
         name: &name,
         request_id: rid.as_deref(),
     };
-    let result = b.result.unwrap_or(Value::Null);
     let outcome = jobs::complete(&app.db, &app.notifier, id, &token, result, &actor)
         .await
         .map_err(queue_error)?;
@@ -209,6 +213,7 @@ pub async fn fail(
     let b: FailBody = body::json(req_body, body::SMALL_LIMIT).await?;
     let token = b.lease_token.ok_or_else(|| missing("lease_token"))?;
     let error = b.error.ok_or_else(|| missing("error"))?;
+    body::storable("error", &error)?;
     require_external(&app, id).await?;
     let retry = b.retry.unwrap_or(true);
     let (name, rid) = actor_parts(&caller, &headers);

@@ -114,10 +114,12 @@ fn query_after<'a>(
         }
     }
     if let Some(rule) = params.get("rule") {
-        if rule.is_empty() || rule.len() > 256 {
+        // Printable ASCII only: rule names are, and a NUL would reach
+        // the database as a query it cannot run.
+        if rule.is_empty() || rule.len() > 256 || !rule.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(bad(
                 "invalid_rule",
-                "rule must be a YARA rule name (or namespace:rule), 1 to 256 bytes".into(),
+                "rule must be a YARA rule name (or namespace:rule), 1 to 256 printable ASCII characters".into(),
             ));
         }
         let wanted = match rule.split_once(':') {
@@ -137,6 +139,13 @@ fn query_after<'a>(
         qb.push(" AND a.tlp = ").push_bind(tlp);
     }
     if let Some(tag) = params.get("tag") {
+        // What intake accepts as a tag; nothing else can match one.
+        if tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "invalid_filter",
+                "tag must be 1 to 64 printable ASCII characters without spaces".into(),
+            ));
+        }
         qb.push(" AND a.tags @> ARRAY[")
             .push_bind(tag.to_owned())
             .push("]::text[]");

@@ -337,12 +337,17 @@ fn parse_filter(query: Option<&str>) -> Result<Filter, ApiError> {
                 f.added_after = Some(t.with_timezone(&Utc));
             }
             "limit" => {
-                let n: usize = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| bad(&k, format!("{v:?} is not a positive integer")))?;
+                // Any positive integer, however long: past the most a page
+                // holds it is that most.
+                let digits = v.trim();
+                let n: usize = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                    digits.parse().unwrap_or(usize::MAX)
+                } else {
+                    0
+                };
+                if n == 0 {
+                    return Err(bad(&k, format!("{v:?} is not a positive integer")));
+                }
                 f.limit = n.min(MAX_LIMIT);
             }
             "next" => {
@@ -397,6 +402,8 @@ mod tests {
             "2026-12-05T03:00:00.500+00:00"
         );
         assert_eq!(parse_filter(None).unwrap().limit, DEFAULT_LIMIT);
+        let huge = parse_filter(Some("limit=1232867824590104035328")).unwrap();
+        assert_eq!(huge.limit, MAX_LIMIT);
         for q in ["limit=0", "limit=-1", "added_after=yesterday", "next=abc"] {
             let e = parse_filter(Some(q)).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");

@@ -51,21 +51,37 @@ impl Metadata {
         }
         match field {
             "filename" => {
-                // Keep the base name only: a client's path is not ours to use.
-                let base = value.rsplit(['/', '\\']).next().unwrap_or("").trim();
+                // Keep the base name only: a client's path is not ours to
+                // use. The rules are the ones the API document's pattern
+                // states: no control character anywhere, at most
+                // MAX_FILENAME characters, a base name that is not blank.
+                let base = value
+                    .rsplit(['/', '\\'])
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(|c: char| c.is_ascii_whitespace());
                 if base.is_empty()
-                    || base.len() > MAX_FILENAME
-                    || base.chars().any(char::is_control)
+                    || value.chars().count() > MAX_FILENAME
+                    || value.chars().any(char::is_control)
                 {
                     return Err(bad(
                         field,
-                        format!("must be 1 to {MAX_FILENAME} bytes without control characters"),
+                        format!(
+                            "must be 1 to {MAX_FILENAME} characters without control characters"
+                        ),
                     ));
                 }
                 self.filename = Some(base.to_string());
             }
             "tags" => {
-                for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let elements: Vec<&str> = value
+                    .split(',')
+                    .map(|t| t.trim_matches(|c: char| c.is_ascii_whitespace()))
+                    .collect();
+                if elements.len() > MAX_TAGS {
+                    return Err(bad(field, format!("at most {MAX_TAGS} tags")));
+                }
+                for tag in elements.into_iter().filter(|t| !t.is_empty()) {
                     if tag.len() > MAX_TAG_LEN || !tag.bytes().all(|b| b.is_ascii_graphic()) {
                         return Err(bad(
                             field,
@@ -106,17 +122,20 @@ impl Metadata {
                 self.priority = p;
             }
             "callback_url" => {
-                let v = value.trim();
-                let ok = (v.starts_with("https://") || v.starts_with("http://"))
-                    && v.len() <= MAX_URL
-                    && !v.chars().any(|c| c.is_whitespace() || c.is_control());
+                // Visible ASCII only: what goes on an HTTP request line
+                // as it is (anything else is percent-encoded first).
+                let ok = (value.starts_with("https://") || value.starts_with("http://"))
+                    && value.len() <= MAX_URL
+                    && value.bytes().all(|b| b.is_ascii_graphic());
                 if !ok {
                     return Err(bad(
                         field,
-                        format!("must be an http:// or https:// URL of at most {MAX_URL} bytes"),
+                        format!(
+                            "must be an http:// or https:// URL of at most {MAX_URL} visible ASCII characters"
+                        ),
                     ));
                 }
-                self.callback_url = Some(v.to_string());
+                self.callback_url = Some(value.to_string());
             }
             other => {
                 return Err(bad(
@@ -153,5 +172,14 @@ mod tests {
             .message
             .contains("unknown field"));
         assert!(m.set("filename", "a\u{0}b").is_err());
+        assert!(m.set("filename", "\u{1}/b").is_err());
+        assert!(m.set("filename", "dir/ ").is_err());
+        assert!(m.set("filename", &"é".repeat(255)).is_ok());
+        assert!(m.set("filename", &"é".repeat(256)).is_err());
+        assert!(m.set("callback_url", " https://x").is_err());
+        assert!(m.set("callback_url", "https://x/\u{feff}").is_err());
+        let mut t = Metadata::default();
+        assert!(t.set("tags", &vec!["a"; 33].join(",")).is_err());
+        assert!(t.set("tags", &vec!["a"; 32].join(",")).is_ok());
     }
 }

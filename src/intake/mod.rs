@@ -158,15 +158,22 @@ pub async fn submit(
             meta.set(&k, &v)?;
         }
     }
+    // Checked whatever the body's form, so a bad one is never ignored; a
+    // multipart `filename` field given as well wins.
+    if let Some(name) = headers.get("x-filename") {
+        let name = name.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_metadata",
+                "X-Filename: not visible ASCII; send the name as a filename field or parameter",
+            )
+        })?;
+        meta.set("filename", name)?;
+    }
     let body = req.into_body();
     let received = match multipart {
         Some(boundary) => receive_multipart(&app, body, boundary, &mut meta).await?,
-        None => {
-            if let Some(name) = headers.get("x-filename").and_then(|v| v.to_str().ok()) {
-                meta.set("filename", name)?;
-            }
-            receive_raw(&app, body, content_length(&headers)).await?
-        }
+        None => receive_raw(&app, body, content_length(&headers)).await?,
     };
     if received.size == 0 {
         return Err(ApiError::new(

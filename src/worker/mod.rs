@@ -9,10 +9,12 @@
 //! busy one. CPU-heavy work belongs on the blocking pool.
 
 mod balance;
+pub mod openapi;
 mod request;
 pub mod routes;
 mod server;
 pub mod state;
+mod unread;
 
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::routes::RouteLabel;
 use super::server::Shared;
+use super::unread::Leftover;
 use crate::accesslog::AccessRecord;
 use crate::api_error::ApiError;
 use crate::logging::ACCESS_TARGET;
@@ -51,10 +52,15 @@ pub async fn handle(
     let in_flight = InFlight::new(slot);
     let span = tracing::info_span!("request", request_id = %request_id);
 
+    let leftover = Leftover::default();
+    let req = req.map(|b| leftover.wrap(b));
     let mut resp = match check_limits(&shared, &req) {
-        Err(e) => e.into_response(),
+        Err(e) => {
+            drop(req);
+            e.into_response()
+        }
         Ok(()) => {
-            let routed = shared.router.clone().oneshot(req.map(Body::new));
+            let routed = shared.router.clone().oneshot(req);
             match (Polled {
                 seq,
                 slot,
@@ -68,6 +74,7 @@ pub async fn handle(
             }
         }
     };
+    leftover.settle(&mut resp).await;
     drop(in_flight);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);

@@ -3,14 +3,16 @@
 //! client cannot grow the metric set.
 
 use axum::extract::{MatchedPath, Query, Request};
+use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::openapi;
 use super::state::AppState;
 use crate::api_error::ApiError;
 use crate::export::taxii;
@@ -41,6 +43,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/analyses/{id}/stix",
     "/taxii2/...",
     "/status",
+    "/v1/openapi.json",
 ];
 
 // A label past the scoreboard's last route slot would be counted in it.
@@ -67,49 +70,101 @@ pub fn label_index(template: &str) -> usize {
     ROUTES.iter().position(|r| *r == template).unwrap_or(0)
 }
 
-pub fn router(state: AppState) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(analyses::readyz))
-        .route("/v1/submit", post(intake::submit))
-        .route("/submit", post(intake::submit))
-        .route("/v1/analyses/{id}", get(analyses::get_analysis))
-        .route("/v1/audit", get(analyses::get_audit))
-        .route("/v1/analyses/{id}/stix", get(export::stix_route::get_stix))
-        .route("/taxii2/", get(taxii::discovery))
-        .route("/taxii2/api/", get(taxii::api_root))
-        .route("/taxii2/api/collections/", get(taxii::collections))
-        .route("/taxii2/api/collections/{id}/", get(taxii::get_collection))
-        .route("/taxii2/api/collections/{id}/objects/", get(taxii::objects))
-        .route(
+/// One public operation: what `assets/openapi.json` documents under
+/// `paths`, and what the router serves. Routes exist only through
+/// [`operations`], so the document test sees every one.
+pub struct Operation {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn op<H, T>(method: Method, path: &'static str, handler: H) -> Operation
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    // Only the standard methods are used here, each of which has a filter.
+    let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+    Operation {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every public operation (the fault-injection routes are not).
+pub fn operations() -> Vec<Operation> {
+    use Method as M;
+    vec![
+        op(M::GET, "/healthz", healthz),
+        op(M::GET, "/readyz", analyses::readyz),
+        op(M::GET, "/v1/openapi.json", openapi::serve),
+        op(M::POST, "/v1/submit", intake::submit),
+        op(M::POST, "/submit", intake::submit),
+        op(M::GET, "/v1/analyses/{id}", analyses::get_analysis),
+        op(M::GET, "/v1/audit", analyses::get_audit),
+        op(
+            M::GET,
+            "/v1/analyses/{id}/stix",
+            export::stix_route::get_stix,
+        ),
+        op(M::GET, "/taxii2/", taxii::discovery),
+        op(M::GET, "/taxii2/api/", taxii::api_root),
+        op(M::GET, "/taxii2/api/collections/", taxii::collections),
+        op(
+            M::GET,
+            "/taxii2/api/collections/{id}/",
+            taxii::get_collection,
+        ),
+        op(
+            M::GET,
+            "/taxii2/api/collections/{id}/objects/",
+            taxii::objects,
+        ),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/objects/{object_id}/",
-            get(taxii::object),
-        )
-        .route(
+            taxii::object,
+        ),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/objects/{object_id}/versions/",
-            get(taxii::versions),
-        )
-        .route(
+            taxii::versions,
+        ),
+        op(
+            M::GET,
             "/taxii2/api/collections/{id}/manifest/",
-            get(taxii::manifest),
-        )
-        .route("/v1/queues/{queue}/claim", post(bridge::claim))
-        .route("/v1/jobs/{id}", get(bridge::get_job))
-        .route("/v1/jobs/{id}/heartbeat", post(bridge::heartbeat))
-        .route("/v1/jobs/{id}/progress", post(bridge::progress))
-        .route("/v1/jobs/{id}/complete", post(bridge::complete))
-        .route("/v1/jobs/{id}/fail", post(bridge::fail))
-        .route("/v1/jobs/{id}/cancel", post(bridge::cancel))
-        .route(
+            taxii::manifest,
+        ),
+        op(M::POST, "/v1/queues/{queue}/claim", bridge::claim),
+        op(M::GET, "/v1/jobs/{id}", bridge::get_job),
+        op(M::POST, "/v1/jobs/{id}/heartbeat", bridge::heartbeat),
+        op(M::POST, "/v1/jobs/{id}/progress", bridge::progress),
+        op(M::POST, "/v1/jobs/{id}/complete", bridge::complete),
+        op(M::POST, "/v1/jobs/{id}/fail", bridge::fail),
+        op(M::POST, "/v1/jobs/{id}/cancel", bridge::cancel),
+        op(
+            M::GET,
             "/v1/samples/{sha256}/content",
-            get(export::download::sample_content),
-        )
+            export::download::sample_content,
+        ),
         // Any hash: the segment is named as the content route's, which
         // the router requires of one position.
-        .route("/v1/samples/{sha256}", get(export::lookup::lookup))
-        .route("/v1/analyses", get(export::list::list))
-        .route("/v1/export/analyses", get(export::feed_route::export))
-        .merge(crate::status::routes());
+        op(M::GET, "/v1/samples/{sha256}", export::lookup::lookup),
+        op(M::GET, "/v1/analyses", export::list::list),
+        op(M::GET, "/v1/export/analyses", export::feed_route::export),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for o in operations() {
+        router = router.route(o.path, o.handler);
+    }
+    // The operator's page is HTML for a browser, not part of the API
+    // the document describes.
+    router = router.merge(crate::status::routes());
     if state.settings.debug.fault_injection {
         router = router
             .route("/__debug/hang", get(debug_hang))
@@ -124,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(tag_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors))
         // Bodies are streamed and bounded by intake itself.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -144,6 +200,34 @@ async fn tag_route(req: Request, next: Next) -> Response {
 /// database, so a database outage never makes the service look dead.
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// axum's own extractor rejections (a path segment that is not UTF-8, a
+/// query it cannot read) answer in plain text; every error here is the
+/// JSON the API documents.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    };
+    // Rejection texts are one line; a longer body is not one of them.
+    let body = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    ApiError::new(status, code, String::from_utf8_lossy(&body).trim()).into_response()
 }
 
 async fn not_found(method: Method, req: Request) -> ApiError {
