@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,15 @@ const MALFORMED_BODY: [ErrorType; 2] = [
 
 /// Requests being served, so a retiring front end knows when it is idle.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once the front end is stopping: every answer from then on says
+/// `Connection: close`, so no client sends another request on a
+/// connection that is about to close under it.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
+fn draining() -> bool {
+    DRAINING.load(Relaxed)
+}
 
 pub struct FrontEnd {
     socket: PathBuf,
@@ -245,7 +254,7 @@ impl ProxyHttp for FrontEnd {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
-        session.set_keepalive(Some(self.idle_timeout));
+        session.set_keepalive((!draining()).then_some(self.idle_timeout));
         session.set_read_timeout(Some(self.body_timeout));
 
         let framing = match self.check_framing(session) {
@@ -463,11 +472,15 @@ impl ProxyHttp for FrontEnd {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // A request that was under way when the stop came.
+        if draining() {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
