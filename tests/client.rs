@@ -424,3 +424,46 @@ fn a_database_outage_is_retried_until_the_sample_is_accepted() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unconfirmed_commit_is_retried_and_answered_with_the_analysis_that_committed() {
+    let db = TestDb::create("client_unconfirmed");
+    let app = Appliance::start(
+        "client-unconfirmed",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\nrecord_timeout_ms = 1000\n[queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let key = app.new_key("submitter");
+    let dir = temp_dir("client-unconfirmed");
+    let sample = dir.join("late.bin");
+    let data = b"recorded after its deadline".to_vec();
+    std::fs::write(&sample, &data).unwrap();
+
+    // The statement's foreign-key checks wait for the key's row: the
+    // submission is sent, outlives its deadline (503 unconfirmed), and
+    // commits once released.
+    let held = db.hold("SELECT id FROM api_keys FOR UPDATE");
+    let mut cmd = client(&app, &key, "submit");
+    cmd.arg("--json").arg(&sample);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let seen = expect_line(&stderr, "retry", 20 * SEC);
+    assert!(seen.contains("503 unconfirmed"), "{seen}");
+    held.release();
+
+    let status = wait_exit(&mut child, 30 * SEC);
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    assert!(status.success(), "{status}; {out}");
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["status"], "accepted", "{out}");
+    // The retry got the analysis its first try made: one, not two.
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+    assert_eq!(
+        line["analysis_id"].as_str(),
+        Some(db.scalar("SELECT id FROM analyses").as_str())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

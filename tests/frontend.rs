@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::Appliance;
 
+const SEC: Duration = Duration::from_secs(1);
+
 fn cert_of(app: &Appliance) -> PathBuf {
     app.dir.join("certs").join("self-signed.pem")
 }
@@ -1172,4 +1174,140 @@ fn an_answer_given_before_the_body_keeps_the_connection() {
         assert_eq!(r.json_error("an early 405"), "method_not_allowed");
         assert!(!r.head.contains("connection: close"), "{}", r.head);
     }
+}
+
+/// One keep-alive client on the plain listener: posts a new sample, reads
+/// the answer, and goes on on the same connection until told `Connection:
+/// close` (then it connects again, as clients do). Anything else that
+/// ends an exchange (a reset, a broken pipe, an end of stream before the
+/// answer) is a failed request.
+fn keep_alive_poster(
+    plain: String,
+    key: String,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::spawn(move || {
+        let mut ok = 0u64;
+        let mut failures = Vec::new();
+        let mut conn: Option<TcpStream> = None;
+        let mut i = 0u64;
+        while !stop.load(Relaxed) {
+            let s = match conn.as_mut() {
+                Some(s) => s,
+                None => {
+                    let s = TcpStream::connect(&plain).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    conn.insert(s)
+                }
+            };
+            i += 1;
+            let body = format!("keep-alive sample {n}-{i}");
+            let req = format!(
+                "POST /v1/submit HTTP/1.1\r\nHost: sandgnat\r\nX-API-Key: {key}\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let answer = s
+                .write_all(req.as_bytes())
+                .map_err(|e| format!("write: {e}"))
+                .and_then(|_| read_answer(s));
+            match answer {
+                Ok((status, close)) => {
+                    if status == 202 {
+                        ok += 1;
+                    } else {
+                        failures.push(format!("status {status}"));
+                    }
+                    if close {
+                        conn = None;
+                    }
+                }
+                Err(e) => {
+                    failures.push(e);
+                    conn = None;
+                }
+            }
+        }
+        (ok, failures)
+    })
+}
+
+/// Reads one answer with a Content-Length body: its status and whether it
+/// said `Connection: close`.
+fn read_answer(s: &mut TcpStream) -> Result<(u16, bool), String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            Ok(_) => return Err(format!("end of stream after {} bytes", buf.len())),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad head {head:?}"))?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no content-length in {head:?}"))?;
+    let close = head.lines().any(|l| l.trim() == "connection: close");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    Ok((status, close))
+}
+
+#[test]
+fn reloads_under_keep_alive_clients_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let db = common::db::TestDb::create("hup_keepalive");
+    // No rate limits: what is measured is connections, not refusals.
+    let app = Appliance::start_with(
+        "hup-keepalive",
+        "workers = 2\n",
+        "rate_limit_per_ip = 0\nrate_limit_per_key = 0\n",
+        &format!("[database]\nurl = \"{}\"\n[queue]\nrunners = 0\n", db.url()),
+    );
+    let key = app.new_key("submitter");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|n| keep_alive_poster(app.plain.clone(), key.clone(), n, stop.clone()))
+        .collect();
+    let fronts = frontend_pids(&app);
+    for _ in 0..6 {
+        app.signal(libc::SIGHUP);
+        app.expect_notify("RELOADING=1", 10 * SEC);
+        app.expect_notify("READY=1", 20 * SEC);
+        // The pace of an operator's reloads: the load goes on between.
+        std::thread::sleep(Duration::from_millis(750));
+    }
+    // Until every retired front end has left: its last connections too.
+    app.wait_until("retired front ends gone", 30 * SEC, |a| {
+        frontend_pids(a).len() == 1
+    });
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 50, "too few requests: {ok}");
+    assert!(
+        frontend_pids(&app).iter().all(|p| !fronts.contains(p)),
+        "the front end was not replaced"
+    );
 }

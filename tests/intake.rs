@@ -824,3 +824,122 @@ fn readyz_names_the_failed_check_and_keeps_the_driver_error_for_the_log() {
         .unwrap();
     assert_eq!(app.get("/readyz").unwrap().status, 200);
 }
+
+#[test]
+fn a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_nothing_more() {
+    let db = TestDb::create("idem");
+    let app = start("idem", &db.url(), "");
+    let key = app.new_key("submitter");
+    let other_key = app.new_key("submitter");
+    let idem = [("Idempotency-Key", "8e03978e-40d5-43e8-bc93-6d2a9c1c5e6a")];
+
+    let first = app.submit(&key, b"first bytes", &idem);
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = json(&first)["analysis_id"].as_str().unwrap().to_string();
+    // The first answer again, byte for byte, with nothing new written.
+    let again = app.submit(&key, b"first bytes", &idem);
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(json(&again), json(&first));
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM jobs WHERE analysis_id = '{id}'"
+        )),
+        db.scalar("SELECT count(*) FROM jobs")
+    );
+    let jobs = db.scalar("SELECT count(*) FROM jobs");
+    assert_eq!(db.scalar("SELECT count(*) FROM analysis_audit_log"), "2");
+
+    // Other bytes under a used key: refused, and nothing kept of them.
+    let r = app.submit(&key, b"other bytes", &idem);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(json(&r)["error"], "idempotency_key_reused");
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+    assert_eq!(db.scalar("SELECT count(*) FROM samples"), "1");
+
+    // The key is the client's own: another API key may use the same one.
+    let r = app.submit(&other_key, b"first bytes", &idem);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_ne!(json(&r)["analysis_id"], json(&first)["analysis_id"]);
+    // Without the header, as ever: each submission its own analysis.
+    for _ in 0..2 {
+        assert_eq!(app.submit(&key, b"first bytes", &[]).status, 202);
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "4");
+
+    // A malformed key is refused before the body is read.
+    let long = "k".repeat(256);
+    for bad in [long.as_str(), "caf\u{e9}", ""] {
+        let r = app.submit(&key, b"first bytes", &[("Idempotency-Key", bad)]);
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+        assert_eq!(json(&r)["error"], "invalid_idempotency_key");
+    }
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "4");
+
+    // Tries at once with one key: one analysis, one set of jobs, and every
+    // try answered with it.
+    let before_jobs: i64 = db.scalar("SELECT count(*) FROM jobs").parse().unwrap();
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, key) = (app.socket.clone(), key.clone());
+            std::thread::spawn(move || {
+                common::request_unix_body(
+                    &socket,
+                    "POST",
+                    "/v1/submit",
+                    &[
+                        ("X-API-Key", &key),
+                        ("Content-Type", "application/octet-stream"),
+                        ("Idempotency-Key", "race"),
+                    ],
+                    Some(b"raced bytes"),
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<_> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+    for a in &answers {
+        assert_eq!(a.status, 202, "{}", a.body);
+        assert_eq!(json(a), json(&answers[0]));
+    }
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM analyses WHERE sample_sha256 = encode(sha256('raced bytes'), 'hex')"),
+        "1"
+    );
+    let after_jobs: i64 = db.scalar("SELECT count(*) FROM jobs").parse().unwrap();
+    let per_submission: i64 = jobs.parse().unwrap();
+    assert_eq!(after_jobs - before_jobs, per_submission);
+}
+
+#[test]
+fn a_retry_after_an_unconfirmed_commit_is_answered_with_the_analysis_that_committed() {
+    let db = TestDb::create("idemwait");
+    let app = Appliance::start(
+        "idemwait",
+        "workers = 1\n",
+        &format!(
+            "[database]\nurl = \"{}\"\nrecord_timeout_ms = 1000\n[queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let key = app.new_key("submitter");
+    let idem = [("Idempotency-Key", "unconfirmed-then-retried")];
+    // The statement's foreign-key checks, at its end, wait for the key's
+    // row until released: the statement is sent and running, outlives its
+    // deadline, then commits. Reads (the key's authentication) go on.
+    let held = db.hold("SELECT id FROM api_keys FOR UPDATE");
+    let r = app.submit(&key, b"recorded late", &idem);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(json(&r)["error"], "unconfirmed");
+    held.release();
+    app.wait_until("the late statement commits", 10 * SEC, |_| {
+        db.scalar("SELECT count(*) FROM analyses") == "1"
+    });
+    let late = db.scalar("SELECT id FROM analyses");
+
+    let r = app.submit(&key, b"recorded late", &idem);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(json(&r)["analysis_id"], late.as_str());
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+}

@@ -2,7 +2,8 @@
 //! process at a time (the queue's advisory lock): expired leases go back
 //! to the queue or are discarded, and the analyses of discarded jobs get
 //! their status in the same transaction; finished jobs past the retention
-//! are pruned.
+//! are pruned, and so are idempotency keys past their day
+//! (`intake::idempotency::KEEP`).
 
 use std::time::Duration;
 
@@ -61,6 +62,15 @@ pub async fn pass(
         },
     )
     .await?;
+    if report.ran {
+        // Done by the process that holds the pass this time, so the
+        // workers do not all scan for the same old keys.
+        match crate::intake::idempotency::prune(db, crate::intake::idempotency::KEEP).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "idempotency keys past their time pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune idempotency keys"),
+        }
+    }
     let mut woke = std::mem::take(&mut *woke.lock());
     woke.sort();
     woke.dedup();

@@ -2,11 +2,14 @@
 //! connection, each file streamed from disk (never read whole) while its
 //! sha256 is computed; a retry after a 503 or 429 (honouring
 //! `Retry-After`) or a connection that could not be made, never after a
-//! request that may have reached the server; and with `--wait`, polling of
-//! each accepted analysis until it is completed or failed.
+//! connection that broke once the request may have reached the server;
+//! and with `--wait`, polling of each accepted analysis until it is
+//! completed or failed.
 //!
-//! Every try of one file carries the same `Idempotency-Key`, so a server
-//! that honours it records a retried file once.
+//! Every try of one file carries the same `Idempotency-Key`, which the
+//! appliance honours: a retry of a file that was recorded gets its first
+//! answer, not a second analysis. That is what makes a `503 unconfirmed`
+//! (the commit may have happened) safe to retry.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,10 +30,6 @@ use tokio::io::AsyncReadExt;
 use super::http::{Body, Client, Endpoint};
 use super::report::{Outcome, Report, Upload};
 use super::walk::Item;
-
-/// The 503 for a commit the server could not confirm: it may have been
-/// recorded, so retrying could make a second analysis.
-const UNCONFIRMED: &str = "unconfirmed";
 
 const CHUNK: usize = 64 * 1024;
 /// The longest a single `Retry-After` is honoured for.
@@ -203,13 +202,12 @@ async fn submit_one(
                 return accepted(a.json(), sent_sha256);
             }
             Ok(a)
-                if (a.status == StatusCode::SERVICE_UNAVAILABLE
-                    || a.status == StatusCode::TOO_MANY_REQUESTS)
-                    && a.error().0 != UNCONFIRMED =>
+                if a.status == StatusCode::SERVICE_UNAVAILABLE
+                    || a.status == StatusCode::TOO_MANY_REQUESTS =>
             {
-                // By the API's contract these answers record nothing; the
-                // one that says it may have (`unconfirmed`) is a refusal
-                // the analyst must look into, not a retry.
+                // By the API's contract these answers record nothing, but
+                // for `unconfirmed`, which may have: its retry carries the
+                // same Idempotency-Key, so it gets that record's answer.
                 let (code, message) = a.error();
                 let why = format!("{} {code}: {message}", a.status.as_u16());
                 match retry(why, a.retry_after.unwrap_or_else(|| backoff(tries))) {

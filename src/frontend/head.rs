@@ -152,18 +152,16 @@ impl HttpServerApp for HeadGuard {
         let kept_alive = carried.as_ref().is_some_and(|c| c.is::<KeptAlive>());
         let mut stream = h1.into_inner();
 
-        // As pingora does while it waits for a head: a stopping front end
-        // drops connections that have not delivered one (bytes already
-        // buffered win, the select is biased).
-        let head = tokio::select! {
-            biased;
-            head = read_head(&mut stream, &self.rules, kept_alive, keepalive) => head,
-            _ = stopping(shutdown) => return None,
-        };
+        // A stopping front end does not drop a connection waiting for its
+        // next head at once, as pingora would: that head may be on its
+        // way, and the client would see its request fail. It is served
+        // (answered `Connection: close`) if its first byte comes within
+        // `DRAIN_GRACE`; only then is a silent connection closed.
+        let head = read_head(&mut stream, &self.rules, kept_alive, keepalive, shutdown).await;
         match head {
             Head::Ready(bytes) => {
                 let mut session = ServerSession::new_http1(stream);
-                session.set_keepalive(keepalive);
+                session.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
                 session.set_keepalive_reuses_remaining(reuses);
                 session.set_connection_user_context(carried);
                 session.set_pipelined_prefix(bytes);
@@ -191,12 +189,19 @@ impl HttpServerApp for HeadGuard {
     }
 }
 
-async fn stopping(shutdown: &ShutdownWatch) {
+/// How long a stopping front end still waits for the next request on a
+/// connection it accepted: a client that sent one just before the stop
+/// (or just after its last answer, which said keep-alive) is still served.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves `DRAIN_GRACE` after the front end began to stop.
+async fn drained(shutdown: &ShutdownWatch) {
     let mut w = shutdown.clone();
     if w.wait_for(|stop| *stop).await.is_err() {
         // The sender is gone without a stop: nothing will ever stop us.
         std::future::pending::<()>().await;
     }
+    tokio::time::sleep(DRAIN_GRACE).await;
 }
 
 /// Reads one head under the deadline. A fresh connection's clock starts
@@ -208,21 +213,31 @@ async fn read_head(
     rules: &HeadRules,
     kept_alive: bool,
     keepalive: Option<u64>,
+    shutdown: &ShutdownWatch,
 ) -> Head {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     if kept_alive {
-        let first = read_some(stream, &mut buf);
-        let n = match keepalive {
+        let limit = match keepalive {
             // Some(0): no keep-alive limit, as pingora reads it.
-            Some(0) => first.await,
-            Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), first).await {
-                Ok(r) => r,
-                Err(_) => return Head::Gone,
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => Some(rules.timeout),
+        };
+        let first = read_some(stream, &mut buf);
+        let waited = async {
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, first).await.ok(),
+                None => Some(first.await),
+            }
+        };
+        // Bytes already come win: the select is biased.
+        let n = tokio::select! {
+            biased;
+            n = waited => match n {
+                Some(n) => n,
+                None => return Head::Gone,
             },
-            None => match tokio::time::timeout(rules.timeout, first).await {
-                Ok(r) => r,
-                Err(_) => return Head::Gone,
-            },
+            _ = drained(shutdown) => return Head::Gone,
         };
         if !matches!(n, Ok(n) if n > 0) {
             return Head::Gone;
@@ -238,7 +253,16 @@ async fn read_head(
         if let Some(r) = scan.too_large(&buf, rules.limits, max_head) {
             return Head::Refused(r);
         }
-        match tokio::time::timeout_at(deadline, read_some(stream, &mut buf)).await {
+        // A stopping front end waits `DRAIN_GRACE` for a first byte, and
+        // never cuts a head that has begun.
+        let waiting = buf.is_empty();
+        let read = tokio::time::timeout_at(deadline, read_some(stream, &mut buf));
+        let read = tokio::select! {
+            biased;
+            r = read => r,
+            _ = drained(shutdown), if waiting => return Head::Gone,
+        };
+        match read {
             Err(_) => {
                 return Head::Refused(Refusal {
                     status: StatusCode::REQUEST_TIMEOUT,

@@ -58,8 +58,10 @@ pub struct FrontEndArgs {
 }
 
 /// How long a retiring front end keeps serving connections it already
-/// accepted before it looks at the in-flight count.
-const ACCEPTED_GRACE: Duration = Duration::from_secs(1);
+/// accepted before it looks at the in-flight count: past the grace its
+/// idle connections get for a next request, with a margin for that
+/// request's head to be counted.
+const ACCEPTED_GRACE: Duration = head::DRAIN_GRACE.saturating_add(Duration::from_millis(500));
 
 pub fn run(args: FrontEndArgs) -> ExitCode {
     let board = match crate::child::attach("front-end") {
@@ -189,15 +191,18 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
             _ = quit.recv() => false,
             _ = int.recv() => false,
         };
-        // Stop accepting; connections already open finish their request
-        // and pingora closes them instead of keeping them alive.
+        // Stop accepting; connections already open finish their request,
+        // answered `Connection: close` (HTTP/2: GOAWAY, then the streams
+        // already open are finished), and a kept-alive one gets
+        // `head::DRAIN_GRACE` to send the request that may be on its way.
+        proxy::DRAINING.store(true, Relaxed);
         let _ = stop_tx.send(true);
         if graceful_stop {
             let deadline = Instant::now() + graceful;
             // Requests are counted once their head is read; a connection
             // accepted just before the stop may still be in its TLS
-            // handshake. Give those (and idle keep-alive clients that send
-            // one more request) a moment before counting in-flight work.
+            // handshake, and a kept-alive one may be sending its next head
+            // until its grace ends. Count in-flight work only after that.
             tokio::time::sleep(ACCEPTED_GRACE.min(graceful)).await;
             while proxy::IN_FLIGHT.load(Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;

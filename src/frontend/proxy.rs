@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,15 @@ const MALFORMED_BODY: [ErrorType; 2] = [
 
 /// Requests being served, so a retiring front end knows when it is idle.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once the front end is stopping: every answer from then on says
+/// `Connection: close`, so no client sends another request on a
+/// connection that is about to close under it.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
+
+fn draining() -> bool {
+    DRAINING.load(Relaxed)
+}
 
 pub struct FrontEnd {
     socket: PathBuf,
@@ -264,9 +273,11 @@ impl ProxyHttp for FrontEnd {
         // The idle time replaces pingora's own (unbounded) only where the
         // client keeps the connection at all: an HTTP/1.0 client that did
         // not ask for keep-alive reads the answer to the end of the
-        // connection and must get that end at once.
+        // connection and must get that end at once. A draining front end
+        // keeps none.
         let req = session.req_header();
-        if client_keeps_alive(req.version, req.headers.get(http::header::CONNECTION)) {
+        if !draining() && client_keeps_alive(req.version, req.headers.get(http::header::CONNECTION))
+        {
             session.set_keepalive(Some(self.idle_timeout));
         } else {
             session.set_keepalive(None);
@@ -488,11 +499,15 @@ impl ProxyHttp for FrontEnd {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // A request that was under way when the stop came.
+        if draining() {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! failure before that answers an error and leaves no row behind.
 
 pub mod filetype;
+pub mod idempotency;
 pub mod leftovers;
 pub mod metadata;
 pub mod quarantine;
@@ -17,7 +18,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller};
@@ -123,6 +123,7 @@ pub async fn submit(
     caller.require(allow::SUBMIT)?;
     let limit = app.settings.intake.max_sample_bytes;
     let headers = req.headers().clone();
+    let idempotency_key = idempotency::key_of(&headers)?;
     let multipart = multipart_boundary(&headers)?;
     if let Some(len) = content_length(&headers) {
         let allowed = limit
@@ -182,10 +183,66 @@ pub async fn submit(
             "the sample has no bytes",
         ));
     }
+    let received = match &idempotency_key {
+        Some(key) => match answered_before(&app, &caller, key, received).await? {
+            Answer::Given(replayed) => return Ok(replayed),
+            Answer::New(received) => received,
+        },
+        None => received,
+    };
     let request_id = header_str(&headers, "x-request-id").unwrap_or_default();
     let client_ip = header_str(&headers, "x-real-ip");
-    let accepted = process(&app, received, meta, &caller, &request_id, client_ip).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    let given = Given {
+        caller: &caller,
+        request_id: &request_id,
+        client_ip,
+        idempotency_key,
+    };
+    process(&app, received, meta, given).await
+}
+
+/// Whether a try whose key was used before was answered here.
+enum Answer {
+    Given(Response),
+    New(Received),
+}
+
+/// The cheap path for a retry whose first try is on record: its first
+/// answer (or the refusal of other bytes) without scanning, storing or
+/// recording anything. A key not on record, or a database that cannot say,
+/// goes the whole way: the recorder's statement decides then.
+async fn answered_before(
+    app: &AppState,
+    caller: &Caller,
+    key: &str,
+    mut received: Received,
+) -> Result<Answer, ApiError> {
+    let prior = match idempotency::lookup(&app.db, caller.key_id, key).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(Answer::New(received)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up an idempotency key; recording the submission, which checks it again");
+            return Ok(Answer::New(received));
+        }
+    };
+    let (sha256, received) = if received.size <= INLINE_BYTES {
+        (received.digests().sha256, received)
+    } else {
+        // Hashing a sample held in memory is blocking work.
+        tokio::task::spawn_blocking(move || (received.digests().sha256, received))
+            .await
+            .map_err(blocking_failed)?
+    };
+    drop(received);
+    idempotency::replay(prior, &sha256).map(Answer::Given)
+}
+
+/// What the client said beside the sample.
+struct Given<'a> {
+    caller: &'a Caller,
+    request_id: &'a str,
+    client_ip: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 async fn receive_raw(
@@ -280,10 +337,14 @@ async fn process(
     app: &AppState,
     received: Received,
     meta: Metadata,
-    caller: &Caller,
-    request_id: &str,
-    client_ip: Option<String>,
-) -> Result<serde_json::Value, ApiError> {
+    given: Given<'_>,
+) -> Result<Response, ApiError> {
+    let Given {
+        caller,
+        request_id,
+        client_ip,
+        idempotency_key,
+    } = given;
     let named = meta.filename.clone();
     let examined =
         if received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_)) {
@@ -346,25 +407,25 @@ async fn process(
         queue: &app.settings.queue,
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
+        idempotency_key,
     };
-    let recorded = app.recorder.record(&submission).await?;
-    for queue in &recorded.queues {
+    let (analysis_id, queues) = match app.recorder.record(&submission).await? {
+        record::Recorded::New {
+            analysis_id,
+            queues,
+        } => (analysis_id, queues),
+        // Another try of this key was recorded first (in the same batch,
+        // or while this one was being scanned).
+        record::Recorded::Existing(prior) => {
+            return idempotency::replay(prior, &submission.sha256);
+        }
+    };
+    for queue in &queues {
         app.notifier.poke(queue);
     }
-    let analysis_id = recorded.analysis_id;
     tracing::info!(analysis_id = %analysis_id, sha256 = %submission.sha256, matches = matches.len(), "sample accepted");
-    Ok(json!({
-        "analysis_id": analysis_id,
-        "sha256": submission.sha256,
-        "sha1": submission.sha1,
-        "md5": submission.md5,
-        "size": size,
-        "filename": filename,
-        "file_type": submission.file_type,
-        "yara": matches,
-        "yara_error": scan_error,
-        "status_url": format!("/v1/analyses/{analysis_id}"),
-    }))
+    let body = record::accepted(analysis_id, &submission);
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Samples up to this size, held in memory, are hashed and scanned on

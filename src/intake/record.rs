@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::PgPool;
+use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::idempotency::Prior;
 use super::metadata::Metadata;
 use crate::queue::{self, NewJob};
 use crate::scan::RuleMatch;
@@ -47,6 +49,25 @@ pub struct Submission<'a> {
     pub static_analysis: bool,
     /// `debug.no_enqueue`: benchmarks only.
     pub no_enqueue: bool,
+    /// The client's `Idempotency-Key`, checked (`idempotency::key_of`).
+    pub idempotency_key: Option<String>,
+}
+
+/// The 202 body for a submission recorded as analysis `id`; kept with an
+/// idempotency key, so that a retry gets these very bytes again.
+pub fn accepted(id: Uuid, s: &Submission<'_>) -> Value {
+    json!({
+        "analysis_id": id,
+        "sha256": s.sha256,
+        "sha1": s.sha1,
+        "md5": s.md5,
+        "size": s.size,
+        "filename": s.filename,
+        "file_type": s.file_type,
+        "yara": s.matches,
+        "yara_error": s.scan_error,
+        "status_url": format!("/v1/analyses/{id}"),
+    })
 }
 
 /// The jobs a submission creates (DESIGN.md §3): a detonation for the
@@ -117,6 +138,13 @@ pub struct Row {
     submitted: Value,
     scanned: Value,
     jobs: Vec<NewJob>,
+    /// Defaults: a row from a worker that predates idempotency keys (a
+    /// binary upgrade runs both for a while) has none.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// The 202 body, kept with the key; only when there is one.
+    #[serde(default)]
+    response: Option<Value>,
 }
 
 impl Row {
@@ -157,6 +185,8 @@ impl Row {
             } else {
                 jobs_for(id, s)
             },
+            idempotency_key: s.idempotency_key.clone(),
+            response: s.idempotency_key.as_ref().map(|_| accepted(id, s)),
         }
     }
 
@@ -181,14 +211,31 @@ impl Row {
 
 pub struct Pending {
     pub row: Row,
-    pub done: oneshot::Sender<Result<(), Failure>>,
+    pub done: oneshot::Sender<Result<Written, Failure>>,
 }
 
-/// What a committed submission left for the queue to announce.
-pub struct Recorded {
-    pub analysis_id: Uuid,
-    /// Queues that got claimable jobs: wake them after commit.
-    pub queues: Vec<&'static str>,
+/// What became of a submission handed to the recorder.
+pub enum Recorded {
+    /// Committed, with what it left for the queue to announce.
+    New {
+        analysis_id: Uuid,
+        /// Queues that got claimable jobs: wake them after commit.
+        queues: Vec<&'static str>,
+    },
+    /// Its idempotency key was used first by another try, whose
+    /// submission this is what the key holds; nothing new was written.
+    Existing(Prior),
+}
+
+/// How a submission came out of its statement.
+#[derive(Debug)]
+pub enum Written {
+    /// Recorded: its analysis, jobs and audit rows are committed.
+    New,
+    /// Its idempotency key had been used first (before, earlier in the
+    /// same batch, or by a try whose statement ran at the same time):
+    /// nothing of this one was written, and this is what the key holds.
+    Existing(Prior),
 }
 
 /// Why a submission was not recorded.
@@ -217,9 +264,9 @@ pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
         match attempt(&db, &rows, deadline).await {
-            Ok(()) => {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
+            Ok(written) => {
+                for (p, w) in batch.into_iter().zip(written) {
+                    let _ = p.done.send(w);
                 }
             }
             Err(Failure::Unconfirmed) => {
@@ -240,7 +287,10 @@ pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration
             Err(Failure::Database(e)) => {
                 tracing::warn!(error = %e, submissions = batch.len(), "a batch of submissions failed; recording them one by one");
                 for p in batch {
-                    let r = attempt(&db, &[&p.row], deadline).await;
+                    let r = match attempt(&db, &[&p.row], deadline).await {
+                        Ok(mut written) => written.pop().unwrap_or(Err(Failure::Unconfirmed)),
+                        Err(e) => Err(e),
+                    };
                     let _ = p.done.send(r);
                 }
             }
@@ -248,35 +298,114 @@ pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration
     }
 }
 
-/// One statement within `deadline`. Past it nobody waits for the answer;
-/// giving up frees the batcher (and drops the connection) for what is
-/// queued.
-async fn attempt(db: &PgPool, rows: &[&Row], deadline: Duration) -> Result<(), Failure> {
+/// One statement within `deadline`, then, for any submission whose
+/// idempotency key was taken first, what the key holds. Past the deadline
+/// nobody waits for the answer; giving up frees the batcher (and drops the
+/// connection) for what is queued. The outcomes are in `rows`' order.
+async fn attempt(
+    db: &PgPool,
+    rows: &[&Row],
+    deadline: Duration,
+) -> Result<Vec<Result<Written, Failure>>, Failure> {
     let written = async {
         // Taken apart from the statement, so that failing to get a
         // connection (nothing sent: nothing recorded) is not mistaken for
         // losing one while the statement, and so its commit, was on its way.
         let mut conn = db.acquire().await.map_err(Failure::Database)?;
-        write(&mut conn, rows).await.map_err(|e| {
+        let won = write(&mut conn, rows).await.map_err(|e| {
             if crate::store::may_have_committed(&e) {
                 tracing::warn!(error = %e, submissions = rows.len(), "the database connection failed after the submissions were sent; they may or may not be recorded");
                 Failure::Unconfirmed
             } else {
                 Failure::Database(e)
             }
-        })
+        })?;
+        Ok((conn, won))
     };
-    match tokio::time::timeout(deadline, written).await {
-        Ok(r) => r,
-        Err(_) => Err(Failure::Unconfirmed),
-    }
+    let (mut conn, won) = match tokio::time::timeout(deadline, written).await {
+        Ok(r) => r?,
+        Err(_) => return Err(Failure::Unconfirmed),
+    };
+    let lost: Vec<&Row> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.idempotency_key.is_some() && !won.contains(&r.id))
+        .collect();
+    let mut firsts = if lost.is_empty() {
+        Ok(Vec::new())
+    } else {
+        // Committed: the tries that lost wrote nothing, and what the key
+        // holds is readable now. A failure here costs only those tries,
+        // each a plain "nothing was recorded".
+        match tokio::time::timeout(deadline, first_uses(&mut conn, &lost)).await {
+            Ok(r) => r,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            if r.idempotency_key.is_none() || won.contains(&r.id) {
+                return Ok(Written::New);
+            }
+            match &mut firsts {
+                Err(e) => Err(Failure::Database(sqlx::Error::Protocol(e.to_string()))),
+                Ok(found) => found
+                    .iter()
+                    .find(|(k, key, _)| *k == r.key_id && Some(key) == r.idempotency_key.as_ref())
+                    .map(|(_, _, prior)| Written::Existing(prior.clone()))
+                    // Only a key pruned between the two statements, a day
+                    // after its first use, is missing: nothing was written.
+                    .ok_or(Failure::Database(sqlx::Error::RowNotFound)),
+            }
+        })
+        .collect())
+}
+
+/// What the idempotency keys of `rows` hold.
+async fn first_uses(
+    conn: &mut sqlx::PgConnection,
+    rows: &[&Row],
+) -> Result<Vec<(i64, String, Prior)>, sqlx::Error> {
+    let found: Vec<(i64, String, Uuid, String, Json<Value>)> = sqlx::query_as(
+        "SELECT i.api_key_id, i.key, i.analysis_id, i.request_sha256, i.response
+           FROM idempotency_keys i
+           JOIN unnest($1::int8[], $2::text[]) AS t(key_id, key)
+             ON i.api_key_id = t.key_id AND i.key = t.key",
+    )
+    .bind(rows.iter().map(|r| r.key_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.idempotency_key.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|(k, key, analysis_id, sha256, response)| {
+            (
+                k,
+                key,
+                Prior {
+                    analysis_id,
+                    sha256,
+                    response: response.0,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Writes submissions in one statement, so one round trip and an implicit
 /// transaction: every part of every submission commits together or not
 /// at all. Foreign keys are checked at the end of the statement, when the
-/// samples and analyses it inserts exist.
-async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<(), sqlx::Error> {
+/// samples and analyses it inserts exist. Returns the analyses whose
+/// idempotency key this statement recorded.
+async fn write(
+    db: &mut sqlx::PgConnection,
+    rows: &[&Row],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
     fn col<T>(rows: &[&Row], f: impl Fn(&Row) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
@@ -300,14 +429,27 @@ async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<(), sqlx::E
         .bind(col(rows, |r| r.request_id.clone()))
         .bind(col(rows, |r| r.actor.clone()))
         .bind(col(rows, |r| Json(r.submitted.clone())))
-        .bind(col(rows, |r| Json(r.scanned.clone())));
-    queue::Batch::new(jobs).bind(query).execute(db).await?;
-    Ok(())
+        .bind(col(rows, |r| Json(r.scanned.clone())))
+        .bind(col(rows, |r| r.idempotency_key.clone()))
+        .bind(col(rows, |r| r.response.clone().map(Json)));
+    let won = queue::Batch::new(jobs).bind(query).fetch_all(db).await?;
+    won.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
 }
 
-/// Submissions as data-modifying CTEs of one INSERT, each table's rows
+/// Submissions as data-modifying CTEs of one statement, each table's rows
 /// from parallel arrays (one element per submission).
 ///
+/// - Idempotency keys first: `ON CONFLICT DO NOTHING` on the unique
+///   (api key, key) index is the one arbiter between tries of one key, in
+///   one batch (the first in the batch wins; its duplicates are left out
+///   before the insert) or in statements running at once (the later one
+///   waits for the earlier one's commit, then finds its key taken). `kept`
+///   is every submission without a key and every one whose key this
+///   statement recorded: only those write anything below. The keys go in
+///   key order and before any sample, so two batches wait on each other
+///   in one order, not in a cycle. What the statement returns is the
+///   analyses whose key it recorded; a try not among them reads what its
+///   key holds after the commit (`first_uses`).
 /// - Samples: `DO NOTHING` takes no lock on a sample that exists. Rows go
 ///   in sha256 order, and a batch's duplicates once, so two batches that
 ///   share new samples wait on each other in one order, not in a cycle.
@@ -322,11 +464,26 @@ async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<(), sqlx::E
 ///   whose ids follow that order.
 static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH sample AS (
+        "WITH idem AS (
+              INSERT INTO idempotency_keys (api_key_id, key, request_sha256, analysis_id, response)
+              SELECT DISTINCT ON (key_id, key) key_id, key, sha256, id, response
+                FROM unnest($1::uuid[], $2::text[], $8::int8[], $20::text[], $21::jsonb[])
+                     WITH ORDINALITY AS t(id, sha256, key_id, key, response, n)
+               WHERE key IS NOT NULL
+               ORDER BY key_id, key, n
+              ON CONFLICT (api_key_id, key) DO NOTHING
+              RETURNING analysis_id),
+         kept AS (
+              SELECT id FROM unnest($1::uuid[], $20::text[]) AS t(id, key) WHERE key IS NULL
+              UNION ALL
+              SELECT analysis_id FROM idem),
+         sample AS (
               INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
               SELECT DISTINCT ON (sha256) sha256, sha1, md5, size, file_type, storage_path
-                FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[],
-                            $7::text[]) AS t(sha256, sha1, md5, size, file_type, storage_path)
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                            $6::text[], $7::text[])
+                     AS t(id, sha256, sha1, md5, size, file_type, storage_path)
+               WHERE id IN (SELECT id FROM kept)
                ORDER BY sha256
               ON CONFLICT (sha256) DO NOTHING),
          seen AS (
@@ -342,16 +499,21 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                             $11::jsonb[], $12::text[], $13::int2[], $14::jsonb[], $15::text[],
                             $16::text[])
                      AS t(id, sha256, key_id, client_ip, filename, tags, tlp, priority, yara,
-                          callback_url, request_id)),
-         enqueued AS ({})
-         INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
-         SELECT t.id, e.actor, e.event, e.details, t.request_id
-           FROM unnest($1::uuid[], $17::text[], $18::jsonb[], $19::jsonb[], $16::text[])
-                WITH ORDINALITY AS t(id, actor, submitted, scanned, request_id, n),
-                LATERAL (VALUES (t.actor, 'submitted', t.submitted, 1),
-                                ('sandgnat', 'scanned', t.scanned, 2)) AS e(actor, event, details, k)
-          ORDER BY t.n, e.k",
-        queue::Batch::insert_sql(20)
+                          callback_url, request_id)
+               WHERE id IN (SELECT id FROM kept)),
+         enqueued AS ({}),
+         audit AS (
+              INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
+              SELECT t.id, e.actor, e.event, e.details, t.request_id
+                FROM unnest($1::uuid[], $17::text[], $18::jsonb[], $19::jsonb[], $16::text[])
+                     WITH ORDINALITY AS t(id, actor, submitted, scanned, request_id, n),
+                     LATERAL (VALUES (t.actor, 'submitted', t.submitted, 1),
+                                     ('sandgnat', 'scanned', t.scanned, 2))
+                     AS e(actor, event, details, k)
+               WHERE t.id IN (SELECT id FROM kept)
+               ORDER BY t.n, e.k)
+         SELECT analysis_id FROM idem",
+        queue::Batch::insert_sql_where(22, "analysis_id IN (SELECT id FROM kept)")
     )
 });
 
@@ -386,7 +548,41 @@ mod tests {
             queue,
             static_analysis: true,
             no_enqueue: false,
+            idempotency_key: None,
         }
+    }
+
+    fn keyed<'a>(
+        key_id: i64,
+        sha_byte: char,
+        key: &str,
+        queue: &'a crate::config::Queue,
+    ) -> Submission<'a> {
+        Submission {
+            idempotency_key: Some(key.into()),
+            ..submission(key_id, sha_byte, key, queue)
+        }
+    }
+
+    /// `attempt`'s outcomes, each as the analysis its submission got and
+    /// whether it was new.
+    async fn outcomes(db: &PgPool, rows: &[Row]) -> Vec<(Uuid, bool)> {
+        let rows: Vec<&Row> = rows.iter().collect();
+        let written = match attempt(db, &rows, Duration::from_secs(30)).await {
+            Ok(w) => w,
+            Err(e) => panic!("{e:?}"),
+        };
+        rows.iter()
+            .zip(written)
+            .map(|(r, w)| match w {
+                Ok(Written::New) => (r.id, true),
+                Ok(Written::Existing(p)) => {
+                    assert_eq!(p.response["analysis_id"], json!(p.analysis_id));
+                    (p.analysis_id, false)
+                }
+                Err(e) => panic!("{e:?}"),
+            })
+            .collect()
     }
 
     async fn key(db: &PgPool) -> i64 {
@@ -443,6 +639,141 @@ mod tests {
     }
 
     #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_used_idempotency_key_writes_nothing_and_gives_its_first_use(db: PgPool) {
+        let k = key(&db).await;
+        let other = sqlx::query_scalar(
+            "INSERT INTO api_keys (name, role, key_hash, key_prefix)
+             VALUES ('k2', 'submitter', decode(repeat('01', 32), 'hex'), 'sgk_') RETURNING id",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let q = crate::config::Queue::default();
+        let first = [keyed(k, 'a', "one", &q)];
+        let rows: Vec<Row> = first.iter().map(|s| Row::new(Uuid::now_v7(), s)).collect();
+        let got = outcomes(&db, &rows).await;
+        assert_eq!(got, [(rows[0].id, true)]);
+        let one = rows[0].id;
+
+        // One batch: "one" again (same bytes, then other bytes), "two"
+        // three times, "two" under another API key, and no key at all.
+        let subs = [
+            keyed(k, 'a', "one", &q),
+            keyed(k, 'b', "one", &q),
+            keyed(k, 'c', "two", &q),
+            keyed(k, 'c', "two", &q),
+            keyed(k, 'd', "two", &q),
+            keyed(other, 'c', "two", &q),
+            submission(k, 'e', "none", &q),
+        ];
+        let rows: Vec<Row> = subs.iter().map(|s| Row::new(Uuid::now_v7(), s)).collect();
+        let got = outcomes(&db, &rows).await;
+        let two = rows[2].id;
+        assert_eq!(
+            got,
+            [
+                (one, false),
+                (one, false),
+                (two, true),
+                (two, false),
+                (two, false),
+                (rows[5].id, true),
+                (rows[6].id, true),
+            ]
+        );
+        // What a refused try sent left no row: no sample 'b' or 'd'.
+        assert_eq!(count(&db, "SELECT count(*) FROM analyses").await, 4);
+        assert_eq!(count(&db, "SELECT count(*) FROM jobs").await, 8);
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM analysis_audit_log").await,
+            8
+        );
+        assert_eq!(
+            sqlx::query_scalar::<_, String>(
+                "SELECT string_agg(left(sha256, 1), '' ORDER BY sha256) FROM samples"
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap(),
+            "ace"
+        );
+        let stored: (String, Value) = sqlx::query_as(
+            "SELECT request_sha256, response FROM idempotency_keys
+              WHERE api_key_id = $1 AND key = 'two'",
+        )
+        .bind(k)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(stored.0, "c".repeat(64));
+        assert_eq!(stored.1, accepted(two, &subs[2]));
+
+        // Kept a day, then pruned by the maintenance.
+        assert_eq!(
+            crate::intake::idempotency::prune(&db, crate::intake::idempotency::KEEP)
+                .await
+                .unwrap(),
+            0
+        );
+        sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'one'")
+            .execute(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::intake::idempotency::prune(&db, crate::intake::idempotency::KEEP)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM idempotency_keys").await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn tries_of_one_key_in_statements_at_once_make_one_analysis(db: PgPool) {
+        let k = key(&db).await;
+        let q = crate::config::Queue::default();
+        // Held at the samples table until every statement is waiting, so
+        // they all run at once and each must find the others' key.
+        let mut blocker = db.begin().await.unwrap();
+        sqlx::query("LOCK TABLE samples IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        // The test pool is small: the tries, the blocker and the poll fit it.
+        const TRIES: usize = 3;
+        let mut tries = Vec::new();
+        for _ in 0..TRIES {
+            let row = Row::new(Uuid::now_v7(), &keyed(k, 'a', "race", &q));
+            let db = db.clone();
+            tries.push(tokio::spawn(async move {
+                outcomes(&db, std::slice::from_ref(&row)).await[0]
+            }));
+        }
+        loop {
+            let waiting = count(
+                &db,
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND query LIKE 'WITH idem AS%'",
+            )
+            .await;
+            if waiting as usize == TRIES {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        blocker.rollback().await.unwrap();
+        let mut got = Vec::new();
+        for t in tries {
+            got.push(t.await.unwrap());
+        }
+        assert_eq!(got.iter().filter(|(_, new)| *new).count(), 1, "{got:?}");
+        assert!(got.iter().all(|(id, _)| *id == got[0].0), "{got:?}");
+        assert_eq!(count(&db, "SELECT count(*) FROM analyses").await, 1);
+        assert_eq!(count(&db, "SELECT count(*) FROM jobs").await, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
     async fn one_bad_submission_does_not_fail_the_others_in_its_batch(db: PgPool) {
         let k = key(&db).await;
         let q = crate::config::Queue::default();
@@ -464,6 +795,7 @@ mod tests {
         for (name, answer) in answers {
             let r = answer.await.unwrap();
             assert_eq!(r.is_ok(), !name.contains('\0'), "{name}: {r:?}");
+            assert!(!matches!(r, Ok(Written::Existing(_))), "{name}: {r:?}");
         }
         runner.await.unwrap();
         assert_eq!(count(&db, "SELECT count(*) FROM analyses").await, 4);
@@ -495,7 +827,7 @@ mod tests {
             let waiting: Option<i32> = sqlx::query_scalar(
                 "SELECT pid FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND query LIKE 'WITH sample AS%'",
+                    AND query LIKE 'WITH idem AS%'",
             )
             .fetch_optional(&db)
             .await

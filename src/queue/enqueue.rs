@@ -162,6 +162,13 @@ impl Batch {
     /// The INSERT, its `PARAMS` parameters numbered from `$first`. An
     /// empty batch inserts nothing.
     pub fn insert_sql(first: usize) -> String {
+        Self::insert_sql_where(first, "true")
+    }
+
+    /// The same, inserting only the jobs for which `filter` (SQL over the
+    /// columns of `insert_sql`'s unnest, `t`) holds: a caller's statement
+    /// that leaves some of its rows out leaves out their jobs with them.
+    pub fn insert_sql_where(first: usize, filter: &str) -> String {
         let p: Vec<String> = (first..first + Self::PARAMS)
             .map(|i| format!("${i}"))
             .collect();
@@ -175,8 +182,9 @@ impl Batch {
                FROM unnest({}::uuid[], {}::text[], {}::text[], {}::jsonb[], {}::int2[],
                            {}::int4[], {}::text[], {}::timestamptz[], {}::bool[], {}::uuid[])
                     AS t(id, queue, kind, payload, priority, max_attempts, unique_key,
-                         run_at, hold, analysis_id)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+                         run_at, hold, analysis_id)
+              WHERE {}",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], filter
         )
     }
 

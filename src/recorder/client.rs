@@ -89,10 +89,11 @@ impl Recorder {
         match tokio::time::timeout(self.0.deadline, answered).await {
             Err(_) => Err(RecordError::Unconfirmed(self.0.deadline)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Outcome::Committed)) => Ok(Recorded {
+            Ok(Ok(Outcome::Committed)) => Ok(Recorded::New {
                 analysis_id,
                 queues,
             }),
+            Ok(Ok(Outcome::Existing(prior))) => Ok(Recorded::Existing(prior)),
             Ok(Ok(Outcome::Unavailable(why))) => Err(RecordError::Unavailable(why)),
             Ok(Ok(Outcome::Refused(why))) => Err(RecordError::Refused(why)),
             Ok(Ok(Outcome::Unconfirmed)) => Err(RecordError::Unconfirmed(self.0.deadline)),

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::wire::{self, Outcome, Reply, Request};
-use crate::intake::record::{self, Failure, Pending};
+use crate::intake::record::{self, Failure, Pending, Written};
 use crate::shutdown::Shutdown;
 
 /// Serves until `shutdown`, then tells every connection to go away and
@@ -90,7 +90,8 @@ async fn connection(stream: UnixStream, rows: mpsc::Sender<Pending>, told: watch
         let out = out.clone();
         tokio::spawn(async move {
             let outcome = match answer.await {
-                Ok(Ok(())) => Outcome::Committed,
+                Ok(Ok(Written::New)) => Outcome::Committed,
+                Ok(Ok(Written::Existing(prior))) => Outcome::Existing(prior),
                 Ok(Err(Failure::Unconfirmed)) => Outcome::Unconfirmed,
                 Ok(Err(Failure::Database(e))) if crate::store::is_unavailable(&e) => {
                     Outcome::Unavailable(e.to_string())

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::intake::idempotency::Prior;
 use crate::intake::record::Row;
 
 /// Bounds a frame, so a broken peer cannot make the other side allocate
@@ -36,6 +37,9 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Committed,
+    /// The row's idempotency key was used first: nothing of the row was
+    /// written, and this is what the key holds.
+    Existing(Prior),
     /// The database could not be reached: nothing was recorded.
     Unavailable(String),
     /// The database refused the row: nothing was recorded.

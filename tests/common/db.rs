@@ -62,6 +62,55 @@ impl TestDb {
     }
 }
 
+/// A transaction left open in a `psql` session, holding what its
+/// statements took (locks) until `release` or drop.
+pub struct Held {
+    child: std::process::Child,
+}
+
+impl TestDb {
+    /// Opens a transaction, runs `sql` in it, and returns once it has run.
+    pub fn hold(&self, sql: &str) -> Held {
+        use std::io::BufRead;
+        let mut child = Command::new("psql")
+            .args([self.url().as_str(), "-v", "ON_ERROR_STOP=1", "-qtA"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let mut stdin = child.stdin.take().unwrap();
+        write!(stdin, "BEGIN;\n{sql};\n\\echo held\n").unwrap();
+        stdin.flush().unwrap();
+        child.stdin = Some(stdin);
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.trim() == "held")),
+            "psql did not run {sql:?}"
+        );
+        Held { child }
+    }
+}
+
+impl Held {
+    /// Rolls the transaction back and waits for the session to end.
+    pub fn release(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"ROLLBACK;\n\\q\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
