@@ -28,7 +28,8 @@ $$;
 
 GRANT USAGE ON SCHEMA public TO sandgnat_service;
 
-GRANT SELECT, INSERT, UPDATE, DELETE ON api_keys, samples, analyses, jobs TO sandgnat_service;
+GRANT SELECT, INSERT, UPDATE, DELETE ON api_keys, samples, analyses, jobs, idempotency_keys
+    TO sandgnat_service;
 -- Evidence: appended and read, never changed (its triggers refuse it for
 -- the owner too; this keeps a service role from even trying, and from
 -- disabling them, which only an owner may).

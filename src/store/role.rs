@@ -149,6 +149,8 @@ mod tests {
             ("analyses", rows),
             ("analysis_audit_log", &["SELECT", "INSERT"]),
             ("jobs", rows),
+            ("idempotency_keys", rows),
+            ("status_sessions", rows),
         ];
         let tables: Vec<(String, String)> = sqlx::query_as(
             "SELECT tablename::text, tableowner::text FROM pg_tables
