@@ -43,6 +43,11 @@ pub struct Submission<'a> {
     pub request_id: String,
     pub matches: &'a [RuleMatch],
     pub scan_error: Option<&'a str>,
+    /// The digest of the rules whose complete answer `matches` is; `None`
+    /// when the scan failed.
+    pub rules_digest: Option<&'a str>,
+    /// `matches` were an earlier analysis's (`super::known`).
+    pub yara_cached: bool,
     pub queue: &'a crate::config::Queue,
     pub static_analysis: bool,
     /// `debug.no_enqueue`: benchmarks only.
@@ -117,6 +122,12 @@ pub struct Row {
     submitted: Value,
     scanned: Value,
     jobs: Vec<NewJob>,
+    // Defaulted, so a row from a worker of the previous binary (during an
+    // upgrade) still reads.
+    #[serde(default)]
+    yara_rules_digest: Option<String>,
+    #[serde(default)]
+    yara_cached: bool,
 }
 
 impl Row {
@@ -151,12 +162,16 @@ impl Row {
             scanned: json!({
                 "rules": s.matches.iter().map(|m| format!("{}:{}", m.namespace, m.rule)).collect::<Vec<_>>(),
                 "error": s.scan_error,
+                "rules_digest": s.rules_digest,
+                "cached": s.yara_cached,
             }),
             jobs: if s.no_enqueue {
                 Vec::new()
             } else {
                 jobs_for(id, s)
             },
+            yara_rules_digest: s.rules_digest.map(str::to_string),
+            yara_cached: s.yara_cached,
         }
     }
 
@@ -300,7 +315,9 @@ async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<(), sqlx::E
         .bind(col(rows, |r| r.request_id.clone()))
         .bind(col(rows, |r| r.actor.clone()))
         .bind(col(rows, |r| Json(r.submitted.clone())))
-        .bind(col(rows, |r| Json(r.scanned.clone())));
+        .bind(col(rows, |r| Json(r.scanned.clone())))
+        .bind(col(rows, |r| r.yara_rules_digest.clone()))
+        .bind(col(rows, |r| r.yara_cached));
     queue::Batch::new(jobs).bind(query).execute(db).await?;
     Ok(())
 }
@@ -334,15 +351,16 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                WHERE sha256 = ANY($2) AND last_seen < now() - interval '1 second'),
          analysis AS (
               INSERT INTO analyses (id, sample_sha256, api_key_id, client_ip, filename, tags,
-                                    tlp, priority, yara_matches, callback_url, request_id)
+                                    tlp, priority, yara_matches, callback_url, request_id,
+                                    yara_rules_digest, yara_cached)
               SELECT id, sha256, key_id, client_ip, filename,
                      ARRAY(SELECT jsonb_array_elements_text(tags)), tlp, priority, yara,
-                     callback_url, request_id
+                     callback_url, request_id, rules_digest, cached
                 FROM unnest($1::uuid[], $2::text[], $8::int8[], $9::text[], $10::text[],
                             $11::jsonb[], $12::text[], $13::int2[], $14::jsonb[], $15::text[],
-                            $16::text[])
+                            $16::text[], $20::text[], $21::bool[])
                      AS t(id, sha256, key_id, client_ip, filename, tags, tlp, priority, yara,
-                          callback_url, request_id)),
+                          callback_url, request_id, rules_digest, cached)),
          enqueued AS ({})
          INSERT INTO analysis_audit_log (analysis_id, actor, event, details, request_id)
          SELECT t.id, e.actor, e.event, e.details, t.request_id
@@ -351,7 +369,7 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                 LATERAL (VALUES (t.actor, 'submitted', t.submitted, 1),
                                 ('sandgnat', 'scanned', t.scanned, 2)) AS e(actor, event, details, k)
           ORDER BY t.n, e.k",
-        queue::Batch::insert_sql(20)
+        queue::Batch::insert_sql(22)
     )
 });
 
@@ -383,6 +401,8 @@ mod tests {
             request_id: format!("req-{filename}"),
             matches: &[],
             scan_error: None,
+            rules_digest: Some("d"),
+            yara_cached: false,
             queue,
             static_analysis: true,
             no_enqueue: false,
