@@ -461,21 +461,28 @@ async fn examine_large(
         let mut received = received;
         let identity = identify(&worker, &mut received, named);
         if identity.known {
-            return Err((identity, received));
+            return FirstLook::Known(identity, received);
         }
-        Ok(scan_and_store(&worker, identity, received, None))
+        FirstLook::Done(scan_and_store(&worker, identity, received, None))
     })
     .await
     .map_err(blocking_failed)?;
     let (identity, received) = match first {
-        Ok(examined) => return Ok(examined),
-        Err(known) => known,
+        FirstLook::Done(examined) => return Ok(examined),
+        FirstLook::Known(identity, received) => (identity, received),
     };
     let stored = stored_answer(app, caller, &identity).await;
     let worker = app.clone();
     tokio::task::spawn_blocking(move || scan_and_store(&worker, identity, received, stored))
         .await
         .map_err(blocking_failed)
+}
+
+/// What the first hop of a large sample did: all of it, or, for a sample
+/// in the quarantine already, only identify it.
+enum FirstLook {
+    Done(Examined),
+    Known(Identity, Received),
 }
 
 /// Blocking: scans unless `stored` holds the answer, then puts the sample
