@@ -4,7 +4,8 @@
 //! submit benchmark (`benches/submit.sh`) reports its throughput against it.
 //!
 //! Run: `cargo bench --bench ceiling` (BENCH_DIR as for ../shared/bench,
-//! default /tmp/sandgnat-bench; the rules are generated when missing).
+//! default /tmp/sandgnat-bench; the rules are generated when missing;
+//! BENCH_RULES_DIR, set by benches/lib.sh, scans with other rules).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +17,9 @@ use sha2::{Digest, Sha256};
 fn main() {
     let dir =
         PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp/sandgnat-bench".into()));
-    let rules_dir = dir.join("rules");
+    let rules_dir = std::env::var_os("BENCH_RULES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("rules"));
     if !rules_dir.is_dir() {
         let gen = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/gen_rules.py");
         let ok = std::process::Command::new("python3")

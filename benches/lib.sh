@@ -23,9 +23,21 @@ bench_db=${BENCH_DB:-sandgnat_bench}
 pg_socket_dir=${BENCH_PG_SOCKET_DIR:-/var/run/postgresql}
 bench_db_url="postgres://postgres@localhost/$bench_db?host=$pg_socket_dir"
 
+# The rules both sides scan with. BENCH_RULES=synthetic (the default):
+# gen_rules.py's 263 rules, the measure of the appliance's own overhead.
+# BENCH_RULES=signature-base: the public signature-base set (its rule files
+# are in yara/, which the baseline reads; both define the externals),
+# the measure on rules operators run.
+case ${BENCH_RULES:-synthetic} in
+  synthetic) bench_rules=$BENCH_DIR/rules ;;
+  signature-base) bench_rules=$(cd "$shared/bench/rules/signature-base/yara" && pwd) ;;
+  *) echo "BENCH_RULES must be synthetic or signature-base, not ${BENCH_RULES}" >&2; exit 2 ;;
+esac
+export BASELINE_RULES_DIR=$bench_rules BENCH_RULES_DIR=$bench_rules
+
 # Installs the load generators when missing, builds the release binary and
 # starts the baseline unless it already answers (a baseline someone else
-# started is used as it is and left running).
+# started is used as it is and left running, if its rules are ours).
 need_tools() {
   command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
   command -v oha >/dev/null || { echo "installing oha (load generator for Unix sockets)" >&2; cargo install oha --locked >&2; }
@@ -63,11 +75,26 @@ for m in map(json.loads, sys.stdin):
         print(m["executable"])' "$1"
 }
 
+# The baseline reads its rules once, at start: one already running is used
+# only if it was started with the same rules (recorded beside it here;
+# none recorded, or recorded before it started: baseline.sh's default,
+# the synthetic set), so a
+# comparison never pits two rule sets against each other.
 baseline_up() {
+  local marker=$BENCH_DIR/baseline/rules-dir running
   if curl -skf https://127.0.0.1:18443/healthz >/dev/null 2>&1 && curl -sf http://127.0.0.1:18080/healthz >/dev/null 2>&1; then
+    # A record older than the running gunicorn is an earlier start's.
+    running=$BENCH_DIR/rules
+    [ "$marker" -nt "$BENCH_DIR/baseline/gunicorn.pid" ] && running=$(cat "$marker")
+    if [ "$running" != "$bench_rules" ]; then
+      echo "the running baseline scans with $running, not $bench_rules;" \
+        "stop it (bash $shared/bench/baseline/baseline.sh down) or run with its BENCH_RULES" >&2
+      return 1
+    fi
     return
   fi
   bash "$shared/bench/baseline/baseline.sh" up >&2
+  echo "$bench_rules" > "$marker"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -115,7 +142,7 @@ url = "$bench_db_url"
 # The bench connects as postgres, a superuser: allowed for a bench only.
 allow_owner = true
 [yara]
-rules_dir = "$BENCH_DIR/rules"
+rules_dir = "$bench_rules"
 [log]
 format = "json"
 access_log = "$run/access.log"

@@ -943,3 +943,126 @@ fn a_retry_after_an_unconfirmed_commit_is_answered_with_the_analysis_that_commit
     assert_eq!(json(&r)["analysis_id"], late.as_str());
     assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
 }
+
+/// Bytes already in the quarantine, submitted under the same name and
+/// scanned by the same rules, get the stored answer instead of a scan
+/// (`yara_cached`), on every intake path: a small sample scanned on the
+/// event loop, a larger one in memory, a spooled one. A different name
+/// (the rules see it), a key that may not read the earlier analysis, or a
+/// HUP that changes the rules scans again.
+#[test]
+fn a_known_sample_reuses_its_answer_until_the_name_the_key_or_the_rules_change() {
+    let db = TestDb::create("known");
+    let rules = common::temp_dir("known-rules");
+    let write_rules = |marker: &str| {
+        std::fs::write(
+            rules.join("known.yar"),
+            format!(
+                "rule {marker} {{ strings: $a = \"sandgnat-known\" condition: $a }}\n\
+                 rule Named_Exe {{ condition: extension == \".exe\" }}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_rules("Known_One");
+    let app = Appliance::start(
+        "known",
+        "workers = 2\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nmemory_sample_bytes = 65536\n[yara]\nrules_dir = \"{}\"\n[queue]\nrunners = 0\n",
+            db.url(),
+            rules.display()
+        ),
+    );
+    let key = app.new_key("submitter");
+    let other = app.new_key("submitter");
+    let admin = app.new_key("admin");
+    let rule_names = |v: &serde_json::Value| -> Vec<String> {
+        let mut names: Vec<String> = v["yara"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no matches in {v}"))
+            .iter()
+            .map(|m| m["rule"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let submit = |key: &str, body: &[u8], name: &str| {
+        let r = app.submit(key, body, &[("X-Filename", name)]);
+        assert_eq!(r.status, 202, "{}", r.body);
+        json(&r)
+    };
+    // Inline (under 16 KiB), in memory off the event loop, spooled.
+    let samples: Vec<Vec<u8>> = [100usize, 40_000, 200_000]
+        .iter()
+        .map(|&size| {
+            let mut body: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+            body[size / 2..size / 2 + 14].copy_from_slice(b"sandgnat-known");
+            body
+        })
+        .collect();
+    for body in &samples {
+        let first = submit(&key, body, "a.bin");
+        assert_eq!(first["yara_cached"], false, "{first}");
+        assert_eq!(rule_names(&first), ["Known_One"]);
+
+        let again = submit(&key, body, "a.bin");
+        assert_eq!(again["yara_cached"], true, "{again}");
+        assert_eq!(again["yara"], first["yara"]);
+        assert_ne!(again["analysis_id"], first["analysis_id"]);
+        let id = again["analysis_id"].as_str().unwrap();
+        let read = app.get_with_key(&format!("/v1/analyses/{id}"), &key).json();
+        assert_eq!(read["yara_cached"], true, "{read}");
+        assert_eq!(read["yara"], first["yara"]);
+        assert_eq!(
+            db.scalar(&format!(
+                "SELECT details->>'cached' FROM analysis_audit_log
+                  WHERE analysis_id = '{id}' AND event = 'scanned'"
+            )),
+            "true"
+        );
+        let first_id = first["analysis_id"].as_str().unwrap();
+        let read = app
+            .get_with_key(&format!("/v1/analyses/{first_id}"), &key)
+            .json();
+        assert_eq!(read["yara_cached"], false, "{read}");
+        assert_eq!(read["yara_rules_digest"].as_str().map(str::len), Some(64));
+
+        // The name is one of the rules' inputs.
+        let renamed = submit(&key, body, "a.EXE");
+        assert_eq!(renamed["yara_cached"], false, "{renamed}");
+        assert_eq!(rule_names(&renamed), ["Known_One", "Named_Exe"]);
+
+        // Another submitter may not read the first analyses: scanned
+        // afresh, so the answer does not say the bytes were seen. An
+        // admin reads everything: reused.
+        let theirs = submit(&other, body, "a.bin");
+        assert_eq!(theirs["yara_cached"], false, "{theirs}");
+        assert_eq!(theirs["yara"], first["yara"]);
+        let admins = submit(&admin, body, "a.bin");
+        assert_eq!(admins["yara_cached"], true, "{admins}");
+    }
+
+    // New rules: the same bytes and name are scanned by them.
+    let old_workers = app.worker_pids();
+    write_rules("Known_Two");
+    app.signal(libc::SIGHUP);
+    app.expect_notify("READY=1", 20 * SEC);
+    app.wait_until("the old workers gone", 20 * SEC, |a| {
+        let now = a.worker_pids();
+        !now.is_empty() && now.iter().all(|p| !old_workers.contains(p))
+    });
+    for body in &samples {
+        let rescanned = submit(&key, body, "a.bin");
+        assert_eq!(rescanned["yara_cached"], false, "{rescanned}");
+        assert_eq!(rule_names(&rescanned), ["Known_Two"]);
+        let again = submit(&key, body, "a.bin");
+        assert_eq!(again["yara_cached"], true, "{again}");
+        assert_eq!(rule_names(&again), ["Known_Two"]);
+    }
+    assert_eq!(
+        db.scalar("SELECT count(DISTINCT yara_rules_digest) FROM analyses"),
+        "2"
+    );
+    let _ = std::fs::remove_dir_all(rules);
+}

@@ -388,6 +388,8 @@ mod tests {
             created_at: t,
             updated_at: t + chrono::Duration::seconds(90),
             submitted_by: Some(1),
+            yara_cached: false,
+            yara_rules_digest: None,
             sha256: SHA256.into(),
             sha1: SHA1.into(),
             md5: MD5.into(),

@@ -10,7 +10,8 @@ use uuid::Uuid;
 /// The select list for `FROM`; column names match `AnalysisRow`'s fields.
 pub const COLUMNS: &str = "a.id, a.status, a.filename, a.tags, a.tlp, a.priority, \
      a.yara_matches AS yara, a.results, a.created_at, a.updated_at, \
-     a.api_key_id AS submitted_by, s.sha256, s.sha1, s.md5, s.size, s.file_type";
+     a.api_key_id AS submitted_by, a.yara_cached, a.yara_rules_digest, \
+     s.sha256, s.sha1, s.md5, s.size, s.file_type";
 
 /// Analyses with their samples; the analysis is `a`, the sample `s`.
 pub const FROM: &str = "analyses a JOIN samples s ON s.sha256 = a.sample_sha256";
@@ -28,6 +29,10 @@ pub struct AnalysisRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub submitted_by: Option<i64>,
+    /// The YARA matches were an earlier analysis's (`crate::intake::known`).
+    pub yara_cached: bool,
+    /// The compiled rules that gave the matches; `None` if the scan failed.
+    pub yara_rules_digest: Option<String>,
     pub sha256: String,
     pub sha1: String,
     pub md5: String,
@@ -52,6 +57,8 @@ impl AnalysisRow {
             "size": self.size,
             "file_type": self.file_type,
             "yara": self.yara.0,
+            "yara_cached": self.yara_cached,
+            "yara_rules_digest": self.yara_rules_digest,
             "results": self.results.0,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

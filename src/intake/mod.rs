@@ -6,6 +6,7 @@
 
 pub mod filetype;
 pub mod idempotency;
+pub mod known;
 pub mod leftovers;
 pub mod metadata;
 pub mod quarantine;
@@ -332,7 +333,8 @@ async fn receive_multipart(
     })
 }
 
-/// Scan, quarantine, record: everything after the bytes are in.
+/// Scan (or reuse a stored answer), quarantine, record: everything after
+/// the bytes are in.
 async fn process(
     app: &AppState,
     received: Received,
@@ -348,34 +350,23 @@ async fn process(
     let named = meta.filename.clone();
     let examined =
         if received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_)) {
-            examine_small(app, received, named).await?
+            examine_small(app, received, named, caller).await?
         } else {
-            // Hashing (of a sample held in memory), libyara and the file
-            // system are blocking work, done in one hop off the event loop so
-            // the worker's heartbeat and other requests go on.
-            let worker = app.clone();
-            tokio::task::spawn_blocking(move || {
-                let timeout = worker.settings.yara.scan_timeout;
-                let (inspected, received) = inspect(&worker, received, named, timeout);
-                let stored = quarantine::store(
-                    &worker.quarantine,
-                    &worker.spool,
-                    &inspected.digests.sha256,
-                    received.content,
-                );
-                Examined { inspected, stored }
-            })
-            .await
-            .map_err(blocking_failed)?
+            examine_large(app, received, named, caller).await?
         };
     let Examined {
         inspected:
             Inspected {
-                digests,
-                size,
-                filename,
-                file_type,
+                identity:
+                    Identity {
+                        digests,
+                        size,
+                        filename,
+                        file_type,
+                        ..
+                    },
                 scanned,
+                cached,
             },
         stored,
     } = examined;
@@ -388,6 +379,9 @@ async fn process(
     };
     let stored = stored.map_err(quarantine_error)?;
     let Digests { sha1, md5, .. } = digests;
+    // Only a complete answer names the rules that gave it, so only a
+    // complete answer is ever reused.
+    let rules_digest = scan_error.is_none().then(|| app.rules.digest());
 
     let submission = record::Submission {
         sha256: sha256_of(&stored),
@@ -404,6 +398,8 @@ async fn process(
         request_id: request_id.to_string(),
         matches: &matches,
         scan_error: scan_error.as_deref(),
+        rules_digest,
+        yara_cached: cached,
         queue: &app.settings.queue,
         static_analysis: app.settings.intake.static_analysis_enabled,
         no_enqueue: app.settings.debug.no_enqueue,
@@ -423,7 +419,7 @@ async fn process(
     for queue in &queues {
         app.notifier.poke(queue);
     }
-    tracing::info!(analysis_id = %analysis_id, sha256 = %submission.sha256, matches = matches.len(), "sample accepted");
+    tracing::info!(analysis_id = %analysis_id, sha256 = %submission.sha256, matches = matches.len(), yara_cached = cached, "sample accepted");
     let body = record::accepted(analysis_id, &submission);
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -438,14 +434,24 @@ const INLINE_BYTES: u64 = 16 * 1024;
 /// timeout in whole seconds).
 const INLINE_SCAN_TIMEOUT_S: u64 = 1;
 
-/// What hashing, typing and scanning a sample found out.
-struct Inspected {
+/// What a sample is, before any scan: all a stored answer is looked up by.
+struct Identity {
     digests: Digests,
     size: u64,
     /// The name given, else the sha256.
     filename: String,
     file_type: String,
+    /// Its bytes are in the quarantine already, so an earlier analysis
+    /// may hold its answer.
+    known: bool,
+}
+
+/// What hashing, typing and scanning a sample found out.
+struct Inspected {
+    identity: Identity,
     scanned: Result<Vec<RuleMatch>, ScanError>,
+    /// The matches are a stored answer's, not a new scan's.
+    cached: bool,
 }
 
 struct Examined {
@@ -453,40 +459,126 @@ struct Examined {
     stored: std::io::Result<std::path::PathBuf>,
 }
 
-/// Hash (if not done while spooling), detect the type and scan within
-/// `timeout_s`. Blocking for any but a small sample in memory.
-fn inspect(
-    app: &AppState,
-    mut received: Received,
-    named: Option<String>,
-    timeout_s: u64,
-) -> (Inspected, Received) {
+/// Hash (if not done while spooling), detect the type, look in the
+/// quarantine. Blocking for any but a small sample in memory.
+fn identify(app: &AppState, received: &mut Received, named: Option<String>) -> Identity {
     let digests = received.digests();
     let file_type = filetype::detect(&received.content);
     // A sample sent without a name is named by its sha256.
     let filename = named.unwrap_or_else(|| digests.sha256.clone());
-    let filepath = quarantine::path_for(&app.quarantine, &digests.sha256)
-        .display()
-        .to_string();
+    let known = quarantine::path_for(&app.quarantine, &digests.sha256).exists();
+    Identity {
+        digests,
+        size: received.size,
+        filename,
+        file_type,
+        known,
+    }
+}
+
+/// The stored answer for a sample already in the quarantine, if any.
+async fn stored_answer(
+    app: &AppState,
+    caller: &Caller,
+    identity: &Identity,
+) -> Option<Vec<RuleMatch>> {
+    if !identity.known {
+        return None;
+    }
+    let key = known::Key {
+        sha256: &identity.digests.sha256,
+        filename: &identity.filename,
+        rules_digest: app.rules.digest(),
+    };
+    known::stored_matches(&app.db, caller, &key).await
+}
+
+/// Scans within `timeout_s`. Blocking for any but a small sample in
+/// memory.
+fn scan(
+    app: &AppState,
+    identity: &Identity,
+    received: &Received,
+    timeout_s: u64,
+) -> Result<Vec<RuleMatch>, ScanError> {
     let data = match &received.content {
         Content::Memory(held) => ScanData::Memory(held.as_slice()),
         Content::File(f) => ScanData::File(f.path()),
     };
     let target = ScanTarget {
         data,
-        filepath: &filepath,
-        filename: &filename,
-        filetype: &file_type,
+        filename: &identity.filename,
+        filetype: &identity.file_type,
     };
-    let scanned = app.rules.scan(&target, timeout_s);
-    let inspected = Inspected {
-        digests,
-        size: received.size,
-        filename,
-        file_type,
-        scanned,
+    app.rules.scan(&target, timeout_s)
+}
+
+/// A large sample (or one spooled): hashing, libyara and the file system
+/// are blocking work, done off the event loop so the worker's heartbeat
+/// and other requests go on. A new sample takes one hop there; one already
+/// in the quarantine comes back for the stored answer first.
+async fn examine_large(
+    app: &AppState,
+    received: Received,
+    named: Option<String>,
+    caller: &Caller,
+) -> Result<Examined, ApiError> {
+    let worker = app.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut received = received;
+        let identity = identify(&worker, &mut received, named);
+        if identity.known {
+            return FirstLook::Known(identity, received);
+        }
+        FirstLook::Done(scan_and_store(&worker, identity, received, None))
+    })
+    .await
+    .map_err(blocking_failed)?;
+    let (identity, received) = match first {
+        FirstLook::Done(examined) => return Ok(examined),
+        FirstLook::Known(identity, received) => (identity, received),
     };
-    (inspected, received)
+    let stored = stored_answer(app, caller, &identity).await;
+    let worker = app.clone();
+    tokio::task::spawn_blocking(move || scan_and_store(&worker, identity, received, stored))
+        .await
+        .map_err(blocking_failed)
+}
+
+/// What the first hop of a large sample did: all of it, or, for a sample
+/// in the quarantine already, only identify it.
+enum FirstLook {
+    Done(Examined),
+    Known(Identity, Received),
+}
+
+/// Blocking: scans unless `stored` holds the answer, then puts the sample
+/// in the quarantine.
+fn scan_and_store(
+    app: &AppState,
+    identity: Identity,
+    received: Received,
+    stored: Option<Vec<RuleMatch>>,
+) -> Examined {
+    let cached = stored.is_some();
+    let scanned = match stored {
+        Some(m) => Ok(m),
+        None => scan(app, &identity, &received, app.settings.yara.scan_timeout),
+    };
+    let stored = quarantine::store(
+        &app.quarantine,
+        &app.spool,
+        &identity.digests.sha256,
+        received.content,
+    );
+    Examined {
+        inspected: Inspected {
+            identity,
+            scanned,
+            cached,
+        },
+        stored,
+    }
 }
 
 /// A small sample in memory: inspected here; stored from the blocking pool
@@ -497,28 +589,37 @@ fn inspect(
 /// request on this worker and its heartbeat, is never held longer.
 async fn examine_small(
     app: &AppState,
-    received: Received,
+    mut received: Received,
     named: Option<String>,
+    caller: &Caller,
 ) -> Result<Examined, ApiError> {
-    let full = app.settings.yara.scan_timeout;
-    let (inspected, received) = inspect(
-        app,
-        received,
-        named.clone(),
-        full.min(INLINE_SCAN_TIMEOUT_S),
-    );
-    let (inspected, received) = if matches!(inspected.scanned, Err(ScanError::Timeout))
-        && full > INLINE_SCAN_TIMEOUT_S
-    {
-        tracing::info!(sha256 = %inspected.digests.sha256, "a small sample's scan took over a second; scanning it off the event loop");
-        let worker = app.clone();
-        tokio::task::spawn_blocking(move || inspect(&worker, received, named, full))
-            .await
-            .map_err(blocking_failed)?
-    } else {
-        (inspected, received)
+    let identity = identify(app, &mut received, named);
+    let (scanned, cached, identity, received) = match stored_answer(app, caller, &identity).await {
+        Some(m) => (Ok(m), true, identity, received),
+        None => {
+            let full = app.settings.yara.scan_timeout;
+            let scanned = scan(app, &identity, &received, full.min(INLINE_SCAN_TIMEOUT_S));
+            if matches!(scanned, Err(ScanError::Timeout)) && full > INLINE_SCAN_TIMEOUT_S {
+                tracing::info!(sha256 = %identity.digests.sha256, "a small sample's scan took over a second; scanning it off the event loop");
+                let worker = app.clone();
+                let (scanned, identity, received) = tokio::task::spawn_blocking(move || {
+                    let scanned = scan(&worker, &identity, &received, full);
+                    (scanned, identity, received)
+                })
+                .await
+                .map_err(blocking_failed)?;
+                (scanned, false, identity, received)
+            } else {
+                (scanned, false, identity, received)
+            }
+        }
     };
-    let target = quarantine::path_for(&app.quarantine, &inspected.digests.sha256);
+    let target = quarantine::path_for(&app.quarantine, &identity.digests.sha256);
+    let inspected = Inspected {
+        identity,
+        scanned,
+        cached,
+    };
     if target.exists() {
         return Ok(Examined {
             inspected,
@@ -526,7 +627,7 @@ async fn examine_small(
         });
     }
     let worker = app.clone();
-    let sha256 = inspected.digests.sha256.clone();
+    let sha256 = inspected.identity.digests.sha256.clone();
     let stored = tokio::task::spawn_blocking(move || {
         quarantine::store(&worker.quarantine, &worker.spool, &sha256, received.content)
     })

@@ -45,6 +45,11 @@ pub struct Submission<'a> {
     pub request_id: String,
     pub matches: &'a [RuleMatch],
     pub scan_error: Option<&'a str>,
+    /// The digest of the rules whose complete answer `matches` is; `None`
+    /// when the scan failed.
+    pub rules_digest: Option<&'a str>,
+    /// `matches` were an earlier analysis's (`super::known`).
+    pub yara_cached: bool,
     pub queue: &'a crate::config::Queue,
     pub static_analysis: bool,
     /// `debug.no_enqueue`: benchmarks only.
@@ -66,6 +71,7 @@ pub fn accepted(id: Uuid, s: &Submission<'_>) -> Value {
         "file_type": s.file_type,
         "yara": s.matches,
         "yara_error": s.scan_error,
+        "yara_cached": s.yara_cached,
         "status_url": format!("/v1/analyses/{id}"),
     })
 }
@@ -145,6 +151,12 @@ pub struct Row {
     /// The 202 body, kept with the key; only when there is one.
     #[serde(default)]
     response: Option<Value>,
+    // Defaulted, so a row from a worker of the previous binary (during an
+    // upgrade) still reads.
+    #[serde(default)]
+    yara_rules_digest: Option<String>,
+    #[serde(default)]
+    yara_cached: bool,
 }
 
 impl Row {
@@ -179,6 +191,8 @@ impl Row {
             scanned: json!({
                 "rules": s.matches.iter().map(|m| format!("{}:{}", m.namespace, m.rule)).collect::<Vec<_>>(),
                 "error": s.scan_error,
+                "rules_digest": s.rules_digest,
+                "cached": s.yara_cached,
             }),
             jobs: if s.no_enqueue {
                 Vec::new()
@@ -187,6 +201,8 @@ impl Row {
             },
             idempotency_key: s.idempotency_key.clone(),
             response: s.idempotency_key.as_ref().map(|_| accepted(id, s)),
+            yara_rules_digest: s.rules_digest.map(str::to_string),
+            yara_cached: s.yara_cached,
         }
     }
 
@@ -431,7 +447,9 @@ async fn write(
         .bind(col(rows, |r| Json(r.submitted.clone())))
         .bind(col(rows, |r| Json(r.scanned.clone())))
         .bind(col(rows, |r| r.idempotency_key.clone()))
-        .bind(col(rows, |r| r.response.clone().map(Json)));
+        .bind(col(rows, |r| r.response.clone().map(Json)))
+        .bind(col(rows, |r| r.yara_rules_digest.clone()))
+        .bind(col(rows, |r| r.yara_cached));
     let won = queue::Batch::new(jobs).bind(query).fetch_all(db).await?;
     won.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
 }
@@ -491,15 +509,16 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                WHERE sha256 = ANY($2) AND last_seen < now() - interval '1 second'),
          analysis AS (
               INSERT INTO analyses (id, sample_sha256, api_key_id, client_ip, filename, tags,
-                                    tlp, priority, yara_matches, callback_url, request_id)
+                                    tlp, priority, yara_matches, callback_url, request_id,
+                                    yara_rules_digest, yara_cached)
               SELECT id, sha256, key_id, client_ip, filename,
                      ARRAY(SELECT jsonb_array_elements_text(tags)), tlp, priority, yara,
-                     callback_url, request_id
+                     callback_url, request_id, rules_digest, cached
                 FROM unnest($1::uuid[], $2::text[], $8::int8[], $9::text[], $10::text[],
                             $11::jsonb[], $12::text[], $13::int2[], $14::jsonb[], $15::text[],
-                            $16::text[])
+                            $16::text[], $22::text[], $23::bool[])
                      AS t(id, sha256, key_id, client_ip, filename, tags, tlp, priority, yara,
-                          callback_url, request_id)
+                          callback_url, request_id, rules_digest, cached)
                WHERE id IN (SELECT id FROM kept)),
          enqueued AS ({}),
          audit AS (
@@ -513,7 +532,7 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                WHERE t.id IN (SELECT id FROM kept)
                ORDER BY t.n, e.k)
          SELECT analysis_id FROM idem",
-        queue::Batch::insert_sql_where(22, "analysis_id IN (SELECT id FROM kept)")
+        queue::Batch::insert_sql_where(24, "analysis_id IN (SELECT id FROM kept)")
     )
 });
 
@@ -545,6 +564,8 @@ mod tests {
             request_id: format!("req-{filename}"),
             matches: &[],
             scan_error: None,
+            rules_digest: Some("d"),
+            yara_cached: false,
             queue,
             static_analysis: true,
             no_enqueue: false,

@@ -26,8 +26,16 @@ const BUNDLED: &[(&str, &str)] = &[
 /// Where rules are looked for when `yara.rules_dir` is not set.
 pub const DEFAULT_RULES_DIR: &str = "/etc/sandgnat/rules";
 
-/// External variables defined for every scan.
-const EXTERNALS: [&str; 4] = ["filename", "filepath", "extension", "filetype"];
+/// External variables defined for every scan, the ones public rule sets
+/// (signature-base, from LOKI and THOR) expect. Their values come from
+/// the submitted file name and the sample's bytes only ([`externals`]):
+/// a scan's answer is a function of (bytes, file name, rules), which is
+/// what lets intake reuse a stored answer.
+const EXTERNALS: [&str; 5] = ["filename", "filepath", "extension", "filetype", "owner"];
+
+/// How deep a rules directory is searched for rule files: rule
+/// repositories keep them in subdirectories (signature-base in `yara/`).
+const MAX_RULES_DEPTH: usize = 8;
 
 /// Bounds on what one match reports, so a hostile sample cannot make a
 /// response (or an audit row) arbitrarily large.
@@ -106,6 +114,33 @@ fn new_compiler() -> Result<yara::Compiler, RulesError> {
     Ok(compiler)
 }
 
+/// The `.yar` and `.yara` files below `dir`, down to [`MAX_RULES_DEPTH`].
+/// Hidden entries (`.git`) are skipped, and a symbolic link to a directory
+/// is not followed, so a link cannot make the walk loop; a link to a file
+/// is read.
+fn rule_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if depth < MAX_RULES_DEPTH {
+                rule_files(&path, depth + 1, out)?;
+            }
+        } else if path.is_file()
+            && matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yar" | "yara")
+            )
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 /// Compiles the rules directory (or the bundled set when `dir` is None).
 pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
     let mut compiler = new_compiler()?;
@@ -115,14 +150,8 @@ pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
                 path: dir.to_path_buf(),
                 source,
             };
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(read_err)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yar" | "yara"))
-                })
-                .collect();
+            let mut files = Vec::new();
+            rule_files(dir, 0, &mut files).map_err(read_err)?;
             files.sort();
             if files.is_empty() {
                 return Err(RulesError::Empty(dir.to_path_buf()));
@@ -167,16 +196,49 @@ pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
 /// Compiled rules loaded in a worker.
 pub struct RuleSet {
     rules: yara::Rules,
+    digest: String,
 }
 
-/// What the rules see about a sample.
+/// What the rules see about a sample: its bytes, the name it was
+/// submitted under and its type (`crate::intake::filetype`).
 pub struct ScanTarget<'a> {
     pub data: ScanData<'a>,
-    /// Where the sample is kept (its quarantine path): the `filepath`
-    /// variable.
-    pub filepath: &'a str,
     pub filename: &'a str,
     pub filetype: &'a str,
+}
+
+/// The external variables' values for a sample submitted as `filename`
+/// of type `filetype`, with the meanings LOKI and THOR give them (their
+/// rules are the ones that use them):
+///
+/// - `filename`: the submitted name (the sha256 when none was given).
+/// - `filepath`: empty. It is the directory the file lies in on a scanned
+///   host (`filename == "exports" and filepath contains "/etc"`); a sample
+///   here lies nowhere, intake keeps only the base name a client gives,
+///   and the quarantine path (the sha256) would tell rules nothing. So
+///   rules that need a directory do not match, and exclusions by
+///   directory (`not filepath contains "teamviewer"`) do not exclude.
+/// - `extension`: the name's extension with its dot, lower-cased
+///   (`.exe`), as signature-base's rules compare it; empty if none.
+/// - `filetype`: intake's type (`pe`, `elf`, `zip`, ...), not THOR's
+///   names (`EXE`), so the few rules comparing those do not match.
+/// - `owner`: empty. It is the file system owner of a file on a scanned
+///   host; a sample has none. The submitting key is not the file's owner,
+///   and a verdict that depended on which key asked would differ between
+///   submitters of the same bytes.
+pub fn externals(filename: &str, filetype: &str) -> [(&'static str, String); 5] {
+    let extension = Path::new(filename)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| format!(".{}", e.to_lowercase()))
+        .unwrap_or_default();
+    [
+        ("filename", filename.to_string()),
+        ("filepath", String::new()),
+        ("extension", extension),
+        ("filetype", filetype.to_string()),
+        ("owner", String::new()),
+    ]
 }
 
 /// The bytes to scan: a small sample held in memory, or a file on disk
@@ -216,7 +278,16 @@ impl RuleSet {
     pub fn load(bytes: &[u8]) -> Result<Self, RulesError> {
         let rules =
             yara::Rules::load_from_stream(bytes).map_err(|e| RulesError::Yara(e.to_string()))?;
-        Ok(RuleSet { rules })
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        Ok(RuleSet { rules, digest })
+    }
+
+    /// The SHA-256 of the compiled form, in hex: which rule set gave an
+    /// answer. Every worker of one generation loads the same bytes from
+    /// the master, so they share it; a HUP that changes the rules changes
+    /// it.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     pub fn count(&self) -> usize {
@@ -237,18 +308,9 @@ impl RuleSet {
         // binding turns each report into owned strings, which for a small
         // sample cost more than the scan itself.
         scanner.set_flags(yara::ScanFlags::REPORT_RULES_MATCHING);
-        let extension = Path::new(target.filename)
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("");
-        for (name, value) in [
-            ("filename", target.filename),
-            ("filepath", target.filepath),
-            ("extension", extension),
-            ("filetype", target.filetype),
-        ] {
+        for (name, value) in externals(target.filename, target.filetype) {
             scanner
-                .define_variable(name, value)
+                .define_variable(name, value.as_str())
                 .map_err(|e| ScanError::Yara(e.to_string()))?;
         }
         let found = match target.data {
@@ -330,7 +392,6 @@ mod tests {
         std::fs::write(&path, EICAR).unwrap();
         let target = ScanTarget {
             data: ScanData::File(&path),
-            filepath: "/q/ab/cd/abcd",
             filename: "eicar.com",
             filetype: "text",
         };
@@ -356,7 +417,8 @@ mod tests {
         let dir = temp("ext");
         std::fs::write(
             dir.join("ext.yar"),
-            "rule by_extension { condition: extension == \"exe\" and filename matches /evil/ and filepath == \"/q/s\" }",
+            "rule by_extension { condition: extension == \".exe\" and filename matches /evil/ \
+             and filepath == \"\" and filetype == \"data\" and owner == \"\" }",
         )
         .unwrap();
         let rules = RuleSet::load(&compile(Some(&dir)).unwrap().bytes).unwrap();
@@ -364,18 +426,107 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let hit = ScanTarget {
             data: ScanData::File(&path),
-            filepath: "/q/s",
-            filename: "evil.exe",
+            filename: "evil.EXE",
             filetype: "data",
         };
         let miss = ScanTarget {
             data: ScanData::Memory(b"hello"),
-            filepath: "/q/s",
             filename: "fine.txt",
             filetype: "data",
         };
         assert_eq!(rules.scan(&hit, 5).unwrap().len(), 1);
         assert!(rules.scan(&miss, 5).unwrap().is_empty());
+        assert_eq!(externals("noext", "text")[2].1, "");
+    }
+
+    /// The public signature-base set, where this machine keeps a copy
+    /// (`SANDGNAT_SIGNATURE_BASE`, else `../shared/bench/rules/signature-base`
+    /// beside the repository); `None` where it has none, as in CI.
+    fn signature_base() -> Option<PathBuf> {
+        let dir = std::env::var_os("SANDGNAT_SIGNATURE_BASE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/rules/signature-base")
+            });
+        dir.is_dir().then_some(dir)
+    }
+
+    #[test]
+    fn signature_base_compiles_and_its_rules_see_the_file_name() {
+        let Some(dir) = signature_base() else {
+            eprintln!(
+                "SKIPPED: no signature-base copy (set SANDGNAT_SIGNATURE_BASE or put it in \
+                 ../shared/bench/rules/signature-base)"
+            );
+            return;
+        };
+        // The rules are in a subdirectory (`yara/`); some use every
+        // external (`owner` in yara_mixed_ext_vars.yar).
+        let compiled = compile(Some(&dir)).unwrap();
+        assert!(compiled.files > 700, "{} files", compiled.files);
+        let rules = RuleSet::load(&compiled.bytes).unwrap();
+        assert!(rules.count() > 5_000, "{} rules", rules.count());
+        // VULN_Linux_Sudoers_Commands (configured_vulns_ext_vars.yar):
+        // `filename == "sudoers"` and a command a user may run as root.
+        let data = b"# sudoers\nbob ALL=(root) NOPASSWD: /usr/bin/vim /etc/hosts\n";
+        let named = |filename| ScanTarget {
+            data: ScanData::Memory(data),
+            filename,
+            filetype: "text",
+        };
+        let rule = "VULN_Linux_Sudoers_Commands";
+        let found = rules.scan(&named("sudoers"), 10).unwrap();
+        assert!(found.iter().any(|m| m.rule == rule), "{found:?}");
+        let found = rules.scan(&named("notes.txt"), 10).unwrap();
+        assert!(!found.iter().any(|m| m.rule == rule), "{found:?}");
+    }
+
+    #[test]
+    fn rule_files_are_found_in_subdirectories_but_not_hidden_ones() {
+        let dir = temp("nested");
+        std::fs::create_dir_all(dir.join("yara/deeper")).unwrap();
+        std::fs::create_dir_all(dir.join(".git")).unwrap();
+        std::fs::write(dir.join("top.yar"), "rule top { condition: true }").unwrap();
+        std::fs::write(
+            dir.join("yara/deeper/low.yara"),
+            "rule low { condition: true }",
+        )
+        .unwrap();
+        std::fs::write(dir.join("yara/README.md"), "not rules").unwrap();
+        std::fs::write(dir.join(".git/bad.yar"), "rule {").unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("yara/loop")).unwrap();
+        let compiled = compile(Some(&dir)).unwrap();
+        assert_eq!(compiled.files, 2);
+        let rules = RuleSet::load(&compiled.bytes).unwrap();
+        let target = ScanTarget {
+            data: ScanData::Memory(b"x"),
+            filename: "x",
+            filetype: "text",
+        };
+        let mut names: Vec<String> = rules
+            .scan(&target, 5)
+            .unwrap()
+            .into_iter()
+            .map(|m| format!("{}:{}", m.namespace, m.rule))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["low:low", "top:top"]);
+    }
+
+    #[test]
+    fn the_digest_names_the_compiled_rules() {
+        let a = RuleSet::load(&compile(None).unwrap().bytes).unwrap();
+        let b = RuleSet::load(&compile(None).unwrap().bytes).unwrap();
+        assert_eq!(a.digest().len(), 64);
+        assert_eq!(
+            a.digest(),
+            b.digest(),
+            "the same rules compile to other bytes"
+        );
+        let dir = temp("digest");
+        std::fs::write(dir.join("one.yar"), "rule one { condition: true }").unwrap();
+        let c = RuleSet::load(&compile(Some(&dir)).unwrap().bytes).unwrap();
+        assert_ne!(a.digest(), c.digest());
     }
 
     #[test]
@@ -398,7 +549,6 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let target = ScanTarget {
             data: ScanData::File(&path),
-            filepath: "/q/l",
             filename: "large.bin",
             filetype: "data",
         };

@@ -65,13 +65,11 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the event loop: {e}")),
     };
-    let (rules, rules_digest) = match crate::master::read_inherited(RULES_FD)
+    let rules = match crate::master::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            Ok((RuleSet::load(&bytes).map_err(|e| e.to_string())?, digest))
-        }) {
-        Ok((r, digest)) => (Arc::new(r), digest),
+        .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(r) => Arc::new(r),
         Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
     };
     let status = crate::status::Local {
@@ -79,7 +77,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "bundled".to_string()),
         rules_count: rules.count(),
-        rules_digest,
+        rules_digest: rules.digest().to_string(),
         rules_loaded_at: chrono::Utc::now(),
         rates: crate::status::rates::Rates::default(),
         // By inode, not a second descriptor, so a draining worker's
