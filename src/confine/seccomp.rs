@@ -198,9 +198,8 @@ fn allow_list(policy: &Policy) -> Result<(BpfProgram, usize), ConfineError> {
     for nr in ALLOWED.iter().chain(ALLOWED_X86_64) {
         rules.insert(*nr, Vec::new());
     }
-    let mut families = vec![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
     let mut socket = Vec::new();
-    for family in families.drain(..) {
+    for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] {
         socket.push(
             SeccompRule::new(vec![
                 cond(0, SeccompCmpOp::Eq, family as u64).map_err(build_err)?
@@ -237,6 +236,8 @@ fn allow_list(policy: &Policy) -> Result<(BpfProgram, usize), ConfineError> {
     ];
     let mut ioctl = Vec::new();
     for request in ioctls {
+        // The constants are c_ulong with glibc, c_int with musl.
+        #[allow(clippy::unnecessary_cast)]
         ioctl.push(
             SeccompRule::new(vec![
                 cond(1, SeccompCmpOp::Eq, request as u64).map_err(build_err)?
@@ -291,4 +292,48 @@ fn install_program(program: &BpfProgram) -> Result<(), ConfineError> {
         return Err(ConfineError::Install(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_that_leaves_the_process_is_allowed() {
+        let forbidden = [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+            libc::SYS_seccomp,
+            libc::SYS_bpf,
+            libc::SYS_mount,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_kill,
+            libc::SYS_memfd_create,
+            libc::SYS_io_uring_setup,
+            libc::SYS_userfaultfd,
+            libc::SYS_perf_event_open,
+            libc::SYS_clone3,
+        ];
+        for nr in forbidden {
+            assert!(
+                !ALLOWED.contains(&nr) && !ALLOWED_X86_64.contains(&nr),
+                "system call {nr} is allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn both_roles_compile() {
+        let settings = crate::config::Settings::default();
+        for role in [super::super::Role::Worker, super::super::Role::Runner] {
+            let (program, count) = allow_list(&Policy::of(role, &settings)).unwrap();
+            assert!(!program.is_empty());
+            assert_eq!(count, ALLOWED.len() + ALLOWED_X86_64.len() + 3);
+        }
+        assert!(!clone3_enosys().unwrap().is_empty());
+    }
 }
