@@ -507,7 +507,10 @@ for group in $(sed -n 's/^SystemCallFilter=~//p' "$UNIT"); do filter_calls "$gro
 # Only what ran after the exec of the service binary: setpriv's own calls
 # stand for what systemd does before it applies the filter.
 awk '/ execve\("\/usr\/bin\/sandgnat"/ { on = 1 } on' "$work/trace/strace" >"$work/strace.service"
-sed -n 's/^[0-9]\+ \+\([a-z0-9_]\+\)(.*/\1/p' "$work/strace.service" | sort -u >"$work/used"
+# Less Landlock's calls: workers and runners try them, and under the
+# unit (which does not allow them) get EPERM and run with their own
+# seccomp filter alone, as the master logs (src/confine/).
+sed -n 's/^[0-9]\+ \+\([a-z0-9_]\+\)(.*/\1/p' "$work/strace.service" | grep -v '^landlock_' | sort -u >"$work/used"
 say "$(wc -l <"$work/used") distinct system calls in $(wc -l <"$work/strace.service") traced"
 expect_eq "every one is in @system-service" "$(comm -23 "$work/used" "$work/allowed" | tr '\n' ' ')" ""
 expect_eq "none is in the unit's deny list ($(sed -n 's/^SystemCallFilter=~//p' "$UNIT" | tr '\n' ' '))" \

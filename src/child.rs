@@ -38,19 +38,28 @@ pub fn attach(name: &str) -> Result<Arc<Scoreboard>, ExitCode> {
     }
 }
 
-/// Boots the child `name` in `slot`, logging as `log_role`.
+/// Boots the child `name` in `slot`, logging as `log_role`, confined as
+/// `confine` (if any).
 pub fn boot(
     name: &'static str,
     log_role: &'static str,
     slot: usize,
     master_pid: u32,
+    confine: Option<crate::confine::Role>,
 ) -> Result<Booted, ExitCode> {
     let board = attach(name)?;
     let fail = |why: String| failed(&board, slot, name, why);
     let settings = crate::master::inherited_settings()
         .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
+    let confined = confine
+        .map(|role| confine_self(role, &settings).map(|r| (role, r)))
+        .transpose()
+        .map_err(fail)?;
     let log = crate::logging::init(&settings.log, log_role)
         .map_err(|e| fail(format!("cannot open log files: {e}")))?;
+    if let Some((role, report)) = &confined {
+        crate::confine::log_applied(*role, report);
+    }
     // A missing account fails the boot: a child never stays root.
     crate::isolation::service_account(&settings)
         .and_then(|account| crate::isolation::restrict(account, master_pid))
@@ -66,6 +75,15 @@ pub fn boot(
         runtime,
         log,
     })
+}
+
+/// Confines this process as `role`, while it still has a single thread
+/// (before the log writers start).
+pub fn confine_self(
+    role: crate::confine::Role,
+    settings: &Settings,
+) -> Result<Option<crate::confine::Report>, String> {
+    crate::confine::apply(role, settings).map_err(|e| e.to_string())
 }
 
 /// Reports why the child `name` cannot go on: in its slot (the master reads

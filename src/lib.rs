@@ -11,6 +11,7 @@ pub mod child;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod confine;
 pub mod export;
 pub mod frontend;
 pub mod intake;

@@ -481,6 +481,14 @@ fn a_full_spool_answers_507_and_records_nothing() {
         }
     }
     let _unmount = Unmount(spool.clone());
+    // A worker's Landlock rules name the spool directory it saw at boot,
+    // not a file system mounted over it later: new workers see the mount.
+    let old = app.worker_pids();
+    app.signal(libc::SIGHUP);
+    app.wait_until("workers replaced", 20 * SEC, |a| {
+        let now = a.worker_pids();
+        now.len() == old.len() && now.iter().all(|p| !old.contains(p))
+    });
     let r = app.submit(&key, &vec![b'q'; 1 << 20], &[]);
     assert_eq!(r.status, 507, "{}", r.body);
     assert_eq!(json(&r)["error"], "insufficient_storage");

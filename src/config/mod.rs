@@ -444,10 +444,11 @@ impl Default for Log {
 /// Fault injection for the supervision tests. Off by default; never enable
 /// it on a node that takes real samples: it lets any client hang or crash a
 /// worker.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Debug {
-    /// Serve `/__debug/hang`, `/__debug/crash` and `/__debug/sleep?ms=N`;
+    /// Serve `/__debug/hang`, `/__debug/crash`, `/__debug/sleep?ms=N` and
+    /// `/__debug/confined`;
     /// make the static analysis of a sample named `__debug_hang__` hang.
     pub fault_injection: bool,
     /// Make every worker fail while booting.
@@ -456,6 +457,20 @@ pub struct Debug {
     /// the queue costs the submit path (benches/queue.sh) only: analyses
     /// made this way never leave `queued`.
     pub no_enqueue: bool,
+    /// Confine workers and job runners (seccomp, Landlock: `confine`).
+    /// Turning it off is for debugging only and is logged as a warning.
+    pub confine: bool,
+}
+
+impl Default for Debug {
+    fn default() -> Self {
+        Debug {
+            fault_injection: false,
+            fail_worker_boot: false,
+            no_enqueue: false,
+            confine: true,
+        }
+    }
 }
 
 /// Where settings come from, kept so that HUP can read them again.

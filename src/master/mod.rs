@@ -120,6 +120,7 @@ impl Arbiter {
             version = env!("CARGO_PKG_VERSION"),
             "starting sandgnat master"
         );
+        crate::confine::log_kernel_support(&settings);
         let account = crate::isolation::service_account(&settings)?;
         if let Some((uid, gid)) = account {
             crate::logging::give_files_to(uid.as_raw(), gid.as_raw());

@@ -48,7 +48,8 @@ pub fn socket_path(settings: &crate::config::Settings) -> std::path::PathBuf {
 }
 
 pub fn run(args: RecorderArgs) -> ExitCode {
-    let booted = match crate::child::boot("recorder", "recorder", args.slot, args.master_pid) {
+    let booted = match crate::child::boot("recorder", "recorder", args.slot, args.master_pid, None)
+    {
         Ok(b) => b,
         Err(code) => return code,
     };

@@ -38,7 +38,13 @@ pub struct RunnerArgs {
 }
 
 pub fn run(args: RunnerArgs) -> ExitCode {
-    let booted = match crate::child::boot("job-runner", "runner", args.slot, args.master_pid) {
+    let booted = match crate::child::boot(
+        "job-runner",
+        "runner",
+        args.slot,
+        args.master_pid,
+        Some(crate::confine::Role::Runner),
+    ) {
         Ok(b) => b,
         Err(code) => return code,
     };

@@ -1,5 +1,6 @@
 //! The worker role: one isolated process that serves the HTTP app on the
-//! shared Unix socket. It boots (settings, scoreboard slot, privileges),
+//! shared Unix socket. It boots (settings, scoreboard slot, `confine`,
+//! privileges),
 //! announces itself ready, beats its heartbeat from its event loop, and
 //! leaves gracefully on TERM, at once on INT/QUIT, or by itself after
 //! `max_requests`. It never binds a socket and never outlives its master.
@@ -49,10 +50,17 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
     };
+    // Before the log writers start: confinement binds the threads started
+    // after it.
+    let confined = match crate::child::confine_self(crate::confine::Role::Worker, &settings) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
     let _log = match crate::logging::init(&settings.log, "worker") {
         Ok(g) => g,
         Err(e) => return fail(format!("cannot open log files: {e}")),
     };
+    crate::confine::log_applied(crate::confine::Role::Worker, &confined);
     if let Err(e) = boot(&settings, &args) {
         return fail(e);
     }

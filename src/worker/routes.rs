@@ -170,6 +170,7 @@ pub fn router(state: AppState) -> Router {
             .route("/__debug/hang", get(debug_hang))
             .route("/__debug/crash", get(debug_crash))
             .route("/__debug/sleep", get(debug_sleep))
+            .route("/__debug/confined", get(debug_confined))
             .route(
                 "/__debug/echo-headers",
                 get(debug_echo_headers).post(debug_echo_headers),
@@ -293,4 +294,56 @@ struct SleepQuery {
 async fn debug_sleep(Query(q): Query<SleepQuery>) -> impl IntoResponse {
     tokio::time::sleep(std::time::Duration::from_millis(q.ms.min(600_000))).await;
     Json(json!({ "slept_ms": q.ms }))
+}
+
+#[derive(Deserialize)]
+struct ConfinedQuery {
+    /// A file to try opening for reading besides `/etc/shadow` (the
+    /// tests name the settings file).
+    open: Option<String>,
+    /// A TCP port on 127.0.0.1 to try connecting to.
+    port: Option<u16>,
+}
+
+/// What this worker's confinement lets it do, tried for real: `execve`,
+/// opening files, connecting to a TCP port. Each answer is `{"ok": bool,
+/// "errno": n}`. Fault injection only.
+async fn debug_confined(Query(q): Query<ConfinedQuery>) -> Json<serde_json::Value> {
+    fn outcome(r: std::io::Result<()>) -> serde_json::Value {
+        match r {
+            Ok(()) => json!({ "ok": true }),
+            Err(e) => json!({ "ok": false, "errno": e.raw_os_error(), "error": e.to_string() }),
+        }
+    }
+    // An argument vector the kernel cannot read: unconfined, the call
+    // fails with EFAULT (or EACCES from Landlock) before it could replace
+    // this worker; under the seccomp filter it fails with EPERM.
+    // SAFETY: execve with a valid path; a bad argv only makes it fail.
+    let execve = unsafe {
+        libc::execve(
+            c"/bin/true".as_ptr(),
+            std::ptr::dangling::<*const libc::c_char>(),
+            std::ptr::null(),
+        )
+    };
+    let execve = outcome(if execve == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    });
+    let mut opened = serde_json::Map::new();
+    for path in std::iter::once("/etc/shadow").chain(q.open.as_deref()) {
+        opened.insert(
+            path.to_string(),
+            outcome(std::fs::File::open(path).map(drop)),
+        );
+    }
+    let mut report = json!({ "execve": execve, "open": opened });
+    if let Some(port) = q.port {
+        let connected = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map(drop);
+        report["connect"] = outcome(connected);
+    }
+    Json(report)
 }
