@@ -1141,3 +1141,95 @@ fn an_http_1_0_request_without_keep_alive_gets_its_connection_closed() {
         "a keep-alive HTTP/1.0 connection was closed at once"
     );
 }
+
+/// What curl printed for one request: the status (0 when none) and the
+/// body, with curl's own error when it failed.
+fn curl_status_body(out: &Output) -> (u16, String, String) {
+    let text = stdout(out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// RFC 9113 §8.1 lets a server answer before the request body is in; the
+/// answer must then reach the client whole, over HTTP/2 as over HTTP/1.1,
+/// however much body the client still has in flight. The bodies are far
+/// larger than the socket buffers and the flow-control windows, and each
+/// case runs several times so that a race lost half the time shows.
+#[test]
+fn early_answers_reach_the_client_whole_over_http2_and_http1() {
+    let db = common::db::TestDb::create("fe_early");
+    let app = Appliance::start_with(
+        "fe-early",
+        "workers = 1\n",
+        "max_body_bytes = 8388608\nrate_limit_per_key = 0\nrate_limit_per_ip = 0",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nmax_sample_bytes = 1048576\n[queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let submitter = app.new_key("submitter");
+    let reader = app.new_key("reader");
+    let body = app.dir.join("6MiB");
+    std::fs::write(&body, vec![0x5a_u8; 6 << 20]).unwrap();
+    let huge = app.dir.join("10MiB");
+    std::fs::write(&huge, vec![0x5a_u8; 10 << 20]).unwrap();
+    let url = format!("https://{}/v1/submit", app.tls);
+    let with = |k: &str| format!("X-API-Key: {k}");
+    let (sub, read) = (with(&submitter), with(&reader));
+    // (what, status, error code, headers, body): the first four answered
+    // by a worker, the last by the front end from Content-Length.
+    let cases: [(&str, u16, &str, Vec<&str>, &PathBuf); 5] = [
+        ("no key", 401, "", vec![], &body),
+        ("a reader key", 403, "", vec![&read], &body),
+        ("over max_sample_bytes", 413, "", vec![&sub], &body),
+        (
+            "a multipart type with no boundary",
+            400,
+            "invalid_multipart",
+            vec![&sub, "Content-Type: multipart/form-data"],
+            &body,
+        ),
+        (
+            "over proxy.max_body_bytes",
+            413,
+            "body_too_large",
+            vec![&sub],
+            &huge,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for version in ["--http2", "--http1.1"] {
+        for (what, status, code, headers, file) in &cases {
+            for round in 0..10 {
+                let data = format!("@{}", file.display());
+                let mut args = vec![version, "-H", "Expect:"];
+                for h in headers {
+                    args.extend(["-H", h]);
+                }
+                args.extend(["--data-binary", &data, "-w", "\n%{http_code}", &url]);
+                let out = curl(&cert_of(&app), &args);
+                let (got, text, err) = curl_status_body(&out);
+                let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+                let error = json.as_ref().and_then(|j| j["error"].as_str());
+                let whole = out.status.success()
+                    && got == *status
+                    && error.is_some_and(|e| code.is_empty() || e == *code);
+                if !whole {
+                    failures.push(format!(
+                        "{version} {what} #{round}: status {got}, body {text:?}, curl: {err}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 100 early answers were lost:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
