@@ -1233,3 +1233,86 @@ fn early_answers_reach_the_client_whole_over_http2_and_http1() {
         failures.join("\n")
     );
 }
+
+/// A TCP connection to `to` from the local address `src` (any of
+/// 127.0.0.0/8 is this host), so one test can be several clients.
+fn connect_from(src: &str, to: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    let remote: std::net::SocketAddr = to.parse().unwrap();
+    sock.connect(&remote.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+const HEALTHZ_KEEP_ALIVE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A connection from `src` with one request answered on it: the front end
+/// has admitted it and holds it (kept alive).
+fn held_from(app: &Appliance, src: &str) -> Result<TcpStream, RawResponse> {
+    let mut s = connect_from(src, &app.plain);
+    s.write_all(HEALTHZ_KEEP_ALIVE).unwrap();
+    let r = read_one_response(&mut s);
+    if r.status == 200 {
+        Ok(s)
+    } else {
+        Err(r)
+    }
+}
+
+#[test]
+fn connections_over_a_cap_get_503_until_one_closes() {
+    let app = Appliance::start_with(
+        "fe-conncap",
+        "workers = 1\n",
+        "max_connections_per_ip = 4\nmax_connections = 6\nrate_limit_per_ip = 0",
+        "",
+    );
+    let refused = |what: &str, r: RawResponse| {
+        assert_eq!(r.status, 503, "{what}: {}", r.head);
+        assert_eq!(r.json_error(what), "too_many_connections");
+        assert!(r.head.contains("connection: close"), "{what}: {}", r.head);
+    };
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|i| held_from(&app, "127.0.0.1").unwrap_or_else(|r| panic!("#{i}: {}", r.head)))
+        .collect();
+    // The fifth from the same address is refused while four are open.
+    let fifth = held_from(&app, "127.0.0.1").map(|_| ()).unwrap_err();
+    refused("a fifth connection from one address", fifth);
+    // Another address still gets in, up to the total.
+    let others: Vec<TcpStream> = (0..2)
+        .map(|i| held_from(&app, "127.0.0.2").unwrap_or_else(|r| panic!("other #{i}: {}", r.head)))
+        .collect();
+    let over_total = held_from(&app, "127.0.0.3").map(|_| ()).unwrap_err();
+    refused("a seventh connection in all", over_total);
+    let refusals = |reason: &str| {
+        app.metric(&format!(
+            "sandgnat_frontend_connections_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(refusals("max_connections_per_ip"), 1.0);
+    assert_eq!(refusals("max_connections"), 1.0);
+
+    // Closing one gives its place back: a new connection from the first
+    // address is served once the front end has seen the close.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match held_from(&app, "127.0.0.1") {
+            Ok(s) => break s,
+            Err(r) if Instant::now() < deadline => assert_eq!(r.status, 503, "{}", r.head),
+            Err(r) => panic!("still refused after a connection closed: {}", r.head),
+        }
+    };
+    // The connections held stay usable throughout.
+    held.push(again);
+    for s in &mut held {
+        s.write_all(HEALTHZ_KEEP_ALIVE).unwrap();
+        assert_eq!(read_one_response(s).status, 200);
+    }
+    drop(others);
+}

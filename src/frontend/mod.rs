@@ -22,6 +22,7 @@
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
 //! front end and retires the old one once the new one is ready.
 
+pub mod conncap;
 pub mod head;
 pub mod limits;
 pub mod proxy;
@@ -103,7 +104,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     // Every HTTP/1 head goes through `head` before pingora parses it.
     let mut service = Service::new(
         "sandgnat front end".to_string(),
-        head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
+        conncap::Capped::new(
+            head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
+            &settings,
+            board.clone(),
+        ),
     );
     for (i, name) in args
         .listeners
