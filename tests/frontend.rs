@@ -1316,3 +1316,125 @@ fn connections_over_a_cap_get_503_until_one_closes() {
     }
     drop(others);
 }
+
+/// HTTP/2 requests meet gunicorn's head limits with the same answers as
+/// HTTP/1.1 ones: too many fields 431, a field too large 400, a request
+/// line (here, its `:path`) too long 414, each as the appliance's JSON.
+#[test]
+fn http2_requests_meet_the_same_head_limits_as_http1() {
+    let app = Appliance::start("fe-h2limits", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let many: Vec<String> = (0..101).map(|i| format!("X-N-{i}: v")).collect();
+    let big = format!("X-Big: {}", "v".repeat(9000));
+    let long_url = format!("https://{}/{}", app.tls, "a".repeat(5000));
+    let mut many_args: Vec<&str> = Vec::new();
+    for h in &many {
+        many_args.extend(["-H", h]);
+    }
+    let cases: [(&str, Vec<&str>, &str, u16, &str); 3] = [
+        (
+            "101 header fields",
+            many_args,
+            &url,
+            431,
+            "too_many_header_fields",
+        ),
+        (
+            "a 9000-byte field",
+            vec!["-H", &big],
+            &url,
+            400,
+            "bad_request",
+        ),
+        (
+            "a 5000-byte path",
+            vec![],
+            &long_url,
+            414,
+            "request_line_too_long",
+        ),
+    ];
+    for (what, headers, target, status, code) in &cases {
+        for version in ["--http2", "--http1.1"] {
+            let mut args = vec![version, "-w", "\n%{http_code} %{http_version}"];
+            args.extend(headers.iter().copied());
+            args.push(target);
+            let out = curl(&cert_of(&app), &args);
+            let text = stdout(&out);
+            let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+            let expect = format!(
+                "{status} {}",
+                if version == "--http2" { "2" } else { "1.1" }
+            );
+            assert_eq!(tail, expect, "{version} {what}: {text} {:?}", out.stderr);
+            let v: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{version} {what}: not JSON ({e}): {body}"));
+            assert_eq!(v["error"], *code, "{version} {what}: {v}");
+        }
+    }
+    // Within the limits, both are served.
+    for version in ["--http2", "--http1.1"] {
+        let out = curl(
+            &cert_of(&app),
+            &[version, "-o", "/dev/null", "-w", "%{http_code}", &url],
+        );
+        assert_eq!(stdout(&out), "200", "{version}");
+    }
+}
+
+/// HTTP/2's deadline for a request's headers: a connection that starts a
+/// header block and never finishes it is closed after
+/// proxy.header_timeout, not kept for the (longer) idle timeout.
+#[test]
+fn an_unfinished_http2_header_block_is_cut_off_at_header_timeout() {
+    let app = Appliance::start_with(
+        "fe-h2deadline",
+        "workers = 1\n",
+        "header_timeout = 2\nidle_timeout = 120",
+        "",
+    );
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2", "-connect", &app.tls])
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame.
+    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1 holding `:method: GET` (HPACK index 2), with
+    // neither END_HEADERS nor END_STREAM: the block is left open.
+    frames.extend_from_slice(&[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82]);
+    stdin.write_all(&frames).unwrap();
+    stdin.flush().unwrap();
+    let started = Instant::now();
+    let pid = client.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut out = Vec::new();
+    let _ = client.stdout.take().unwrap().read_to_end(&mut out);
+    let held = started.elapsed();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    drop(stdin);
+    let _ = client.wait();
+    // The server spoke HTTP/2 (its SETTINGS frame first), so the close
+    // below is HTTP/2's deadline and not an HTTP/1 refusal of the preface.
+    assert!(
+        out.len() >= 9 && out[3] == 4,
+        "no HTTP/2 SETTINGS from the server: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        held >= Duration::from_millis(1500) && held < Duration::from_secs(8),
+        "an unfinished header block was held {held:?} (header_timeout 2 s, idle 120 s)"
+    );
+}

@@ -634,14 +634,20 @@ impl FrontEnd {
     fn check_framing(&self, session: &Session) -> std::result::Result<limits::Framing, Refusal> {
         let framing = match session.as_http1() {
             Some(h1) => limits::check_head(&h1.get_headers_raw_bytes(), self.limits)?,
-            // HTTP/2 frames its own body; only the size is ours to check.
-            None => limits::Framing {
-                content_length: session
-                    .get_header("content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-                chunked: false,
-            },
+            // HTTP/2 frames its own body and h2 has decoded the fields:
+            // gunicorn's limits and the size are ours to check.
+            None => {
+                let req = session.req_header();
+                let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                limits::check_decoded(req.method.as_str(), target, &req.headers, self.limits)?;
+                limits::Framing {
+                    content_length: session
+                        .get_header("content-length")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                    chunked: false,
+                }
+            }
         };
         if let Some(n) = framing.content_length {
             if n > self.max_body {
