@@ -170,10 +170,16 @@ pub struct Header {
     pub db_durability_reason: Text,
     /// Crash leftovers removed (`intake::leftovers`), by kind.
     pub leftovers_removed: [AtomicU64; LEFTOVER_KINDS.len()],
+    /// Connections the front end refused at a cap (`frontend::conncap`),
+    /// by cap.
+    pub connections_refused: [AtomicU64; CONNECTION_REFUSALS.len()],
 }
 
 /// The kinds of leftovers, as the metric labels them.
 pub const LEFTOVER_KINDS: [&str; 2] = ["spool", "quarantine"];
+
+/// The front end's connection caps, as the metric labels them.
+pub const CONNECTION_REFUSALS: [&str; 2] = ["max_connections", "max_connections_per_ip"];
 
 /// A mapping of the scoreboard into this process.
 pub struct Scoreboard {

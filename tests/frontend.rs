@@ -1311,3 +1311,300 @@ fn reloads_under_keep_alive_clients_fail_no_request() {
         "the front end was not replaced"
     );
 }
+
+/// What curl printed for one request: the status (0 when none) and the
+/// body, with curl's own error when it failed.
+fn curl_status_body(out: &Output) -> (u16, String, String) {
+    let text = stdout(out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// RFC 9113 §8.1 lets a server answer before the request body is in; the
+/// answer must then reach the client whole, over HTTP/2 as over HTTP/1.1,
+/// however much body the client still has in flight. The bodies are far
+/// larger than the socket buffers and the flow-control windows, and each
+/// case runs several times so that a race lost half the time shows.
+#[test]
+fn early_answers_reach_the_client_whole_over_http2_and_http1() {
+    let db = common::db::TestDb::create("fe_early");
+    let app = Appliance::start_with(
+        "fe-early",
+        "workers = 1\n",
+        "max_body_bytes = 8388608\nrate_limit_per_key = 0\nrate_limit_per_ip = 0",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nmax_sample_bytes = 1048576\n[queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let submitter = app.new_key("submitter");
+    let reader = app.new_key("reader");
+    let body = app.dir.join("6MiB");
+    std::fs::write(&body, vec![0x5a_u8; 6 << 20]).unwrap();
+    let huge = app.dir.join("10MiB");
+    std::fs::write(&huge, vec![0x5a_u8; 10 << 20]).unwrap();
+    let url = format!("https://{}/v1/submit", app.tls);
+    let with = |k: &str| format!("X-API-Key: {k}");
+    let (sub, read) = (with(&submitter), with(&reader));
+    // (what, status, error code, headers, body): the first four answered
+    // by a worker, the last by the front end from Content-Length.
+    let cases: [(&str, u16, &str, Vec<&str>, &PathBuf); 5] = [
+        ("no key", 401, "", vec![], &body),
+        ("a reader key", 403, "", vec![&read], &body),
+        ("over max_sample_bytes", 413, "", vec![&sub], &body),
+        (
+            "a multipart type with no boundary",
+            400,
+            "invalid_multipart",
+            vec![&sub, "Content-Type: multipart/form-data"],
+            &body,
+        ),
+        (
+            "over proxy.max_body_bytes",
+            413,
+            "body_too_large",
+            vec![&sub],
+            &huge,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for version in ["--http2", "--http1.1"] {
+        for (what, status, code, headers, file) in &cases {
+            for round in 0..10 {
+                let data = format!("@{}", file.display());
+                let mut args = vec![version, "-H", "Expect:"];
+                for h in headers {
+                    args.extend(["-H", h]);
+                }
+                args.extend(["--data-binary", &data, "-w", "\n%{http_code}", &url]);
+                let out = curl(&cert_of(&app), &args);
+                let (got, text, err) = curl_status_body(&out);
+                let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+                let error = json.as_ref().and_then(|j| j["error"].as_str());
+                let whole = out.status.success()
+                    && got == *status
+                    && error.is_some_and(|e| code.is_empty() || e == *code);
+                if !whole {
+                    failures.push(format!(
+                        "{version} {what} #{round}: status {got}, body {text:?}, curl: {err}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 100 early answers were lost:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A TCP connection to `to` from the local address `src` (any of
+/// 127.0.0.0/8 is this host), so one test can be several clients.
+fn connect_from(src: &str, to: &str) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    let remote: std::net::SocketAddr = to.parse().unwrap();
+    sock.connect(&remote.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+const HEALTHZ_KEEP_ALIVE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A connection from `src` with one request answered on it: the front end
+/// has admitted it and holds it (kept alive).
+fn held_from(app: &Appliance, src: &str) -> Result<TcpStream, RawResponse> {
+    let mut s = connect_from(src, &app.plain);
+    s.write_all(HEALTHZ_KEEP_ALIVE).unwrap();
+    let r = read_one_response(&mut s);
+    if r.status == 200 {
+        Ok(s)
+    } else {
+        Err(r)
+    }
+}
+
+#[test]
+fn connections_over_a_cap_get_503_until_one_closes() {
+    let app = Appliance::start_with(
+        "fe-conncap",
+        "workers = 1\n",
+        "max_connections_per_ip = 4\nmax_connections = 6\nrate_limit_per_ip = 0",
+        "",
+    );
+    let refused = |what: &str, r: RawResponse| {
+        assert_eq!(r.status, 503, "{what}: {}", r.head);
+        assert_eq!(r.json_error(what), "too_many_connections");
+        assert!(r.head.contains("connection: close"), "{what}: {}", r.head);
+    };
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|i| held_from(&app, "127.0.0.1").unwrap_or_else(|r| panic!("#{i}: {}", r.head)))
+        .collect();
+    // The fifth from the same address is refused while four are open.
+    let fifth = held_from(&app, "127.0.0.1").map(|_| ()).unwrap_err();
+    refused("a fifth connection from one address", fifth);
+    // Another address still gets in, up to the total.
+    let others: Vec<TcpStream> = (0..2)
+        .map(|i| held_from(&app, "127.0.0.2").unwrap_or_else(|r| panic!("other #{i}: {}", r.head)))
+        .collect();
+    let over_total = held_from(&app, "127.0.0.3").map(|_| ()).unwrap_err();
+    refused("a seventh connection in all", over_total);
+    let refusals = |reason: &str| {
+        app.metric(&format!(
+            "sandgnat_frontend_connections_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(refusals("max_connections_per_ip"), 1.0);
+    assert_eq!(refusals("max_connections"), 1.0);
+
+    // Closing one gives its place back: a new connection from the first
+    // address is served once the front end has seen the close.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match held_from(&app, "127.0.0.1") {
+            Ok(s) => break s,
+            Err(r) if Instant::now() < deadline => assert_eq!(r.status, 503, "{}", r.head),
+            Err(r) => panic!("still refused after a connection closed: {}", r.head),
+        }
+    };
+    // The connections held stay usable throughout.
+    held.push(again);
+    for s in &mut held {
+        s.write_all(HEALTHZ_KEEP_ALIVE).unwrap();
+        assert_eq!(read_one_response(s).status, 200);
+    }
+    drop(others);
+}
+
+/// HTTP/2 requests meet gunicorn's head limits with the same answers as
+/// HTTP/1.1 ones: too many fields 431, a field too large 400, a request
+/// line (here, its `:path`) too long 414, each as the appliance's JSON.
+#[test]
+fn http2_requests_meet_the_same_head_limits_as_http1() {
+    let app = Appliance::start("fe-h2limits", "workers = 1\n", "");
+    let url = format!("https://{}/healthz", app.tls);
+    let many: Vec<String> = (0..101).map(|i| format!("X-N-{i}: v")).collect();
+    let big = format!("X-Big: {}", "v".repeat(9000));
+    let long_url = format!("https://{}/{}", app.tls, "a".repeat(5000));
+    let mut many_args: Vec<&str> = Vec::new();
+    for h in &many {
+        many_args.extend(["-H", h]);
+    }
+    let cases: [(&str, Vec<&str>, &str, u16, &str); 3] = [
+        (
+            "101 header fields",
+            many_args,
+            &url,
+            431,
+            "too_many_header_fields",
+        ),
+        (
+            "a 9000-byte field",
+            vec!["-H", &big],
+            &url,
+            400,
+            "bad_request",
+        ),
+        (
+            "a 5000-byte path",
+            vec![],
+            &long_url,
+            414,
+            "request_line_too_long",
+        ),
+    ];
+    for (what, headers, target, status, code) in &cases {
+        for version in ["--http2", "--http1.1"] {
+            let mut args = vec![version, "-w", "\n%{http_code} %{http_version}"];
+            args.extend(headers.iter().copied());
+            args.push(target);
+            let out = curl(&cert_of(&app), &args);
+            let text = stdout(&out);
+            let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+            let expect = format!(
+                "{status} {}",
+                if version == "--http2" { "2" } else { "1.1" }
+            );
+            assert_eq!(tail, expect, "{version} {what}: {text} {:?}", out.stderr);
+            let v: serde_json::Value = serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{version} {what}: not JSON ({e}): {body}"));
+            assert_eq!(v["error"], *code, "{version} {what}: {v}");
+        }
+    }
+    // Within the limits, both are served.
+    for version in ["--http2", "--http1.1"] {
+        let out = curl(
+            &cert_of(&app),
+            &[version, "-o", "/dev/null", "-w", "%{http_code}", &url],
+        );
+        assert_eq!(stdout(&out), "200", "{version}");
+    }
+}
+
+/// HTTP/2's deadline for a request's headers: a connection that starts a
+/// header block and never finishes it is closed after
+/// proxy.header_timeout, not kept for the (longer) idle timeout.
+#[test]
+fn an_unfinished_http2_header_block_is_cut_off_at_header_timeout() {
+    let app = Appliance::start_with(
+        "fe-h2deadline",
+        "workers = 1\n",
+        "header_timeout = 2\nidle_timeout = 120",
+        "",
+    );
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2", "-connect", &app.tls])
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame.
+    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1 holding `:method: GET` (HPACK index 2), with
+    // neither END_HEADERS nor END_STREAM: the block is left open.
+    frames.extend_from_slice(&[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82]);
+    stdin.write_all(&frames).unwrap();
+    stdin.flush().unwrap();
+    let started = Instant::now();
+    let pid = client.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut out = Vec::new();
+    let _ = client.stdout.take().unwrap().read_to_end(&mut out);
+    let held = started.elapsed();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    drop(stdin);
+    let _ = client.wait();
+    // The server spoke HTTP/2 (its SETTINGS frame first), so the close
+    // below is HTTP/2's deadline and not an HTTP/1 refusal of the preface.
+    assert!(
+        out.len() >= 9 && out[3] == 4,
+        "no HTTP/2 SETTINGS from the server: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        held >= Duration::from_millis(1500) && held < Duration::from_secs(8),
+        "an unfinished header block was held {held:?} (header_timeout 2 s, idle 120 s)"
+    );
+}

@@ -146,6 +146,12 @@ pub struct Proxy {
     pub rate_limit_per_ip: u32,
     /// Requests per second allowed per API key (0: no limit).
     pub rate_limit_per_key: u32,
+    /// Connections one front end holds at once (0: no cap); over it, a new
+    /// connection gets a 503 and is closed.
+    pub max_connections: u64,
+    /// Connections one client address (an IPv6 client: its /64) may hold
+    /// at once (0: no cap).
+    pub max_connections_per_ip: u64,
 }
 
 impl Default for Proxy {
@@ -163,6 +169,8 @@ impl Default for Proxy {
             forwarded_allow_ips: vec!["127.0.0.1".into(), "::1".into()],
             rate_limit_per_ip: 1000,
             rate_limit_per_key: 500,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }

@@ -430,7 +430,7 @@ fn describe(e: &pingora_core::Error) -> String {
 /// Writes the refusal as a whole HTTP/1.1 response on the raw stream
 /// (there is no pingora session for a head that never parsed), then closes
 /// after a short linger.
-async fn answer(stream: &mut Stream, r: &Refusal) {
+pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
     let body = json_error(r.code, &r.message);
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
     let head = format!(

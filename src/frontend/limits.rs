@@ -153,6 +153,62 @@ pub fn check_head(raw: &[u8], limits: HeaderLimits) -> Result<Framing, Refusal> 
     Ok(framing)
 }
 
+/// The same limits for a request that came over HTTP/2, whose fields h2
+/// has already decoded: the request line is counted as HTTP/1.1 would send
+/// it (`METHOD target HTTP/1.1`) and each field as its `name: value` line,
+/// so one request meets the same limits, with the same answers, over
+/// either protocol. Cookie crumbs (RFC 9113 §8.2.3 lets a client split the
+/// one field into many) count as the one field they stand for.
+pub fn check_decoded(
+    method: &str,
+    target: &str,
+    fields: &http::HeaderMap,
+    limits: HeaderLimits,
+) -> Result<(), Refusal> {
+    let line = method.len() + 1 + target.len() + " HTTP/1.1".len();
+    if limits.request_line > 0 && line > limits.request_line {
+        return Err(refuse(
+            StatusCode::URI_TOO_LONG,
+            "request_line_too_long",
+            format!(
+                "request line is {line} bytes; the limit is {}",
+                limits.request_line
+            ),
+        ));
+    }
+    let mut count = 0usize;
+    for name in fields.keys() {
+        let values = fields.get_all(name);
+        let sizes = values.iter().map(|v| v.len());
+        let lines: Vec<usize> = if name == http::header::COOKIE {
+            let crumbs: Vec<usize> = sizes.collect();
+            // Joined with "; ", as RFC 9113 §8.2.3 says to rebuild it.
+            let joined = crumbs.iter().sum::<usize>() + 2 * crumbs.len().saturating_sub(1);
+            vec![joined]
+        } else {
+            sizes.collect()
+        };
+        for value_len in lines {
+            count += 1;
+            if limits.fields > 0 && count > limits.fields {
+                return Err(refuse(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too_many_header_fields",
+                    format!("more than {} header fields", limits.fields),
+                ));
+            }
+            let size = name.as_str().len() + 2 + value_len;
+            if limits.field_size > 0 && size > limits.field_size {
+                return Err(bad(format!(
+                    "a header field is {size} bytes; the limit is {}",
+                    limits.field_size
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// RFC 9110 §7.2: `uri-host [ ":" port ]`, or empty (allowed when the
 /// target has no authority). Only the characters a reg-name, an IPv4 or a
 /// bracketed IPv6 literal can hold; no userinfo, path or whitespace.
@@ -226,6 +282,46 @@ mod tests {
             let r = check(raw).unwrap_err();
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn decoded_http2_fields_meet_the_same_limits_as_http1_lines() {
+        let small = HeaderLimits {
+            request_line: 30,
+            fields: 3,
+            field_size: 20,
+        };
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", "0123456789abcde".parse().unwrap()); // "x-a: " + 15 = 20
+        check_decoded("GET", "/", &h, small).unwrap();
+        // As HTTP/1.1 would send it: "GET /" + 16 more + " HTTP/1.1" is 30.
+        check_decoded("GET", "/0123456789abcdef", &h, small).unwrap();
+        let r = check_decoded("GET", "/0123456789abcdefg", &h, small).unwrap_err();
+        assert_eq!(r.status, StatusCode::URI_TOO_LONG);
+        h.insert("x-b", "0123456789abcdef".parse().unwrap());
+        let r = check_decoded("GET", "/", &h, small).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.message.contains("21 bytes"), "{}", r.message);
+        let mut many = http::HeaderMap::new();
+        for v in ["1", "2", "3", "4"] {
+            many.append("x-n", v.parse().unwrap());
+        }
+        let r = check_decoded("GET", "/", &many, small).unwrap_err();
+        assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        // Four cookie crumbs are one field (not four, over the count),
+        // `cookie: a=1; b=2; c=3; d=4`, 26 bytes.
+        let cookies = HeaderLimits {
+            field_size: 30,
+            ..small
+        };
+        let mut crumbs = http::HeaderMap::new();
+        for v in ["a=1", "b=2", "c=3", "d=4"] {
+            crumbs.append("cookie", v.parse().unwrap());
+        }
+        check_decoded("GET", "/", &crumbs, cookies).unwrap();
+        crumbs.append("cookie", "e=5".parse().unwrap());
+        let r = check_decoded("GET", "/", &crumbs, cookies).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
 //! front end and retires the old one once the new one is ready.
 
+pub mod conncap;
 pub mod head;
 pub mod limits;
 pub mod proxy;
@@ -97,15 +98,29 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut proxy =
         pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(&settings, board.clone()));
     // HTTP/1.1 keep-alive is set per request in `request_filter`;
-    // HTTP/2 connections need their own idle bound.
+    // HTTP/2 connections need their own idle bound. It is also HTTP/2's
+    // deadline for a request's headers: pingora counts a connection as
+    // idle until h2 has a whole header block, so a fresh connection that
+    // opens no stream, or a header block trickled in CONTINUATION frames,
+    // is closed after proxy.header_timeout, as an HTTP/1 head is. (No
+    // stream exists yet, so there is no request to answer with a 408.)
     let mut opts = pingora_core::apps::HttpServerOptions::default();
-    opts.h2_idle_timeout = Some(Duration::from_secs(settings.proxy.idle_timeout.max(1)));
+    let h2_idle = settings
+        .proxy
+        .idle_timeout
+        .min(settings.proxy.header_timeout)
+        .max(1);
+    opts.h2_idle_timeout = Some(Duration::from_secs(h2_idle));
     proxy.server_options = Some(opts);
     proxy.h2_options = Some(h2_options());
     // Every HTTP/1 head goes through `head` before pingora parses it.
     let mut service = Service::new(
         "sandgnat front end".to_string(),
-        head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
+        conncap::Capped::new(
+            head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
+            &settings,
+            board.clone(),
+        ),
     );
     for (i, name) in args
         .listeners
@@ -224,6 +239,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
 const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONNECTION_WINDOW: u32 = 2 << 20;
 
+///
+/// The header list keeps pingora's cap (64 KiB): that bounds what a
+/// stream's headers can make us hold, and a list over it gets h2's own 431,
+/// without our JSON body. Everything under it meets gunicorn's limits in
+/// `request_filter` (`limits::check_decoded`), answered as over HTTP/1.
 fn h2_options() -> pingora_core::protocols::http::v2::server::H2Options {
     let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
     h2.initial_window_size(H2_STREAM_WINDOW);

@@ -37,6 +37,12 @@ const MALFORMED_BODY: [ErrorType; 2] = [
     ErrorType::new("InvalidTrailerEnd"),
 ];
 
+/// Ends the forwarding of a request body once its answer has gone out
+/// whole: the worker answered early, so the rest of the body has no reader.
+/// It is an error to pingora (so it stops the proxy loop and drops the
+/// stream) but not to the client, who already has the answer.
+const ANSWERED_EARLY: ErrorType = ErrorType::new("AnsweredEarly");
+
 /// Requests being served, so a retiring front end knows when it is idle.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
@@ -135,6 +141,8 @@ pub struct Ctx {
     body_seen: u64,
     /// We answered `Expect: 100-continue` ourselves.
     continued: bool,
+    /// The whole response has been handed to the client's connection.
+    answered: bool,
     _live: Live,
 }
 
@@ -210,21 +218,36 @@ async fn respond(
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        linger(session).await;
-    }
     Ok(())
 }
 
-/// How long, and how many bytes, a refused upload is read and thrown away
-/// after its 413 (nginx's lingering close).
+/// How long, and how many bytes, an HTTP/1 request body that was answered
+/// before it was read is read and thrown away (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 4 << 20;
 
-/// Closing a socket with unread bytes in it makes the kernel send a reset,
-/// which can destroy the 413 before the client reads it. Read a bounded
-/// amount first, so the client sees why it was stopped.
-async fn linger(session: &mut Session) {
+/// An answer given before the request body was read (a refusal here, or a
+/// worker's early 401, 403, 413, ...) must reach a client that is still
+/// sending, so the connection or stream is not closed under it at once:
+/// a bounded amount of the body is read and thrown away first, which gives
+/// the client time to read the answer and stop on its own.
+///
+/// HTTP/1: closing a socket with unread bytes in it makes the kernel send
+/// a reset, which fails the client's pending write and can destroy the
+/// answer before the client reads it.
+///
+/// HTTP/2: dropping the stream makes h2 follow the complete response with
+/// RST_STREAM(NO_ERROR), as RFC 9113 §8.1 allows; but a client may take a
+/// reset that arrives with the response, while it is still sending, as a
+/// failure of the stream and throw away the answer it holds (curl 7.88
+/// does). A client that stops on its own ends its stream early; h2 resets
+/// that one (its Content-Length is not met), which ends the read here, and
+/// by then the client has its answer.
+async fn linger_if_unread(session: &mut Session) {
+    if session.response_written().is_none() || session.is_body_done() {
+        return;
+    }
+    session.set_keepalive(None);
     let _ = tokio::time::timeout(LINGER, async {
         let mut drained = 0usize;
         while drained < LINGER_BYTES {
@@ -256,6 +279,7 @@ impl ProxyHttp for FrontEnd {
             tls: false,
             body_seen: 0,
             continued: false,
+            answered: false,
             _live: Live::new(),
         }
     }
@@ -392,9 +416,13 @@ impl ProxyHttp for FrontEnd {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.answered && !end_of_stream {
+            *body = None;
+            return Err(Error::new(ANSWERED_EARLY).into_down());
+        }
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > self.max_body {
@@ -511,8 +539,33 @@ impl ProxyHttp for FrontEnd {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        ctx.answered |= end_of_stream;
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, _ctx: &mut Ctx) {
+        linger_if_unread(session).await;
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        *e.etype() == ANSWERED_EARLY
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use pingora_core::ErrorSource;
+        if *e.etype() == ANSWERED_EARLY {
+            return FailToProxy {
+                error_code: session.response_written().map_or(0, |r| r.status.as_u16()),
+                can_reuse_downstream: false,
+            };
+        }
         let (status, code, message) = match e.etype() {
             ErrorType::HTTPStatus(413) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -596,14 +649,20 @@ impl FrontEnd {
     fn check_framing(&self, session: &Session) -> std::result::Result<limits::Framing, Refusal> {
         let framing = match session.as_http1() {
             Some(h1) => limits::check_head(&h1.get_headers_raw_bytes(), self.limits)?,
-            // HTTP/2 frames its own body; only the size is ours to check.
-            None => limits::Framing {
-                content_length: session
-                    .get_header("content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-                chunked: false,
-            },
+            // HTTP/2 frames its own body and h2 has decoded the fields:
+            // gunicorn's limits and the size are ours to check.
+            None => {
+                let req = session.req_header();
+                let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                limits::check_decoded(req.method.as_str(), target, &req.headers, self.limits)?;
+                limits::Framing {
+                    content_length: session
+                        .get_header("content-length")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                    chunked: false,
+                }
+            }
         };
         if let Some(n) = framing.content_length {
             if n > self.max_body {

@@ -238,6 +238,20 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
 
     header(
         &mut out,
+        "sandgnat_frontend_connections_refused_total",
+        "counter",
+        "Connections the front end refused at proxy.max_connections or max_connections_per_ip.",
+    );
+    for (i, reason) in crate::scoreboard::CONNECTION_REFUSALS.iter().enumerate() {
+        let n = board.header().connections_refused[i].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_frontend_connections_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+
+    header(
+        &mut out,
         "sandgnat_ratelimit_redis_fallbacks_total",
         "counter",
         "Rate-limit checks counted in process because Redis was unreachable.",
