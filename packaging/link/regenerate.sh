@@ -56,6 +56,10 @@ allow_owner = true
 [log]
 format = "json"
 error_log = "$work/error.log"
+[debug]
+# valgrind runs the worker inside its own process: the worker's seccomp
+# filter and Landlock rules would confine valgrind too.
+confine = false
 TOML
 cfg=(--config "$work/sandgnat.toml")
 env -u DATABASE_URL "$bin" migrate "${cfg[@]}" >/dev/null
