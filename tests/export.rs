@@ -405,3 +405,103 @@ fn the_feed_sees_every_change_once_committed_in_any_order() {
         (400, Some("invalid_cursor"))
     );
 }
+
+/// Every role against every read route: what each key may see is the same
+/// whichever route it asks through (lookup, list, feed, STIX, TAXII, zip
+/// download), and a key sees nothing without being one.
+#[test]
+fn every_role_against_every_read_route() {
+    let db = TestDb::create("export_roles");
+    let app = start("export-roles", &db);
+    let s1 = app.new_key("submitter");
+    let s2 = app.new_key("submitter");
+    let reader = app.new_key("reader");
+    let bridge = app.new_key("bridge");
+    let admin = app.new_key("admin");
+    let a = submit(
+        &app,
+        &s1,
+        b"amber sample of the first submitter",
+        "tlp=amber",
+    );
+    let red = submit(&app, &s2, b"red sample of the second submitter", "tlp=red");
+    let g = submit(
+        &app,
+        &s2,
+        b"green sample of the second submitter",
+        "tlp=green",
+    );
+    let id = |v: &Value| v["analysis_id"].as_str().unwrap().to_string();
+    let sha = |v: &Value| v["sha256"].as_str().unwrap().to_string();
+    let all = [&a, &red, &g];
+    let cases: [(&str, &String, Vec<&Value>); 5] = [
+        ("first submitter", &s1, vec![&a]),
+        ("second submitter", &s2, vec![&red, &g]),
+        ("reader", &reader, vec![&a, &g]),
+        ("bridge", &bridge, vec![&a, &g]),
+        ("admin", &admin, vec![&a, &red, &g]),
+    ];
+    for (who, key, sees) in &cases {
+        let visible = |v: &Value| sees.iter().any(|s| id(s) == id(v));
+        let want = |v: &Value| if visible(v) { 200 } else { 404 };
+        for v in all {
+            let (status, _) = get(&app, key, &format!("/v1/samples/{}", sha(v)));
+            assert_eq!(status, want(v), "{who}: lookup of {}", v["analysis_id"]);
+            let (status, _) = get(&app, key, &format!("/v1/analyses/{}", id(v)));
+            assert_eq!(status, want(v), "{who}: analysis {}", v["analysis_id"]);
+            let (status, _) = get(&app, key, &format!("/v1/analyses/{}/stix", id(v)));
+            assert_eq!(status, want(v), "{who}: STIX of {}", v["analysis_id"]);
+            let r = app.get_with_key(&format!("/v1/samples/{}/content?format=zip", sha(v)), key);
+            assert_eq!(r.status, want(v), "{who}: zip of {}", v["analysis_id"]);
+        }
+        let (_, list) = get(&app, key, "/v1/analyses");
+        let mut listed: Vec<String> = list["analyses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(id)
+            .collect();
+        let mut expected: Vec<String> = sees.iter().map(|v| id(v)).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{who}: list");
+        let (lines, _) = feed_until(&app, key, None, |l| l.len() >= expected.len());
+        let mut fed: Vec<String> = lines.iter().map(id).collect();
+        fed.sort();
+        assert_eq!(fed, expected, "{who}: feed");
+        // TAXII never serves TLP:RED, not even to those who may read it.
+        let r = app.get_with_key("/taxii2/api/collections/analyses/objects/", key);
+        assert_eq!(r.status, 200, "{who}: TAXII: {}", r.body);
+        let mut served: Vec<String> = serde_json::from_str::<Value>(&r.body).unwrap()["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["type"] == "malware-analysis")
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut expected: Vec<String> = sees
+            .iter()
+            .filter(|v| id(v) != id(&red))
+            .map(|v| sandgnat::export::stix::analysis_id(id(v).parse().unwrap()))
+            .collect();
+        served.sort();
+        expected.sort();
+        assert_eq!(served, expected, "{who}: TAXII");
+    }
+    for path in [
+        format!("/v1/samples/{}", sha(&a)),
+        "/v1/analyses".to_string(),
+        "/v1/export/analyses".to_string(),
+        format!("/v1/analyses/{}/stix", id(&a)),
+        format!("/v1/samples/{}/content?format=zip", sha(&a)),
+        "/taxii2/".to_string(),
+    ] {
+        let r = app.get(&path).unwrap();
+        assert_eq!(r.status, 401, "{path} without a key: {}", r.body);
+        assert_eq!(
+            app.get_with_key(&path, "sgk_not_a_key").status,
+            401,
+            "{path}"
+        );
+    }
+}
