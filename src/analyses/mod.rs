@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Visibility};
 use crate::export::view::{AnalysisRow, COLUMNS, FROM};
-use crate::intake::unavailable;
+use crate::api_error::unavailable;
 use crate::worker::state::AppState;
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

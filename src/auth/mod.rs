@@ -181,7 +181,7 @@ impl KeyRing {
                     Ok(()) => self.authenticate(presented),
                     // Unknown here and the database cannot say otherwise:
                     // the key may be new, so answer "retry", not "refused".
-                    Err(db_err) => Err(crate::intake::unavailable("the key store", db_err)),
+                    Err(db_err) => Err(crate::api_error::unavailable("the key store", db_err)),
                 }
             }
             other => other,
