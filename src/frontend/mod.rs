@@ -70,7 +70,7 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         Err(code) => return code,
     };
     let fail = |why: String| crate::child::failed(&board, args.slot, "front-end", why);
-    let settings = match crate::master::inherited_settings() {
+    let settings = match crate::handover::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
     };

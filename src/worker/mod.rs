@@ -46,7 +46,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Err(code) => return code,
     };
     let fail = |why: String| crate::child::failed(&board, args.slot, "worker", why);
-    let settings = match crate::master::inherited_settings() {
+    let settings = match crate::handover::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
     };
@@ -73,7 +73,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the event loop: {e}")),
     };
-    let rules = match crate::master::read_inherited(RULES_FD)
+    let rules = match crate::handover::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
         .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
     {
