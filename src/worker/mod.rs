@@ -98,8 +98,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             settings: settings.clone(),
             db: db.clone(),
             keys: KeyRing::default(),
-            quarantine: state::quarantine_dir(&settings),
-            spool: state::spool_dir(&settings),
+            quarantine: crate::intake::quarantine::quarantine_dir(&settings),
+            spool: crate::intake::spool::spool_dir(&settings),
             memory: crate::intake::spool::MemoryBudget::new(
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,

@@ -58,12 +58,3 @@ impl HasKeyRing for AppState {
         &self.0.db
     }
 }
-
-/// The quarantine and spool directories below the state directory.
-pub fn quarantine_dir(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("quarantine")
-}
-
-pub fn spool_dir(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("spool")
-}
