@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 
 use crate::api_error::{unavailable, ApiError};
 use crate::auth::{allow, Caller};
-use crate::recorder::RecordError;
+use crate::recorder::client::RecordError;
 use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
 use crate::worker::state::AppState;
 use metadata::Metadata;
@@ -761,7 +761,7 @@ mod tests {
     #[test]
     fn a_record_that_may_have_committed_is_never_answered_nothing_recorded() {
         use crate::api_error::ApiError;
-        use crate::recorder::RecordError;
+        use crate::recorder::client::RecordError;
         let cases = [
             RecordError::Unconfirmed(std::time::Duration::from_secs(5)),
             RecordError::Lost,

@@ -141,7 +141,7 @@ impl Arbiter {
             // workers to the recorder's.
             for path in [
                 settings.server.socket.clone(),
-                crate::recorder::socket_path(&settings),
+                crate::sockets::recorder_socket_path(&settings),
             ] {
                 nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(|e| StartError::Io {
                     what: "give the Unix sockets to the service account",

@@ -104,8 +104,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
-            recorder: crate::recorder::Recorder::new(
-                crate::recorder::socket_path(&settings),
+            recorder: crate::recorder::client::Recorder::new(
+                crate::sockets::recorder_socket_path(&settings),
                 std::time::Duration::from_millis(settings.database.record_timeout_ms),
             ),
             rules,

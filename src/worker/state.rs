@@ -26,7 +26,7 @@ pub struct Inner {
     /// uploads.
     pub memory: Arc<crate::intake::spool::MemoryBudget>,
     /// Where submissions are committed (in groups, under load).
-    pub recorder: crate::recorder::Recorder,
+    pub recorder: crate::recorder::client::Recorder,
     pub board: Arc<Scoreboard>,
     /// Wakes claimers after a commit that enqueued jobs.
     pub notifier: crate::queue::Notifier,
