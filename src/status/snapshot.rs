@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::rates::{Totals, Window};
-use super::Local;
+use super::local::Local;
 use crate::auth::{Caller, Visibility};
 use crate::export::view::{AnalysisRow, COLUMNS, FROM};
 use crate::queue::QueueStats;

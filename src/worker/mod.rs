@@ -80,7 +80,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
     };
-    let status = crate::status::Local {
+    let status = crate::status::local::Local {
         rules_source: crate::scan::rules_dir(settings.yara.rules_dir.as_deref())
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "bundled".to_string()),

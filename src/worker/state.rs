@@ -33,7 +33,7 @@ pub struct Inner {
     /// Where long-polling claims wait.
     pub wakeups: crate::queue::Wakeups,
     /// What the status page shows about this worker itself.
-    pub status: crate::status::Local,
+    pub status: crate::status::local::Local,
 }
 
 impl AppState {
