@@ -22,6 +22,7 @@
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
 //! front end and retires the old one once the new one is ready.
 
+pub mod answer;
 pub mod conncap;
 pub mod head;
 pub mod limits;
