@@ -14,6 +14,7 @@ pub mod openapi;
 mod request;
 pub mod routes;
 mod server;
+mod shared;
 pub mod state;
 mod unread;
 
