@@ -52,8 +52,8 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::limits::{self, HeaderLimits, Refusal};
 use super::answer::{json_error, new_request_id, KeptAlive};
+use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
 
