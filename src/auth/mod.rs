@@ -4,6 +4,7 @@
 //! seconds, so a revoked key stops working everywhere within five.
 
 mod keys;
+mod role;
 pub mod visibility;
 
 use std::sync::{Arc, RwLock};
@@ -12,11 +13,11 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
-pub use keys::{create_key, list_keys, revoke_key, KeyError, KeyInfo};
+pub use keys::{create_key, hash_key, list_keys, revoke_key, KeyError, KeyInfo};
+pub use role::{Caller, Role};
 pub use visibility::Visibility;
 
 use crate::api_error::ApiError;
@@ -29,36 +30,6 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// connection).
 const MISS_REFRESH_DEADLINE: Duration = Duration::from_millis(1500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Submitter,
-    Reader,
-    Bridge,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "submitter" => Role::Submitter,
-            "reader" => Role::Reader,
-            "bridge" => Role::Bridge,
-            "admin" => Role::Admin,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Submitter => "submitter",
-            Role::Reader => "reader",
-            Role::Bridge => "bridge",
-            Role::Admin => "admin",
-        }
-    }
-}
-
 /// What a route accepts. Admin may do everything.
 pub mod allow {
     use super::Role;
@@ -67,10 +38,6 @@ pub mod allow {
     pub const READ: &[Role] = &[Role::Reader, Role::Submitter, Role::Bridge, Role::Admin];
     pub const BRIDGE: &[Role] = &[Role::Bridge, Role::Admin];
     pub const ADMIN: &[Role] = &[Role::Admin];
-}
-
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
 }
 
 #[derive(Debug, Clone)]
@@ -92,36 +59,6 @@ pub struct KeyRing {
 }
 
 const MISS_REFRESHES_PER_SEC: f64 = 10.0;
-
-/// The authenticated client of a request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub key_id: i64,
-    pub name: String,
-    pub role: Role,
-}
-
-impl Caller {
-    pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
-        if allowed.contains(&self.role) {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "key {:?} has role {}; this route needs {}",
-                self.name,
-                self.role.as_str(),
-                allowed
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        ))
-    }
-}
 
 impl KeyRing {
     /// Loads the active keys; on failure the previous list stays.
