@@ -9,6 +9,7 @@
 //! the thread that forked it.
 
 mod children;
+mod roster;
 mod signals;
 mod spawn;
 mod upgrade;
@@ -28,7 +29,7 @@ use crate::scoreboard::Scoreboard;
 use crate::sockets::{Inherited, Listeners};
 use crate::systemd;
 
-use children::{Child, Role};
+use roster::{Child, Retire, Role};
 use signals::SignalPipe;
 use upgrade::Upgrade;
 
@@ -383,7 +384,7 @@ impl Arbiter {
         self.reloading = true;
         // The metrics listener may have moved; it is cheap to restart.
         for c in self.children.iter_mut().filter(|c| c.role == Role::Metrics) {
-            c.retire(children::Retire::Reload);
+            c.retire(Retire::Reload);
         }
     }
 
