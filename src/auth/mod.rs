@@ -233,7 +233,9 @@ pub fn presented_key(api_key: Option<&[u8]>, authorization: Option<&[u8]>) -> Op
 
 #[cfg(test)]
 mod tests {
-    use super::presented_key;
+    use sqlx::PgPool;
+
+    use super::{allow, create_key, hash_key, list_keys, presented_key, revoke_key, KeyRing, Role};
 
     #[test]
     fn a_key_comes_from_the_header_or_a_basic_password() {
@@ -256,5 +258,35 @@ mod tests {
         assert_eq!(presented_key(None, Some(b"Basic !!!")), None);
         assert_eq!(presented_key(Some(&[0xff]), None), None);
         assert_eq!(presented_key(None, None), None);
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn created_key_authenticates_until_revoked(db: PgPool) {
+        let key = create_key(&db, "bridge-1", "bridge").await.unwrap();
+        assert!(key.starts_with("sgk_") && key.len() == 68);
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE name = 'bridge-1'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(stored, hash_key(&key).to_vec(), "only the hash is stored");
+
+        let ring = KeyRing::default();
+        ring.refresh(&db).await.unwrap();
+        let caller = ring.authenticate(Some(&key)).unwrap();
+        assert_eq!(caller.role, Role::Bridge);
+        assert!(caller.require(allow::BRIDGE).is_ok());
+        assert_eq!(caller.require(allow::SUBMIT).unwrap_err().status, 403);
+        assert_eq!(
+            ring.authenticate(Some("sgk_wrong")).unwrap_err().status,
+            401
+        );
+        assert_eq!(ring.authenticate(None).unwrap_err().status, 401);
+
+        revoke_key(&db, "bridge-1").await.unwrap();
+        ring.refresh(&db).await.unwrap();
+        assert_eq!(ring.authenticate(Some(&key)).unwrap_err().status, 401);
+        let listed = list_keys(&db).await.unwrap();
+        assert!(listed[0].revoked_at.is_some());
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::redact::redact_url;
+use crate::accesslog::GUNICORN_ACCESS_LOG_FORMAT;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -401,10 +402,6 @@ pub struct Log {
     /// `never` (reopen on USR1, for logrotate), `hourly` or `daily`.
     pub rotation: String,
 }
-
-/// Gunicorn's default access log format.
-pub const GUNICORN_ACCESS_LOG_FORMAT: &str =
-    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
 
 impl Default for Log {
     fn default() -> Self {

@@ -10,6 +10,8 @@
 //! busy one. CPU-heavy work belongs on the blocking pool.
 
 mod balance;
+#[cfg(test)]
+mod contract;
 pub mod openapi;
 mod request;
 pub mod routes;

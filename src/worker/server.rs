@@ -37,7 +37,7 @@ impl Worker {
         let (trigger, shutdown) = shutdown::channel();
         // Validated by the master before it stored the settings.
         let access = AccessLogFormat::parse(&settings.log.access_log_format).unwrap_or_else(|_| {
-            AccessLogFormat::parse(crate::config::GUNICORN_ACCESS_LOG_FORMAT)
+            AccessLogFormat::parse(crate::accesslog::GUNICORN_ACCESS_LOG_FORMAT)
                 .expect("default format parses")
         });
         let router = super::routes::router(state);
