@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local};
 
+/// Gunicorn's default access log format.
+pub const GUNICORN_ACCESS_LOG_FORMAT: &str =
+    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
 /// One piece of a parsed format.
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
@@ -206,7 +210,6 @@ fn render_atom(out: &mut String, atom: &Atom, r: &AccessRecord<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GUNICORN_ACCESS_LOG_FORMAT;
     use chrono::TimeZone;
 
     fn record<'a>(req: &'a http::HeaderMap, resp: &'a http::HeaderMap) -> AccessRecord<'a> {

@@ -30,6 +30,17 @@ impl ApiError {
     }
 }
 
+/// A dependency is down: the client should retry later.
+pub fn unavailable(what: &str, why: impl std::fmt::Display) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{what} is unavailable ({why}); nothing was recorded, retry later"),
+    );
+    e.retry_after = Some(5);
+    e
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.code, "message": self.message });

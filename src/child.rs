@@ -49,7 +49,7 @@ pub fn boot(
 ) -> Result<Booted, ExitCode> {
     let board = attach(name)?;
     let fail = |why: String| failed(&board, slot, name, why);
-    let settings = crate::master::inherited_settings()
+    let settings = crate::handover::inherited_settings()
         .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
     let confined = confine
         .map(|role| confine_self(role, &settings).map(|r| (role, r)))

@@ -17,10 +17,10 @@ use sqlx::types::Json as DbJson;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::api_error::unavailable;
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Visibility};
 use crate::export::view::{AnalysisRow, COLUMNS, FROM};
-use crate::intake::unavailable;
 use crate::worker::state::AppState;
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

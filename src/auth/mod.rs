@@ -4,6 +4,7 @@
 //! seconds, so a revoked key stops working everywhere within five.
 
 mod keys;
+mod role;
 pub mod visibility;
 
 use std::sync::{Arc, RwLock};
@@ -12,11 +13,11 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
-pub use keys::{create_key, list_keys, revoke_key, KeyError, KeyInfo};
+pub use keys::{create_key, hash_key, list_keys, revoke_key, KeyError, KeyInfo};
+pub use role::{Caller, Role};
 pub use visibility::Visibility;
 
 use crate::api_error::ApiError;
@@ -29,36 +30,6 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// connection).
 const MISS_REFRESH_DEADLINE: Duration = Duration::from_millis(1500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Submitter,
-    Reader,
-    Bridge,
-    Admin,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "submitter" => Role::Submitter,
-            "reader" => Role::Reader,
-            "bridge" => Role::Bridge,
-            "admin" => Role::Admin,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Submitter => "submitter",
-            Role::Reader => "reader",
-            Role::Bridge => "bridge",
-            Role::Admin => "admin",
-        }
-    }
-}
-
 /// What a route accepts. Admin may do everything.
 pub mod allow {
     use super::Role;
@@ -67,10 +38,6 @@ pub mod allow {
     pub const READ: &[Role] = &[Role::Reader, Role::Submitter, Role::Bridge, Role::Admin];
     pub const BRIDGE: &[Role] = &[Role::Bridge, Role::Admin];
     pub const ADMIN: &[Role] = &[Role::Admin];
-}
-
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
 }
 
 #[derive(Debug, Clone)]
@@ -92,36 +59,6 @@ pub struct KeyRing {
 }
 
 const MISS_REFRESHES_PER_SEC: f64 = 10.0;
-
-/// The authenticated client of a request.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub key_id: i64,
-    pub name: String,
-    pub role: Role,
-}
-
-impl Caller {
-    pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
-        if allowed.contains(&self.role) {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "key {:?} has role {}; this route needs {}",
-                self.name,
-                self.role.as_str(),
-                allowed
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ),
-        ))
-    }
-}
 
 impl KeyRing {
     /// Loads the active keys; on failure the previous list stays.
@@ -181,7 +118,7 @@ impl KeyRing {
                     Ok(()) => self.authenticate(presented),
                     // Unknown here and the database cannot say otherwise:
                     // the key may be new, so answer "retry", not "refused".
-                    Err(db_err) => Err(crate::intake::unavailable("the key store", db_err)),
+                    Err(db_err) => Err(crate::api_error::unavailable("the key store", db_err)),
                 }
             }
             other => other,
@@ -296,7 +233,9 @@ pub fn presented_key(api_key: Option<&[u8]>, authorization: Option<&[u8]>) -> Op
 
 #[cfg(test)]
 mod tests {
-    use super::presented_key;
+    use sqlx::PgPool;
+
+    use super::{allow, create_key, hash_key, list_keys, presented_key, revoke_key, KeyRing, Role};
 
     #[test]
     fn a_key_comes_from_the_header_or_a_basic_password() {
@@ -319,5 +258,35 @@ mod tests {
         assert_eq!(presented_key(None, Some(b"Basic !!!")), None);
         assert_eq!(presented_key(Some(&[0xff]), None), None);
         assert_eq!(presented_key(None, None), None);
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn created_key_authenticates_until_revoked(db: PgPool) {
+        let key = create_key(&db, "bridge-1", "bridge").await.unwrap();
+        assert!(key.starts_with("sgk_") && key.len() == 68);
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE name = 'bridge-1'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert_eq!(stored, hash_key(&key).to_vec(), "only the hash is stored");
+
+        let ring = KeyRing::default();
+        ring.refresh(&db).await.unwrap();
+        let caller = ring.authenticate(Some(&key)).unwrap();
+        assert_eq!(caller.role, Role::Bridge);
+        assert!(caller.require(allow::BRIDGE).is_ok());
+        assert_eq!(caller.require(allow::SUBMIT).unwrap_err().status, 403);
+        assert_eq!(
+            ring.authenticate(Some("sgk_wrong")).unwrap_err().status,
+            401
+        );
+        assert_eq!(ring.authenticate(None).unwrap_err().status, 401);
+
+        revoke_key(&db, "bridge-1").await.unwrap();
+        ring.refresh(&db).await.unwrap();
+        assert_eq!(ring.authenticate(Some(&key)).unwrap_err().status, 401);
+        let listed = list_keys(&db).await.unwrap();
+        assert!(listed[0].revoked_at.is_some());
     }
 }

@@ -4,7 +4,7 @@
 //! analysis, lookups, lists, the feed, STIX, TAXII, downloads) filters with
 //! the one predicate built here, so the rule cannot drift between routes.
 
-use super::{Caller, Role};
+use super::role::{Caller, Role};
 
 /// What a caller may read, as a predicate over an `analyses` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

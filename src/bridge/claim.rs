@@ -12,7 +12,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, internal_queue, queue_error, QUEUES};
+use super::body;
+use super::checks::{internal_queue, queue_error, QUEUES};
 use crate::analyses::jobs;
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller};

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{body, parse_job_id, queue_error, require_external};
+use super::body;
+use super::checks::{parse_job_id, queue_error, require_external};
 use crate::analyses::db_error;
 use crate::analyses::jobs::{self, Outcome};
 use crate::analyses::status::Actor;

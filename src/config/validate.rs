@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::Settings;
+use super::redact::redact_url;
+use super::settings::Settings;
 use crate::accesslog::AccessLogFormat;
 
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +256,7 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(invalid(
                 key,
-                super::redact_url(url),
+                redact_url(url),
                 "a postgres:// or postgresql:// URL",
             ));
         }
@@ -267,7 +268,7 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         {
             return Err(invalid(
                 "redis.url",
-                super::redact_url(url),
+                redact_url(url),
                 "a redis://, rediss:// or unix:// URL",
             ));
         }

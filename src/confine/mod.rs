@@ -106,8 +106,8 @@ impl Policy {
     /// The policy of `role` under `settings`: the only place that says
     /// what a confined child may touch.
     pub fn of(role: Role, settings: &Settings) -> Policy {
-        let quarantine = crate::worker::state::quarantine_dir(settings);
-        let spool = crate::worker::state::spool_dir(settings);
+        let quarantine = crate::intake::quarantine::quarantine_dir(settings);
+        let spool = crate::intake::spool::spool_dir(settings);
         let mut read_only: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         let read_write = match role {
             // Intake streams into the spool and renames into the quarantine;

@@ -213,7 +213,7 @@ fn audit_error(e: sqlx::Error) -> ApiError {
         return db_error(e);
     }
     tracing::error!(error = %e, "a download's audit row was not written; nothing sent");
-    crate::intake::unavailable("the audit log", "the row could not be written")
+    crate::api_error::unavailable("the audit log", "the row could not be written")
 }
 
 fn unreadable(e: std::io::Error, path: &std::path::Path) -> ApiError {

@@ -52,8 +52,9 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::answer::{json_error, new_request_id, KeptAlive};
 use super::limits::{self, HeaderLimits, Refusal};
-use super::proxy::{json_error, new_request_id, FrontEnd};
+use super::proxy::FrontEnd;
 use crate::config::Settings;
 
 /// Pingora's own ceiling for a request head, which it does not export:
@@ -104,11 +105,6 @@ impl HeadRules {
         sum.min(PINGORA_MAX_HEAD)
     }
 }
-
-/// Set on a connection that pingora keeps alive after a request (through
-/// `ProxyHttp::persist_connection_context`), so the next head's clock
-/// starts at its first byte and the wait before it is the keep-alive's.
-pub struct KeptAlive;
 
 /// How reading a head ended.
 enum Head {

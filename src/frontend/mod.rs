@@ -22,6 +22,7 @@
 //! the pair with [`tls::load`] first and, only if it is good, starts a new
 //! front end and retires the old one once the new one is ready.
 
+pub mod answer;
 pub mod conncap;
 pub mod head;
 pub mod limits;
@@ -70,7 +71,7 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         Err(code) => return code,
     };
     let fail = |why: String| crate::child::failed(&board, args.slot, "front-end", why);
-    let settings = match crate::master::inherited_settings() {
+    let settings = match crate::handover::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
     };

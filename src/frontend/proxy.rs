@@ -20,6 +20,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::answer::{json_error, new_request_id, KeptAlive};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
 use crate::config::Settings;
@@ -161,12 +162,6 @@ impl Drop for Live {
     }
 }
 
-pub(super) fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
-/// A request id from a client is kept only if it is short and plain, so
-/// it cannot inject anything into logs.
 /// Whether a request lets its connection stay open (RFC 9112, 9.3):
 /// HTTP/1.1 and later unless it says `close`, HTTP/1.0 only when it says
 /// `keep-alive`.
@@ -183,18 +178,13 @@ fn client_keeps_alive(version: http::Version, connection: Option<&http::HeaderVa
     }
 }
 
+/// A request id from a client is kept only if it is short and plain, so
+/// it cannot inject anything into logs.
 fn acceptable_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
         && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-}
-
-pub(super) fn json_error(code: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
-            .unwrap_or_default(),
-    )
 }
 
 /// Writes a JSON error and marks the connection as not reusable when the
@@ -409,7 +399,7 @@ impl ProxyHttp for FrontEnd {
         _session: &Session,
         _ctx: &Ctx,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        Some(Box::new(super::head::KeptAlive))
+        Some(Box::new(KeptAlive))
     }
 
     async fn request_body_filter(

@@ -20,9 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 
-use crate::api_error::ApiError;
+use crate::api_error::{unavailable, ApiError};
 use crate::auth::{allow, Caller};
-use crate::recorder::RecordError;
+use crate::recorder::client::RecordError;
 use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
 use crate::worker::state::AppState;
 use metadata::Metadata;
@@ -103,17 +103,6 @@ impl From<RecordError> for ApiError {
             }
         }
     }
-}
-
-/// A dependency is down: the client should retry later.
-pub fn unavailable(what: &str, why: impl std::fmt::Display) -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{what} is unavailable ({why}); nothing was recorded, retry later"),
-    );
-    e.retry_after = Some(5);
-    e
 }
 
 pub async fn submit(
@@ -772,7 +761,7 @@ mod tests {
     #[test]
     fn a_record_that_may_have_committed_is_never_answered_nothing_recorded() {
         use crate::api_error::ApiError;
-        use crate::recorder::RecordError;
+        use crate::recorder::client::RecordError;
         let cases = [
             RecordError::Unconfirmed(std::time::Duration::from_secs(5)),
             RecordError::Lost,

@@ -13,6 +13,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::spool::{Content, SpoolFile};
+use crate::config::Settings;
+
+/// Where the quarantine lives: below the state directory.
+pub fn quarantine_dir(settings: &Settings) -> PathBuf {
+    settings.paths.state_dir.join("quarantine")
+}
 
 pub fn path_for(root: &Path, sha256: &str) -> PathBuf {
     root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)

@@ -25,6 +25,12 @@ use tokio::sync::mpsc;
 /// Chunks in flight between the event loop and the writer thread.
 const QUEUE: usize = 16;
 
+/// Where spool files live: below the state directory, on the quarantine's
+/// filesystem, so a spooled sample is renamed into the quarantine.
+pub fn spool_dir(settings: &crate::config::Settings) -> PathBuf {
+    settings.paths.state_dir.join("spool")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("the sample is larger than intake.max_sample_bytes ({limit} bytes)")]

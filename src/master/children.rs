@@ -9,67 +9,18 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use rand::Rng;
 
+use super::roster::{Child, Retire, Role};
 use super::{spawn, Arbiter, Phase, ABORT_GRACE, EXIT_BOOT_ERROR};
 use crate::scoreboard::{
     monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_RECORDER, ROLE_RUNNER, ROLE_WORKER,
 };
 use crate::sockets::{METRICS, RECORDER, WORKERS};
 use crate::systemd;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Role {
-    Worker,
-    Metrics,
-    FrontEnd,
-    /// Runs the built-in job kinds (static analysis, webhooks); holds no
-    /// socket.
-    Runner,
-    /// Writes every worker's submissions (`crate::recorder`); one.
-    Recorder,
-}
-
-/// Why the master asked a child to leave.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Retire {
-    /// Replaced by a newer generation (HUP).
-    Reload,
-    /// The pool shrank (TTOU, or fewer `queue.runners`).
-    Shrink,
-    /// Silent past `timeout`: aborted.
-    Timeout,
-}
-
-pub struct Child {
-    pub pid: Pid,
-    pub slot: usize,
-    pub role: Role,
-    pub generation: u64,
-    pub started: Instant,
-    pub ready_seen: bool,
-    pub retiring: Option<Retire>,
-    /// Sent the stop signal of a master that is stopping.
-    pub stop_sent: bool,
-    aborted_at: Option<Instant>,
-}
-
-impl Child {
-    pub fn kill(&self, sig: Signal) {
-        let _ = kill(self.pid, sig);
-    }
-
-    /// Asks the child to finish what it is doing and leave.
-    pub fn retire(&mut self, why: Retire) {
-        if self.retiring.is_none() {
-            self.retiring = Some(why);
-            self.kill(Signal::SIGTERM);
-        }
-    }
-}
 
 impl Arbiter {
     fn spawn_child(&mut self, role: Role) {

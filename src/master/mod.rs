@@ -9,6 +9,7 @@
 //! the thread that forked it.
 
 mod children;
+mod roster;
 mod signals;
 mod spawn;
 mod upgrade;
@@ -23,11 +24,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{Settings, Sources};
+use crate::handover::{memfd, settings_memfd};
 use crate::scoreboard::Scoreboard;
 use crate::sockets::{Inherited, Listeners};
 use crate::systemd;
 
-use children::{Child, Role};
+use roster::{Child, Retire, Role};
 use signals::SignalPipe;
 use upgrade::Upgrade;
 
@@ -140,7 +142,7 @@ impl Arbiter {
             // workers to the recorder's.
             for path in [
                 settings.server.socket.clone(),
-                crate::recorder::socket_path(&settings),
+                crate::sockets::recorder_socket_path(&settings),
             ] {
                 nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(|e| StartError::Io {
                     what: "give the Unix sockets to the service account",
@@ -382,7 +384,7 @@ impl Arbiter {
         self.reloading = true;
         // The metrics listener may have moved; it is cheap to restart.
         for c in self.children.iter_mut().filter(|c| c.role == Role::Metrics) {
-            c.retire(children::Retire::Reload);
+            c.retire(Retire::Reload);
         }
     }
 
@@ -492,30 +494,6 @@ fn check_certificate(settings: &Settings) -> Result<(), crate::frontend::tls::Tl
     crate::frontend::tls::load(&cert, &key).map(|_| ())
 }
 
-/// The settings as JSON in a memfd, which children read at descriptor 4.
-fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
-    memfd(
-        "sandgnat-settings",
-        &serde_json::to_vec(settings).map_err(io::Error::other)?,
-    )
-}
-
-/// An anonymous in-memory file holding `bytes`, for children to read.
-fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: plain syscall with a valid C string.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    std::fs::File::from(fd.try_clone()?).write_all(bytes)?;
-    Ok(fd)
-}
-
 /// The state directory with its quarantine (0750) and spool (0700), owned
 /// by the workers' account so that they, and only they, can write there.
 ///
@@ -532,8 +510,8 @@ fn ensure_state_dirs(
     let state = &settings.paths.state_dir;
     for (dir, mode) in [
         (state.clone(), 0o750),
-        (crate::worker::state::quarantine_dir(settings), 0o750),
-        (crate::worker::state::spool_dir(settings), 0o700),
+        (crate::intake::quarantine::quarantine_dir(settings), 0o750),
+        (crate::intake::spool::spool_dir(settings), 0o700),
     ] {
         prepare_dir(&dir, mode, account)?;
     }
@@ -583,24 +561,4 @@ fn prepare_dir(
         std::os::unix::fs::fchown(&handle, Some(uid.as_raw()), Some(gid.as_raw()))?;
     }
     Ok(())
-}
-
-/// Reads the settings a master stored for this child.
-pub fn inherited_settings() -> io::Result<Settings> {
-    let bytes = read_inherited(crate::sockets::SETTINGS_FD)?;
-    serde_json::from_slice(&bytes).map_err(io::Error::other)
-}
-
-/// The whole content of a memfd the master placed at `fd`.
-pub fn read_inherited(fd: std::os::fd::RawFd) -> io::Result<Vec<u8>> {
-    use std::os::fd::BorrowedFd;
-    use std::os::unix::fs::FileExt;
-    // SAFETY: the master placed a memfd at this descriptor for this child.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let file = std::fs::File::from(fd.try_clone_to_owned()?);
-    let len = file.metadata()?.len() as usize;
-    let mut buf = vec![0u8; len];
-    // Read by offset: siblings share the same open file description.
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
 }

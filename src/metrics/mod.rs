@@ -43,7 +43,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let settings = match crate::master::inherited_settings() {
+    let settings = match crate::handover::inherited_settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sandgnat metrics-listener: cannot read settings: {e}");

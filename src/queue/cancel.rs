@@ -4,7 +4,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{JobId, QueueError};
+use super::enqueue::JobId;
+use super::error::QueueError;
 
 #[derive(Debug, Clone)]
 pub struct Cancelled {
@@ -22,7 +23,7 @@ pub async fn cancel(conn: &mut PgConnection, id: JobId) -> Result<Cancelled, Que
             .fetch_optional(&mut *conn)
             .await?;
     let (previous, kind, analysis_id) = current.ok_or(QueueError::NotFound)?;
-    if super::FINISHED.contains(&previous.as_str()) {
+    if super::states::FINISHED.contains(&previous.as_str()) {
         return Err(QueueError::Finished(previous));
     }
     sqlx::query(

@@ -12,9 +12,10 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::enqueue::JobId;
+use super::error::QueueError;
 use super::lease::LeaseToken;
 use super::maintain::{reclaim_expired, Reclaimed};
-use super::{JobId, QueueError};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClaimedJob {

@@ -5,7 +5,7 @@
 
 use std::sync::LazyLock;
 
-use super::QueueError;
+use super::error::QueueError;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres};

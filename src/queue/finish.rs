@@ -7,8 +7,10 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::backoff::Backoff;
+use super::enqueue::JobId;
+use super::error::QueueError;
 use super::lease::{fence_failure, LeaseToken};
-use super::{Backoff, JobId, QueueError};
 
 /// What a finished attempt belonged to, for the caller's bookkeeping.
 #[derive(Debug, Clone)]

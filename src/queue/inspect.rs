@@ -5,7 +5,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{JobId, QueueError};
+use super::enqueue::JobId;
+use super::error::QueueError;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Job {

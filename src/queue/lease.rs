@@ -12,7 +12,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use super::{JobId, QueueError};
+use super::enqueue::JobId;
+use super::error::QueueError;
 
 /// The secret a claim hands its holder: 32 lowercase hex digits. Its
 /// `Debug` hides it, so a logged job does not leak its lease.

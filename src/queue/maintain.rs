@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::QueueError;
+use super::error::QueueError;
 
 /// A job whose lease ran out, and where it went.
 #[derive(Debug, Clone, sqlx::FromRow)]

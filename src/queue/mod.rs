@@ -18,6 +18,7 @@ mod finish;
 mod inspect;
 mod lease;
 mod maintain;
+mod states;
 mod wake;
 
 pub use backoff::Backoff;
@@ -29,12 +30,8 @@ pub use finish::{complete, complete_many, fail, snooze, Failed, Finished, Snooze
 pub use inspect::{get, stats, Job, QueueStats};
 pub use lease::{heartbeat, LeaseToken};
 pub use maintain::{maintain, reclaim_expired, Maintenance, Reclaimed};
+pub use states::{FINISHED, WAITING};
 pub use wake::{Notifier, Wakeups, CHANNEL};
 
 /// The migrations of the whole appliance, embedded in the binary.
 pub use crate::store::MIGRATOR;
-
-/// States a job waits in before a claim (claimable once `run_at` passes).
-pub const WAITING: &[&str] = &["available", "scheduled", "retryable"];
-/// States a job never leaves.
-pub const FINISHED: &[&str] = &["completed", "discarded", "cancelled"];

@@ -17,11 +17,9 @@
 //! The master stops it last, after the workers, so a graceful stop answers
 //! every submission in flight.
 
-mod client;
+pub mod client;
 mod serve;
 mod wire;
-
-pub use client::{RecordError, Recorder};
 
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
@@ -39,12 +37,6 @@ pub struct RecorderArgs {
     pub slot: usize,
     #[arg(long)]
     pub master_pid: u32,
-}
-
-/// The recorder's socket: beside the workers' one, in the directory only
-/// the service account can enter.
-pub fn socket_path(settings: &crate::config::Settings) -> std::path::PathBuf {
-    settings.server.socket.with_file_name("recorder.sock")
 }
 
 pub fn run(args: RecorderArgs) -> ExitCode {
@@ -97,8 +89,8 @@ pub fn run(args: RecorderArgs) -> ExitCode {
         tokio::spawn(crate::intake::leftovers::run(
             db.clone(),
             board.clone(),
-            crate::worker::state::quarantine_dir(&settings),
-            crate::worker::state::spool_dir(&settings),
+            crate::intake::quarantine::quarantine_dir(&settings),
+            crate::intake::spool::spool_dir(&settings),
             Duration::from_secs(settings.intake.leftover_age),
             Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),
         ));

@@ -214,7 +214,7 @@ impl Runner {
         // The path intake stored it at; computed from the hash rather
         // than read from anywhere, so nothing outside the quarantine can
         // be named.
-        let root = crate::worker::state::quarantine_dir(&self.settings);
+        let root = crate::intake::quarantine::quarantine_dir(&self.settings);
         let path = crate::intake::quarantine::path_for(&root, sha256);
         let max = self.settings.intake.max_sample_bytes;
         // Fault injection (tests only): a sample submitted under this name

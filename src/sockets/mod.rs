@@ -31,6 +31,12 @@ pub const METRICS: &str = "metrics";
 /// The recorder's socket (`crate::recorder`), beside the workers' one.
 pub const RECORDER: &str = "recorder";
 
+/// Where the recorder's socket is bound: beside the workers' one, in the
+/// directory only the service account can enter.
+pub fn recorder_socket_path(settings: &Settings) -> PathBuf {
+    settings.server.socket.with_file_name("recorder.sock")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("cannot bind {name} on {addr}: {source}")]
@@ -173,7 +179,7 @@ fn wanted(settings: &Settings) -> Vec<(String, Address<'_>)> {
         ),
         (
             RECORDER.to_string(),
-            Address::Unix(crate::recorder::socket_path(settings)),
+            Address::Unix(recorder_socket_path(settings)),
         ),
         (METRICS.to_string(), Address::Tcp(&settings.metrics.bind)),
     ];

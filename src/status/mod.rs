@@ -6,6 +6,7 @@
 //! the key. Every answer carries a strict Content-Security-Policy.
 
 pub mod html;
+pub mod local;
 pub mod rates;
 pub mod session;
 pub mod snapshot;
@@ -16,7 +17,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
 
 use crate::auth::{Caller, Role};
 use crate::worker::state::AppState;
@@ -32,21 +32,6 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
                    frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("../../assets/status/status.css");
-
-/// What one worker knows about itself that the page shows: the rules it
-/// loaded, its traffic samples, and which socket is the workers'.
-pub struct Local {
-    /// A rules directory, or "bundled".
-    pub rules_source: String,
-    pub rules_count: usize,
-    /// SHA-256 of the compiled rules, the same in every worker of a
-    /// generation.
-    pub rules_digest: String,
-    pub rules_loaded_at: DateTime<Utc>,
-    pub rates: rates::Rates,
-    /// The workers' socket's inode, to read its accept queue by.
-    pub workers_socket: Option<u32>,
-}
 
 pub fn routes() -> Router<AppState> {
     Router::new()

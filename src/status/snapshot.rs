@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::local::Local;
 use super::rates::{Totals, Window};
-use super::Local;
 use crate::auth::{Caller, Visibility};
 use crate::export::view::{AnalysisRow, COLUMNS, FROM};
 use crate::queue::QueueStats;

@@ -10,10 +10,13 @@
 //! busy one. CPU-heavy work belongs on the blocking pool.
 
 mod balance;
+#[cfg(test)]
+mod contract;
 pub mod openapi;
 mod request;
 pub mod routes;
 mod server;
+mod shared;
 pub mod state;
 mod unread;
 
@@ -46,7 +49,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Err(code) => return code,
     };
     let fail = |why: String| crate::child::failed(&board, args.slot, "worker", why);
-    let settings = match crate::master::inherited_settings() {
+    let settings = match crate::handover::inherited_settings() {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot read settings from the master: {e}")),
     };
@@ -73,14 +76,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the event loop: {e}")),
     };
-    let rules = match crate::master::read_inherited(RULES_FD)
+    let rules = match crate::handover::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
         .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
     {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
     };
-    let status = crate::status::Local {
+    let status = crate::status::local::Local {
         rules_source: crate::scan::rules_dir(settings.yara.rules_dir.as_deref())
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "bundled".to_string()),
@@ -98,14 +101,14 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             settings: settings.clone(),
             db: db.clone(),
             keys: KeyRing::default(),
-            quarantine: state::quarantine_dir(&settings),
-            spool: state::spool_dir(&settings),
+            quarantine: crate::intake::quarantine::quarantine_dir(&settings),
+            spool: crate::intake::spool::spool_dir(&settings),
             memory: crate::intake::spool::MemoryBudget::new(
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
-            recorder: crate::recorder::Recorder::new(
-                crate::recorder::socket_path(&settings),
+            recorder: crate::recorder::client::Recorder::new(
+                crate::sockets::recorder_socket_path(&settings),
                 std::time::Duration::from_millis(settings.database.record_timeout_ms),
             ),
             rules,

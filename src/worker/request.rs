@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::routes::RouteLabel;
-use super::server::Shared;
+use super::shared::Shared;
 use super::unread::Leftover;
 use crate::accesslog::AccessRecord;
 use crate::api_error::ApiError;

@@ -15,30 +15,12 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::shared::Shared;
 use super::{balance, WorkerArgs};
 use crate::accesslog::AccessLogFormat;
 use crate::config::Settings;
-use crate::scoreboard::{Scoreboard, Slot, SlotState};
-use crate::shutdown::{self, Shutdown, Trigger};
-
-/// What every request handler of this worker shares.
-pub struct Shared {
-    pub settings: Settings,
-    pub board: Arc<Scoreboard>,
-    pub slot_index: usize,
-    pub access: AccessLogFormat,
-    pub router: axum::Router,
-    pub seq: AtomicU64,
-    pub max_requests: u64,
-    pub trigger: Trigger,
-    pub pid: u32,
-}
-
-impl Shared {
-    pub fn slot(&self) -> &Slot {
-        self.board.slot(self.slot_index)
-    }
-}
+use crate::scoreboard::{Scoreboard, SlotState};
+use crate::shutdown::{self, Shutdown};
 
 pub struct Worker {
     shared: Arc<Shared>,
@@ -55,7 +37,7 @@ impl Worker {
         let (trigger, shutdown) = shutdown::channel();
         // Validated by the master before it stored the settings.
         let access = AccessLogFormat::parse(&settings.log.access_log_format).unwrap_or_else(|_| {
-            AccessLogFormat::parse(crate::config::GUNICORN_ACCESS_LOG_FORMAT)
+            AccessLogFormat::parse(crate::accesslog::GUNICORN_ACCESS_LOG_FORMAT)
                 .expect("default format parses")
         });
         let router = super::routes::router(state);

@@ -26,14 +26,14 @@ pub struct Inner {
     /// uploads.
     pub memory: Arc<crate::intake::spool::MemoryBudget>,
     /// Where submissions are committed (in groups, under load).
-    pub recorder: crate::recorder::Recorder,
+    pub recorder: crate::recorder::client::Recorder,
     pub board: Arc<Scoreboard>,
     /// Wakes claimers after a commit that enqueued jobs.
     pub notifier: crate::queue::Notifier,
     /// Where long-polling claims wait.
     pub wakeups: crate::queue::Wakeups,
     /// What the status page shows about this worker itself.
-    pub status: crate::status::Local,
+    pub status: crate::status::local::Local,
 }
 
 impl AppState {
@@ -57,13 +57,4 @@ impl HasKeyRing for AppState {
     fn key_db(&self) -> &PgPool {
         &self.0.db
     }
-}
-
-/// The quarantine and spool directories below the state directory.
-pub fn quarantine_dir(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("quarantine")
-}
-
-pub fn spool_dir(settings: &Settings) -> PathBuf {
-    settings.paths.state_dir.join("spool")
 }

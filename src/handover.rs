@@ -1,0 +1,54 @@
+//! The settings hand-over between the master and its children: the master
+//! stores its settings (and the compiled rules) in anonymous in-memory
+//! files placed at fixed descriptors (`crate::sockets`), and each child
+//! reads them back at boot. Both sides live here so that a child need not
+//! import the master.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use crate::config::Settings;
+
+/// The settings as JSON in a memfd, which children read at descriptor 4.
+pub fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
+    memfd(
+        "sandgnat-settings",
+        &serde_json::to_vec(settings).map_err(io::Error::other)?,
+    )
+}
+
+/// An anonymous in-memory file holding `bytes`, for children to read.
+pub fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: plain syscall with a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::fs::File::from(fd.try_clone()?).write_all(bytes)?;
+    Ok(fd)
+}
+
+/// Reads the settings a master stored for this child.
+pub fn inherited_settings() -> io::Result<Settings> {
+    let bytes = read_inherited(crate::sockets::SETTINGS_FD)?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+/// The whole content of a memfd the master placed at `fd`.
+pub fn read_inherited(fd: std::os::fd::RawFd) -> io::Result<Vec<u8>> {
+    use std::os::fd::BorrowedFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: the master placed a memfd at this descriptor for this child.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let file = std::fs::File::from(fd.try_clone_to_owned()?);
+    let len = file.metadata()?.len() as usize;
+    let mut buf = vec![0u8; len];
+    // Read by offset: siblings share the same open file description.
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
