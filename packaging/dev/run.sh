@@ -15,7 +15,7 @@ config=assets/sandgnat.toml
 if [ "$(id -u)" = 0 ]; then
   getent passwd sandgnat >/dev/null || useradd --system --home-dir /var/lib/sandgnat --shell /usr/sbin/nologin sandgnat
   install -d -m 0750 -o sandgnat -g sandgnat /var/lib/sandgnat
-  install -d -m 0755 /run/sandgnat
+  install -d -m 0755 -o sandgnat -g sandgnat /run/sandgnat
   # The example settings' database (postgres:///sandgnat, peer
   # authentication): the roles and database as the package's postinst
   # makes them (sandgnat_owner owns the schema; sandgnat, the service's
@@ -39,5 +39,12 @@ if [ "$(id -u)" = 0 ]; then
   (cd / && SANDGNAT_DATABASE__MIGRATE_URL='postgres:///sandgnat?user=postgres&options=-c%20role%3Dsandgnat_owner' \
     runuser -u postgres -- "$bin" migrate --config "$config")
   echo "run.sh: first admin key: runuser -u sandgnat -- $bin keys create --config $config --name admin --role admin" >&2
+fi
+if [ "$(id -u)" = 0 ]; then
+  # As the unit runs it: the service's account from the start, so the
+  # master's own database connection is the service role's too (as root,
+  # peer authentication would make it root's, which `serve` refuses when
+  # that role is a superuser).
+  exec runuser -u sandgnat -- "$bin" serve --config "$config" "$@"
 fi
 exec "$bin" serve --config "$config" "$@"
