@@ -23,7 +23,8 @@ use crate::auth::{allow, Caller, Visibility};
 use crate::export::view::{AnalysisRow, COLUMNS, FROM};
 use crate::worker::state::AppState;
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+/// An analysis id from a path or query: a UUID, else 400 `invalid_id`.
+pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -52,11 +52,7 @@ pub async fn sample_content(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(allow::READ)?;
-    if sha256.len() != 64
-        || !sha256
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
+    if !crate::intake::quarantine::is_sha256(&sha256) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_sha256",

@@ -24,13 +24,7 @@ pub async fn get_stix(
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(allow::READ)?;
-    let id = Uuid::parse_str(&raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{raw:?} is not an analysis id (a UUID)"),
-        )
-    })?;
+    let id = crate::analyses::parse_id(&raw)?;
     let vis = Visibility::of(&caller);
     // Not visible and missing answer alike, so ids cannot be probed.
     let row: AnalysisRow = sqlx::query_as(&format!(

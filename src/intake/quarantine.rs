@@ -20,6 +20,13 @@ pub fn quarantine_dir(settings: &Settings) -> PathBuf {
     settings.paths.state_dir.join("quarantine")
 }
 
+/// Whether `s` names a sample as the quarantine does: a SHA-256 in 64
+/// lowercase hex digits. Anything that builds a path from a hash it did
+/// not compute itself checks it with this first.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 pub fn path_for(root: &Path, sha256: &str) -> PathBuf {
     root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)
 }

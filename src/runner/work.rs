@@ -204,11 +204,7 @@ impl Runner {
             .get("sha256")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if sha256.len() != 64
-            || !sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !crate::intake::quarantine::is_sha256(sha256) {
             return Outcome::Discard(format!("payload sha256 {sha256:?} is not a SHA-256"));
         }
         // The path intake stored it at; computed from the hash rather
