@@ -221,20 +221,7 @@ impl Encoder {
         );
         put32(&mut out, 0x0403_4b50);
         put16(&mut out, self.version());
-        put16(&mut out, FLAGS);
-        put16(&mut out, METHOD);
-        put16(&mut out, self.dos_time);
-        put16(&mut out, self.dos_date);
-        put32(&mut out, self.crc);
-        if self.zip64 {
-            put32(&mut out, u32::MAX);
-            put32(&mut out, u32::MAX);
-        } else {
-            put32(&mut out, self.stored_size() as u32);
-            put32(&mut out, self.size as u32);
-        }
-        put16(&mut out, self.name.len() as u16);
-        put16(&mut out, self.extra_len() as u16);
+        self.put_shared_fields(&mut out);
         out.extend_from_slice(&self.name);
         if self.zip64 {
             self.put_zip64_extra(&mut out);
@@ -245,6 +232,25 @@ impl Encoder {
         self.cipher.encrypt(&mut header);
         out.extend_from_slice(&header);
         out
+    }
+
+    /// The fields the local header and the central directory entry both
+    /// carry, in the same order: flags to the extra field's length.
+    fn put_shared_fields(&self, out: &mut Vec<u8>) {
+        put16(out, FLAGS);
+        put16(out, METHOD);
+        put16(out, self.dos_time);
+        put16(out, self.dos_date);
+        put32(out, self.crc);
+        if self.zip64 {
+            put32(out, u32::MAX);
+            put32(out, u32::MAX);
+        } else {
+            put32(out, self.stored_size() as u32);
+            put32(out, self.size as u32);
+        }
+        put16(out, self.name.len() as u16);
+        put16(out, self.extra_len() as u16);
     }
 
     /// Encrypts the next bytes of the entry in place.
@@ -258,20 +264,7 @@ impl Encoder {
         put32(&mut out, 0x0201_4b50);
         put16(&mut out, MADE_BY_UNIX | self.version());
         put16(&mut out, self.version());
-        put16(&mut out, FLAGS);
-        put16(&mut out, METHOD);
-        put16(&mut out, self.dos_time);
-        put16(&mut out, self.dos_date);
-        put32(&mut out, self.crc);
-        if self.zip64 {
-            put32(&mut out, u32::MAX);
-            put32(&mut out, u32::MAX);
-        } else {
-            put32(&mut out, self.stored_size() as u32);
-            put32(&mut out, self.size as u32);
-        }
-        put16(&mut out, self.name.len() as u16);
-        put16(&mut out, self.extra_len() as u16);
+        self.put_shared_fields(&mut out);
         put16(&mut out, 0); // comment
         put16(&mut out, 0); // disk
         put16(&mut out, 0); // internal attributes: binary
