@@ -30,19 +30,7 @@ fn start(tag: &str, db: &TestDb) -> Appliance {
 
 /// Submits `body` with query-string metadata; returns the 202's JSON.
 fn submit(app: &Appliance, key: &str, body: &[u8], query: &str) -> Value {
-    let r = common::request_unix_body(
-        &app.socket,
-        "POST",
-        &format!("/v1/submit?{query}"),
-        &[
-            ("X-API-Key", key),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.json()
+    app.accepted(key, query, body, &[])
 }
 
 fn get(app: &Appliance, key: &str, path: &str) -> (u16, Value) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::db::TestDb;
-use common::{request_unix_body, Appliance, Response};
+use common::{Appliance, Response};
 use serde_json::{json, Value};
 
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -87,20 +87,8 @@ fn rand_tag() -> u128 {
 }
 
 fn submit(app: &Appliance, key: &str, query: &str, body: &[u8], filename: &str) -> String {
-    let r = request_unix_body(
-        &app.socket,
-        "POST",
-        &format!("/v1/submit?{query}"),
-        &[
-            ("X-API-Key", key),
-            ("Content-Type", "application/octet-stream"),
-            ("X-Filename", filename),
-        ],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.json()["analysis_id"].as_str().unwrap().to_string()
+    let v = app.accepted(key, query, body, &[("X-Filename", filename)]);
+    v["analysis_id"].as_str().unwrap().to_string()
 }
 
 fn stix(app: &Appliance, id: &str, key: &str) -> Response {

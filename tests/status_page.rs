@@ -31,19 +31,7 @@ fn start(tag: &str, db: &TestDb) -> Appliance {
 }
 
 fn submit(app: &Appliance, key: &str, body: &[u8], query: &str) -> Value {
-    let r = request_unix_body(
-        &app.socket,
-        "POST",
-        &format!("/v1/submit?{query}"),
-        &[
-            ("X-API-Key", key),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.json()
+    app.accepted(key, query, body, &[])
 }
 
 fn login(app: &Appliance, key: &str, origin: Option<&str>) -> Response {

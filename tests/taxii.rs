@@ -10,7 +10,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use common::db::TestDb;
-use common::{request_unix, request_unix_body, Appliance, Response};
+use common::{request_unix, Appliance, Response};
 use serde_json::{json, Value};
 
 const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
@@ -64,20 +64,10 @@ fn walk(app: &Appliance, key: &str, per_page: usize) -> Value {
 }
 
 fn submit(app: &Appliance, key: &str, tlp: &str, body: &[u8]) -> String {
-    let r = request_unix_body(
-        &app.socket,
-        "POST",
-        &format!("/v1/submit?tlp={}", tlp.replace('+', "%2B")),
-        &[
-            ("X-API-Key", key),
-            ("Content-Type", "application/octet-stream"),
-            ("X-Filename", &format!("{tlp}.bin")),
-        ],
-        Some(body),
-    )
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.json()["analysis_id"].as_str().unwrap().to_string()
+    let query = format!("tlp={}", tlp.replace('+', "%2B"));
+    let name = format!("{tlp}.bin");
+    let v = app.accepted(key, &query, body, &[("X-Filename", &name)]);
+    v["analysis_id"].as_str().unwrap().to_string()
 }
 
 fn get(app: &Appliance, path: &str, key: &str) -> Response {

@@ -343,12 +343,41 @@ impl Appliance {
     }
 
     pub fn submit(&self, key: &str, body: &[u8], extra: &[(&str, &str)]) -> Response {
+        self.submit_with(key, "", body, extra)
+    }
+
+    /// `submit` with metadata in the query string (`tlp=red&tags=a`).
+    pub fn submit_with(
+        &self,
+        key: &str,
+        query: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> Response {
         let mut headers = vec![
             ("X-API-Key", key),
             ("Content-Type", "application/octet-stream"),
         ];
         headers.extend_from_slice(extra);
-        request_unix_body(&self.socket, "POST", "/v1/submit", &headers, Some(body)).unwrap()
+        let path = if query.is_empty() {
+            "/v1/submit".to_string()
+        } else {
+            format!("/v1/submit?{query}")
+        };
+        request_unix_body(&self.socket, "POST", &path, &headers, Some(body)).unwrap()
+    }
+
+    /// `submit_with`, asserting a 202; its JSON.
+    pub fn accepted(
+        &self,
+        key: &str,
+        query: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let r = self.submit_with(key, query, body, extra);
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()
     }
 
     /// POSTs a JSON document with an API key on the workers' socket.
