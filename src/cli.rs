@@ -569,6 +569,10 @@ pub fn main() -> ExitCode {
             match sources.load() {
                 Ok(settings) => {
                     print!("{}", settings.to_redacted_toml());
+                    if let Err(e) = storage_credentials(&settings) {
+                        eprintln!("sandgnat: {e}");
+                        return ExitCode::from(EXIT_BAD_CONFIG);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -587,6 +591,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// With an S3 store, its credentials must be in the environment: said
+/// at once rather than by every worker failing to boot.
+fn storage_credentials(settings: &Settings) -> Result<(), crate::storage::StoreError> {
+    if settings.storage.is_s3() {
+        crate::storage::s3::Credentials::from_env()?;
+    }
+    Ok(())
+}
+
 fn serve(
     sources: Sources,
     argv: Vec<OsString>,
@@ -601,6 +614,10 @@ fn serve(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Err(e) = storage_credentials(&settings) {
+        eprintln!("sandgnat: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     let _log = match crate::logging::init(&settings.log, "master") {
         Ok(g) => g,
         Err(e) => {

@@ -30,6 +30,7 @@ pub mod scoreboard;
 pub mod shutdown;
 pub mod sockets;
 pub mod status;
+pub mod storage;
 pub mod store;
 pub mod systemd;
 pub mod worker;

@@ -173,10 +173,20 @@ pub struct Header {
     /// Connections the front end refused at a cap (`frontend::conncap`),
     /// by cap.
     pub connections_refused: [AtomicU64; CONNECTION_REFUSALS.len()],
+    /// Sample-store operations (`storage`), by operation and outcome.
+    pub store_operations: [[AtomicU64; STORE_OUTCOMES.len()]; STORE_OPERATIONS.len()],
+    /// Sample bytes written to and read from the store.
+    pub store_bytes: [AtomicU64; STORE_DIRECTIONS.len()],
 }
 
 /// The kinds of leftovers, as the metric labels them.
 pub const LEFTOVER_KINDS: [&str; 2] = ["spool", "quarantine"];
+
+/// Sample-store operations, how they ended, and which way bytes went,
+/// as `sandgnat_storage_*` label them.
+pub const STORE_OPERATIONS: [&str; 5] = ["put", "head", "get", "delete", "probe"];
+pub const STORE_OUTCOMES: [&str; 3] = ["ok", "missing", "error"];
+pub const STORE_DIRECTIONS: [&str; 2] = ["written", "read"];
 
 /// The front end's connection caps, as the metric labels them.
 pub const CONNECTION_REFUSALS: [&str; 2] = ["max_connections", "max_connections_per_ip"];

@@ -163,7 +163,9 @@ const RECORDER_SILENCE_MS: u64 = 5_000;
 const READYZ_TRIES: usize = 3;
 
 /// Ready means a submission would succeed now: database reachable and
-/// migrated, reached as the service's role (`store::role`), rules loaded, quarantine writable, a recorder running.
+/// migrated, reached as the service's role (`store::role`), rules loaded,
+/// the sample store taking writes (the quarantine, or the bucket), a
+/// recorder running.
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = |check: &str, message: String| {
         let mut resp = (
@@ -232,12 +234,16 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.rules.count() == 0 {
         return not_ready("rules", "no YARA rules are loaded".into());
     }
-    let probe = app
-        .quarantine
-        .join(format!(".ready-{}", std::process::id()));
-    if let Err(e) = std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)) {
-        tracing::warn!(error = %e, path = %app.quarantine.display(), "readyz: the quarantine is not writable");
-        return not_ready("quarantine", "the quarantine is not writable".into());
+    if let Err(e) = app.store.check_ready().await {
+        tracing::warn!(error = %e, backend = app.store.kind(), "readyz: the sample store does not take writes");
+        return if app.store.is_local() {
+            not_ready("quarantine", "the quarantine is not writable".into())
+        } else {
+            not_ready(
+                "store",
+                "the sample store cannot be reached or does not take this node's writes".into(),
+            )
+        };
     }
     if !recorder_alive(&app.board) {
         return not_ready(

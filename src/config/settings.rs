@@ -15,6 +15,7 @@ pub struct Settings {
     pub proxy: Proxy,
     pub intake: Intake,
     pub paths: Paths,
+    pub storage: Storage,
     pub yara: Yara,
     pub database: Database,
     pub redis: Redis,
@@ -189,6 +190,68 @@ impl Default for Paths {
         Paths {
             state_dir: PathBuf::from("/var/lib/sandgnat"),
         }
+    }
+}
+
+/// Where accepted samples' bytes live (`crate::storage`). S3 credentials
+/// are not settings: they come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), so this file and
+/// `check-config` never hold them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `local` (the quarantine below `paths.state_dir`, this node's own)
+    /// or `s3` (one bucket every node shares).
+    pub backend: String,
+    /// The S3 endpoint's URL (`https://s3.example:443`); unset: AWS, by
+    /// `region`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Keys are `<prefix>/aa/bb/<sha256>`; empty: `aa/bb/<sha256>`.
+    pub prefix: String,
+    /// `https://endpoint/bucket/key` (most S3-compatible servers) rather
+    /// than `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    /// Allow an `http://` endpoint (samples and signed requests in the
+    /// clear): for a store on loopback or a trusted network only.
+    pub allow_http: bool,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            backend: "local".into(),
+            endpoint: None,
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            prefix: String::new(),
+            path_style: true,
+            allow_http: false,
+        }
+    }
+}
+
+impl Storage {
+    pub fn is_s3(&self) -> bool {
+        self.backend == "s3"
+    }
+
+    /// The TCP port the store is reached on (S3 only): the endpoint's, or
+    /// 443 (AWS).
+    pub fn port(&self) -> Option<u16> {
+        if !self.is_s3() {
+            return None;
+        }
+        let Some(endpoint) = &self.endpoint else {
+            return Some(443);
+        };
+        let url: http::Uri = endpoint.parse().ok()?;
+        url.port_u16().or(match url.scheme_str() {
+            Some("http") => Some(80),
+            _ => Some(443),
+        })
     }
 }
 

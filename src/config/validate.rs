@@ -56,6 +56,90 @@ fn socket_addr(key: &'static str, value: &str) -> Result<(), SettingsError> {
     })
 }
 
+/// `[storage]`: a backend this binary has, and for S3 a bucket, an
+/// endpoint URL without credentials in it (they belong in the
+/// environment), plain HTTP only when asked for, and a prefix made of
+/// plain path segments.
+fn storage(st: &super::settings::Storage) -> Result<(), SettingsError> {
+    if !["local", "s3"].contains(&st.backend.as_str()) {
+        return Err(invalid("storage.backend", &st.backend, "local or s3"));
+    }
+    if !st.is_s3() {
+        return Ok(());
+    }
+    let bucket_ok = (3..=63).contains(&st.bucket.len())
+        && st
+            .bucket
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.'));
+    if !bucket_ok {
+        return Err(invalid(
+            "storage.bucket",
+            format!("{:?}", st.bucket),
+            "an S3 bucket name: 3 to 63 lowercase letters, digits, '-' and '.'",
+        ));
+    }
+    if st.region.is_empty() || st.region.contains(['/', ' ']) {
+        return Err(invalid(
+            "storage.region",
+            format!("{:?}", st.region),
+            "a region name, e.g. us-east-1 (Garage: garage)",
+        ));
+    }
+    let segment_ok = |seg: &str| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let prefix = st.prefix.trim_matches('/');
+    if !prefix.is_empty() && !prefix.split('/').all(segment_ok) {
+        return Err(invalid(
+            "storage.prefix",
+            format!("{:?}", st.prefix),
+            "path segments of letters, digits, '-', '_' and '.', separated by '/'",
+        ));
+    }
+    if let Some(endpoint) = &st.endpoint {
+        let url: Option<http::Uri> = endpoint.parse().ok();
+        let Some(url) = url.filter(|u| u.host().is_some_and(|h| !h.is_empty())) else {
+            return Err(invalid(
+                "storage.endpoint",
+                format!("{endpoint:?}"),
+                "an http:// or https:// URL naming a host",
+            ));
+        };
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                "storage.endpoint",
+                "a URL with credentials in it",
+                "a URL without them: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go in the environment file",
+            ));
+        }
+        match url.scheme_str() {
+            Some("https") => {}
+            Some("http") if st.allow_http => {}
+            Some("http") => {
+                return Err(invalid(
+                    "storage.endpoint",
+                    endpoint,
+                    "an https:// URL, or http:// with storage.allow_http = true",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "storage.endpoint",
+                    format!("{endpoint:?}"),
+                    "an http:// or https:// URL naming a host",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     let srv = &s.server;
     range("server.workers", srv.workers, 1, 256)?;
@@ -273,6 +357,8 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
             ));
         }
     }
+
+    storage(&s.storage)?;
 
     if let Some(format) = &s.log.format {
         if format != "console" && format != "json" {

@@ -106,25 +106,34 @@ impl Policy {
     /// The policy of `role` under `settings`: the only place that says
     /// what a confined child may touch.
     pub fn of(role: Role, settings: &Settings) -> Policy {
-        let quarantine = crate::intake::quarantine::quarantine_dir(settings);
-        let spool = crate::intake::spool::spool_dir(settings);
+        let quarantine = crate::storage::local::quarantine_dir(settings);
+        let spool = crate::storage::spool_dir(settings);
+        let s3 = settings.storage.is_s3();
         let mut read_only: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+        // TLS roots: the webhooks' (runners), an https S3 endpoint's
+        // (both), read on first use, from the usual places or
+        // SSL_CERT_FILE/_DIR.
+        if role == Role::Runner || s3 {
+            read_only.extend(CA_READ.iter().map(PathBuf::from));
+            read_only.extend(
+                ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                    .iter()
+                    .filter_map(std::env::var_os)
+                    .map(PathBuf::from),
+            );
+        }
         let read_write = match role {
             // Intake streams into the spool and renames into the quarantine;
             // the download and export routes read the quarantine.
             Role::Worker => vec![quarantine, spool],
-            // Static analysis reads the sample; nothing is written.
-            // The webhooks' TLS roots are read on the first https
-            // delivery, from the usual places or SSL_CERT_FILE/_DIR.
+            // Static analysis reads the sample: in the quarantine, or, with
+            // a remote store, from its own copy in the spool.
+            Role::Runner if s3 => {
+                read_only.push(quarantine);
+                vec![spool]
+            }
             Role::Runner => {
                 read_only.push(quarantine);
-                read_only.extend(CA_READ.iter().map(PathBuf::from));
-                read_only.extend(
-                    ["SSL_CERT_FILE", "SSL_CERT_DIR"]
-                        .iter()
-                        .filter_map(std::env::var_os)
-                        .map(PathBuf::from),
-                );
                 Vec::new()
             }
         };
@@ -140,9 +149,15 @@ impl Policy {
             })
             .collect();
         let connect_ports = match role {
-            // Postgres only: workers never reach Redis (the front end's
-            // rate limits and the metrics process do).
-            Role::Worker => Some(database_ports(settings)),
+            // Postgres and, with `storage.backend = "s3"`, the store's
+            // port: workers never reach Redis (the front end's rate limits
+            // and the metrics process do).
+            Role::Worker => Some(
+                database_ports(settings)
+                    .into_iter()
+                    .chain(settings.storage.port())
+                    .collect(),
+            ),
             // A webhook may name any port, so runners get no TCP bound.
             Role::Runner => None,
         };

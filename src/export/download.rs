@@ -1,7 +1,8 @@
 //! `GET /v1/samples/{sha256}/content[?format=zip|raw]`: a sample's bytes,
-//! streamed from quarantine in chunks (never buffered whole), as an
-//! attachment the browser must not sniff or render. Raw for the bridge,
-//! or inside a zip encrypted with the password `infected` for analysts.
+//! streamed from the sample store in chunks (never buffered whole; from
+//! whichever node's disk or bucket holds it), as an attachment the browser
+//! must not sniff or render. Raw for the bridge, or inside a zip encrypted
+//! with the password `infected` for analysts.
 //!
 //! Who may: any role, for a sample with at least one analysis the caller
 //! may read (`auth::Visibility`); otherwise 404, the answer a missing
@@ -13,11 +14,10 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use serde_json::json;
-use tokio::fs::File;
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 use super::zip::{Encoder, PASSWORD};
@@ -25,9 +25,8 @@ use crate::analyses::db_error;
 use crate::analyses::status::{audit, Actor};
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Role, Visibility};
+use crate::storage::{Object, StoreError};
 use crate::worker::state::AppState;
-
-const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -52,7 +51,7 @@ pub async fn sample_content(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(allow::READ)?;
-    if !crate::intake::quarantine::is_sha256(&sha256) {
+    if !crate::storage::is_sha256(&sha256) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_sha256",
@@ -64,16 +63,23 @@ pub async fn sample_content(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sample {sha256}")))?;
 
-    // The path comes from the validated hash, as intake stored it and the
-    // runner reads it, never from the database row: nothing but the
-    // quarantine can be named.
-    let path = crate::intake::quarantine::path_for(&app.quarantine, &sha256);
-    let (mut file, size, modified) = open(&path).await?;
+    // The location comes from the validated hash, as intake stored it and
+    // the runner reads it, never from the database row: nothing but the
+    // store's own samples can be named.
+    let object = app.store.open(&sha256).await.map_err(unreadable)?;
     let zip = match format {
         Format::Raw => None,
         Format::Zip => {
-            let crc = crc_of(&mut file, size).await?;
-            Some(Encoder::new(&sha256, size, crc, modified, PASSWORD))
+            // The zip's head carries the CRC: a first pass over the bytes.
+            let first = app.store.open(&sha256).await.map_err(unreadable)?;
+            let crc = crc_of(first).await?;
+            Some(Encoder::new(
+                &sha256,
+                object.size,
+                crc,
+                object.modified,
+                PASSWORD,
+            ))
         }
     };
 
@@ -99,15 +105,15 @@ pub async fn sample_content(
 
     let (body, length, content_type, extension) = match zip {
         None => (
-            Body::from_stream(raw_stream(file, size)),
-            size,
+            Body::from_stream(object.body),
+            object.size,
             "application/octet-stream",
             "bin",
         ),
         Some(enc) => {
             let length = enc.archive_len();
             (
-                Body::from_stream(zip_stream(file, size, enc)),
+                Body::from_stream(zip_stream(object.body, enc)),
                 length,
                 "application/zip",
                 "zip",
@@ -212,102 +218,39 @@ fn audit_error(e: sqlx::Error) -> ApiError {
     crate::api_error::unavailable("the audit log", "the row could not be written")
 }
 
-fn unreadable(e: std::io::Error, path: &std::path::Path) -> ApiError {
-    tracing::error!(error = %e, path = %path.display(), "sample recorded but not readable in quarantine");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "sample_unreadable",
-        "the sample is recorded but cannot be read from quarantine",
-    )
-}
-
-/// Opens the quarantined file (a regular file, not through a link) and
-/// says its size and when it was stored.
-async fn open(path: &std::path::Path) -> Result<(File, u64, DateTime<Utc>), ApiError> {
-    let file = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .await
-        .map_err(|e| unreadable(e, path))?;
-    let meta = file.metadata().await.map_err(|e| unreadable(e, path))?;
-    if !meta.is_file() {
-        return Err(unreadable(
-            std::io::Error::other("not a regular file"),
-            path,
-        ));
-    }
-    let modified = meta
-        .modified()
-        .map(DateTime::<Utc>::from)
-        .unwrap_or_default();
-    Ok((file, meta.len(), modified))
-}
-
-/// The CRC-32 of the file's first `size` bytes, read in chunks; leaves
-/// the file at its start again.
-async fn crc_of(file: &mut File, size: u64) -> Result<u32, ApiError> {
-    let failed = |e: std::io::Error| {
-        tracing::error!(error = %e, "reading a quarantined sample failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "sample_unreadable",
-            "the sample is recorded but cannot be read from quarantine",
-        )
-    };
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut left = size;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).await.map_err(failed)?;
-        if n == 0 {
-            return Err(failed(std::io::ErrorKind::UnexpectedEof.into()));
+/// A recorded sample the store cannot hand over: a store that is away
+/// answers 503 (retry later), anything else 500; the store's words go to
+/// the log only.
+fn unreadable(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "a sample could not be read: the sample store is away");
+            crate::api_error::unavailable("the sample store", "the sample cannot be read now")
         }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
+        other => {
+            tracing::error!(error = %other, "sample recorded but not readable from the store");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "sample_unreadable",
+                "the sample is recorded but cannot be read from the store",
+            )
+        }
     }
-    use tokio::io::AsyncSeekExt;
-    file.seek(std::io::SeekFrom::Start(0))
-        .await
-        .map_err(failed)?;
+}
+
+/// The CRC-32 of a whole object, read as it streams.
+async fn crc_of(object: Object) -> Result<u32, ApiError> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut body = object.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| unreadable(StoreError::Unavailable(e.to_string())))?;
+        hasher.update(&chunk);
+    }
     Ok(hasher.finalize())
 }
 
-/// The next chunk of the `left` bytes still to read. A file that ends
-/// early is an error, which fails the stream and so cuts the connection:
-/// the client sees a body short of its Content-Length, never one that
-/// looks whole.
-async fn next_chunk(file: &mut File, left: u64) -> std::io::Result<Vec<u8>> {
-    let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
-    let mut buf = vec![0u8; want];
-    let n = file.read(&mut buf).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    buf.truncate(n);
-    Ok(buf)
-}
-
-fn raw_stream(file: File, size: u64) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
-    futures_util::stream::unfold(Some((file, size)), |state| async move {
-        let (mut file, left) = state?;
-        if left == 0 {
-            return None;
-        }
-        match next_chunk(&mut file, left).await {
-            Ok(c) => {
-                let left = left - c.len() as u64;
-                Some((Ok(Bytes::from(c)), Some((file, left))))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
 struct ZipState {
-    file: File,
-    left: u64,
+    body: BoxStream<'static, std::io::Result<Bytes>>,
     enc: Encoder,
     crc: crc32fast::Hasher,
     head_sent: bool,
@@ -316,15 +259,16 @@ struct ZipState {
 /// The archive: its head, the encrypted sample, its tail. The bytes are
 /// checked against the CRC the head promised as they go: a sample that
 /// changed since fails the stream rather than ending in a tail that
-/// readers would take for a good archive.
+/// readers would take for a good archive. A body that ends early fails
+/// the stream (the store's streams do), which cuts the connection: the
+/// client sees a body short of its Content-Length, never one that looks
+/// whole.
 fn zip_stream(
-    file: File,
-    size: u64,
+    body: BoxStream<'static, std::io::Result<Bytes>>,
     enc: Encoder,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
     let state = ZipState {
-        file,
-        left: size,
+        body,
         enc,
         crc: crc32fast::Hasher::new(),
         head_sent: false,
@@ -335,22 +279,22 @@ fn zip_stream(
             s.head_sent = true;
             return Some((Ok(Bytes::from(s.enc.head())), Some(s)));
         }
-        if s.left == 0 {
-            if s.crc.finalize() != s.enc.crc() {
-                tracing::error!("a quarantined sample changed while it was sent; download cut");
-                let e = std::io::Error::other("the sample changed while it was sent");
-                return Some((Err(e), None));
+        match s.body.next().await {
+            None => {
+                if s.crc.finalize() != s.enc.crc() {
+                    tracing::error!("a stored sample changed while it was sent; download cut");
+                    let e = std::io::Error::other("the sample changed while it was sent");
+                    return Some((Err(e), None));
+                }
+                Some((Ok(Bytes::from(s.enc.tail())), None))
             }
-            return Some((Ok(Bytes::from(s.enc.tail())), None));
-        }
-        match next_chunk(&mut s.file, s.left).await {
-            Ok(mut c) => {
-                s.left -= c.len() as u64;
+            Some(Ok(c)) => {
                 s.crc.update(&c);
+                let mut c = BytesMut::from(c);
                 s.enc.data(&mut c);
-                Some((Ok(Bytes::from(c)), Some(s)))
+                Some((Ok(c.freeze()), Some(s)))
             }
-            Err(e) => Some((Err(e), None)),
+            Some(Err(e)) => Some((Err(e), None)),
         }
     })
 }

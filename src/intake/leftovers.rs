@@ -7,8 +7,8 @@
 //! scoreboard (`sandgnat_leftovers_removed_total{kind}`).
 //!
 //! A quarantine file is also the dedup target of later submissions of the
-//! same bytes, which commit without writing it again: `quarantine::store`
-//! touches it when it finds it, before the commit. So a file that is
+//! same bytes, which commit without writing it again: the local store
+//! (`storage::local`) touches it when it finds it, before the commit. So a file that is
 //! about to be named has a fresh mtime, and the sweeper moves a candidate
 //! aside (an atomic rename that a later `store` sees as absent, and so
 //! stores its own copy), then checks its mtime and the database again
@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::PgPool;
 
 use crate::scoreboard::Scoreboard;
+use crate::storage::is_sha256;
 
 const SPOOL: usize = 0;
 const QUARANTINE: usize = 1;
@@ -143,7 +144,7 @@ fn restore_set_aside(quarantine: &Path) -> io::Result<()> {
             continue;
         };
         if is_sha256(sha) {
-            let home = crate::intake::quarantine::path_for(quarantine, sha);
+            let home = crate::storage::local::path_for(quarantine, sha);
             let _ = fs::rename(e.path(), home);
         }
     }
@@ -216,13 +217,6 @@ fn remove(path: &Path) -> bool {
     }
 }
 
-fn is_sha256(name: &str) -> bool {
-    name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,14 +230,14 @@ mod tests {
         let named = "a".repeat(64);
         let stray = format!("ab{}", "c".repeat(62));
         for sha in [&named, &stray] {
-            let p = crate::intake::quarantine::path_for(&q, sha);
+            let p = crate::storage::local::path_for(&q, sha);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, b"x").unwrap();
         }
         fs::write(spool.join("upload-1"), b"partial").unwrap();
         // A recorded sample a dead sweep had moved aside comes back.
         fs::rename(
-            crate::intake::quarantine::path_for(&q, &named),
+            crate::storage::local::path_for(&q, &named),
             q.join(format!(".leftover-{named}")),
         )
         .unwrap();
@@ -270,8 +264,8 @@ mod tests {
                 quarantine: 1
             }
         );
-        assert!(crate::intake::quarantine::path_for(&q, &named).exists());
-        assert!(!crate::intake::quarantine::path_for(&q, &stray).exists());
+        assert!(crate::storage::local::path_for(&q, &named).exists());
+        assert!(!crate::storage::local::path_for(&q, &stray).exists());
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
         assert!(!q.join(format!(".leftover-{stray}")).exists());
         fs::remove_dir_all(&d).unwrap();

@@ -1,17 +1,20 @@
 //! Sample intake, `POST /v1/submit`: authenticate, stream the body to the
-//! spool while hashing, scan with YARA, move into quarantine, then record
-//! the sample, the analysis, its audit rows and its jobs in one
-//! transaction. Only after the commit does the client get its 202; any
-//! failure before that answers an error and leaves no row behind.
+//! spool while hashing, scan with YARA, put the bytes in the sample store
+//! (`crate::storage`: the local quarantine, or an S3 bucket, uploaded
+//! while the scan runs), then record the sample, the analysis, its audit
+//! rows and its jobs in one transaction. Only after the commit does the
+//! client get its 202; any failure before that answers an error and
+//! leaves no row behind.
 
 pub mod filetype;
 pub mod idempotency;
 pub mod known;
 pub mod leftovers;
 pub mod metadata;
-pub mod quarantine;
 pub mod record;
 pub mod spool;
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -24,9 +27,10 @@ use crate::api_error::{unavailable, ApiError};
 use crate::auth::{allow, Caller};
 use crate::recorder::client::RecordError;
 use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
+use crate::storage::{Source, StoreError};
 use crate::worker::state::AppState;
 use metadata::Metadata;
-use spool::{Content, Digests, Received, Upload, UploadError};
+use spool::{Content, Digests, Held, Received, Upload, UploadError};
 
 /// Room for multipart framing and metadata fields above the sample limit.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
@@ -56,20 +60,28 @@ impl From<UploadError> for ApiError {
     }
 }
 
-fn quarantine_error(e: std::io::Error) -> ApiError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        ApiError::new(
+/// A sample the store did not take: full (507), away or refusing (503,
+/// to be retried), or a local failure (500). The store's own words go to
+/// the log only.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Full => ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "insufficient_storage",
             "the quarantine is full; nothing was recorded",
-        )
-    } else {
-        tracing::error!(error = %e, "cannot store the sample in quarantine");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "quarantine_failed",
-            "the sample could not be stored; nothing was recorded",
-        )
+        ),
+        StoreError::Unavailable(_) | StoreError::Refused(_) => {
+            tracing::warn!(error = %e, "the sample store did not take a sample; answering 503");
+            unavailable("the sample store", "the sample could not be stored")
+        }
+        other => {
+            tracing::error!(error = %other, "cannot store the sample in quarantine");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "quarantine_failed",
+                "the sample could not be stored; nothing was recorded",
+            )
+        }
     }
 }
 
@@ -141,6 +153,7 @@ pub async fn submit(
         conn.ping()
             .await
             .map_err(|e| unavailable("the database", e))?;
+        app.store.reachable().await.map_err(store_error)?;
     }
 
     let mut meta = Metadata::default();
@@ -337,12 +350,14 @@ async fn process(
         idempotency_key,
     } = given;
     let named = meta.filename.clone();
-    let examined =
-        if received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_)) {
-            examine_small(app, received, named, caller).await?
-        } else {
-            examine_large(app, received, named, caller).await?
-        };
+    let inline = received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_));
+    let examined = if !app.store.is_local() {
+        examine_remote(app, received, named, caller).await?
+    } else if inline {
+        examine_small(app, received, named, caller).await?
+    } else {
+        examine_large(app, received, named, caller).await?
+    };
     let Examined {
         inspected:
             Inspected {
@@ -366,7 +381,7 @@ async fn process(
         Err(ScanError::Timeout) => (Vec::new(), Some("timeout".into())),
         Err(ScanError::Yara(e)) => (Vec::new(), Some(e)),
     };
-    let stored = stored.map_err(quarantine_error)?;
+    let stored = stored.map_err(store_error)?;
     let Digests { sha1, md5, .. } = digests;
     // Only a complete answer names the rules that gave it, so only a
     // complete answer is ever reused.
@@ -378,7 +393,7 @@ async fn process(
         md5,
         size,
         file_type,
-        storage_path: stored.display().to_string(),
+        storage_path: stored.clone(),
         filename: filename.clone(),
         meta,
         key_id: caller.key_id,
@@ -417,6 +432,8 @@ async fn process(
 /// the event loop: that takes less time (tens of microseconds at 4 KiB)
 /// than a hop to the blocking pool and back, two thread wake-ups. Only
 /// writing a new one to the quarantine (an fsync) goes to the pool.
+/// Samples above it that are held in memory are shared with an S3
+/// upload, not copied.
 const INLINE_BYTES: u64 = 16 * 1024;
 
 /// The longest an inline scan may hold the event loop (libyara counts its
@@ -430,8 +447,8 @@ struct Identity {
     /// The name given, else the sha256.
     filename: String,
     file_type: String,
-    /// Its bytes are in the quarantine already, so an earlier analysis
-    /// may hold its answer.
+    /// Its bytes are in the store already, so an earlier analysis may
+    /// hold its answer.
     known: bool,
 }
 
@@ -445,17 +462,19 @@ struct Inspected {
 
 struct Examined {
     inspected: Inspected,
-    stored: std::io::Result<std::path::PathBuf>,
+    /// Where the store keeps the bytes.
+    stored: Result<String, StoreError>,
 }
 
-/// Hash (if not done while spooling), detect the type, look in the
-/// quarantine. Blocking for any but a small sample in memory.
+/// Hash (if not done while spooling), detect the type, and, for the local
+/// store, look in the quarantine. Blocking for any but a small sample in
+/// memory.
 fn identify(app: &AppState, received: &mut Received, named: Option<String>) -> Identity {
     let digests = received.digests();
     let file_type = filetype::detect(&received.content);
     // A sample sent without a name is named by its sha256.
     let filename = named.unwrap_or_else(|| digests.sha256.clone());
-    let known = quarantine::path_for(&app.quarantine, &digests.sha256).exists();
+    let known = app.store.local_contains(&digests.sha256).unwrap_or(false);
     Identity {
         digests,
         size: received.size,
@@ -465,7 +484,7 @@ fn identify(app: &AppState, received: &mut Received, named: Option<String>) -> I
     }
 }
 
-/// The stored answer for a sample already in the quarantine, if any.
+/// The stored answer for a sample already in the store, if any.
 async fn stored_answer(
     app: &AppState,
     caller: &Caller,
@@ -494,6 +513,29 @@ fn scan(
         Content::Memory(held) => ScanData::Memory(held.as_slice()),
         Content::File(f) => ScanData::File(f.path()),
     };
+    scan_data(app, identity, data, timeout_s)
+}
+
+/// Scans a sample handed to the store meanwhile. Blocking.
+fn scan_source(
+    app: &AppState,
+    identity: &Identity,
+    source: &Source,
+    timeout_s: u64,
+) -> Result<Vec<RuleMatch>, ScanError> {
+    let data = match source {
+        Source::Memory(bytes) => ScanData::Memory(bytes),
+        Source::File(f) => ScanData::File(f.path()),
+    };
+    scan_data(app, identity, data, timeout_s)
+}
+
+fn scan_data(
+    app: &AppState,
+    identity: &Identity,
+    data: ScanData<'_>,
+    timeout_s: u64,
+) -> Result<Vec<RuleMatch>, ScanError> {
     let target = ScanTarget {
         data,
         filename: &identity.filename,
@@ -554,12 +596,8 @@ fn scan_and_store(
         Some(m) => Ok(m),
         None => scan(app, &identity, &received, app.settings.yara.scan_timeout),
     };
-    let stored = quarantine::store(
-        &app.quarantine,
-        &app.spool,
-        &identity.digests.sha256,
-        received.content,
-    );
+    let (source, _held) = into_source(received.content);
+    let stored = local_put(app, &identity.digests.sha256, &source);
     Examined {
         inspected: Inspected {
             identity,
@@ -586,43 +624,157 @@ async fn examine_small(
     let (scanned, cached, identity, received) = match stored_answer(app, caller, &identity).await {
         Some(m) => (Ok(m), true, identity, received),
         None => {
-            let full = app.settings.yara.scan_timeout;
-            let scanned = scan(app, &identity, &received, full.min(INLINE_SCAN_TIMEOUT_S));
-            if matches!(scanned, Err(ScanError::Timeout)) && full > INLINE_SCAN_TIMEOUT_S {
-                tracing::info!(sha256 = %identity.digests.sha256, "a small sample's scan took over a second; scanning it off the event loop");
-                let worker = app.clone();
-                let (scanned, identity, received) = tokio::task::spawn_blocking(move || {
-                    let scanned = scan(&worker, &identity, &received, full);
-                    (scanned, identity, received)
-                })
-                .await
-                .map_err(blocking_failed)?;
-                (scanned, false, identity, received)
-            } else {
-                (scanned, false, identity, received)
-            }
+            let (scanned, identity, received) = scan_small(app, identity, received).await?;
+            (scanned, false, identity, received)
         }
     };
-    let target = quarantine::path_for(&app.quarantine, &identity.digests.sha256);
+    let sha256 = identity.digests.sha256.clone();
     let inspected = Inspected {
         identity,
         scanned,
         cached,
     };
-    if target.exists() {
+    if app.store.local_contains(&sha256) == Some(true) {
         return Ok(Examined {
             inspected,
-            stored: Ok(target),
+            stored: Ok(app.store.location(&sha256)),
         });
     }
     let worker = app.clone();
-    let sha256 = inspected.identity.digests.sha256.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        quarantine::store(&worker.quarantine, &worker.spool, &sha256, received.content)
+        let (source, _held) = into_source(received.content);
+        local_put(&worker, &sha256, &source)
     })
     .await
     .map_err(blocking_failed)?;
     Ok(Examined { inspected, stored })
+}
+
+/// Blocking: the local store's put.
+fn local_put(app: &AppState, sha256: &str, source: &Source) -> Result<String, StoreError> {
+    app.store
+        .local_put(sha256, source)
+        .unwrap_or_else(|| Err(StoreError::Config("not a local store".into())))
+        .map(|p| p.display().to_string())
+}
+
+/// The received bytes as the store takes them; a sample in memory stays
+/// charged to the worker's budget while the returned `Held` lives.
+fn into_source(content: Content) -> (Source, Option<Held>) {
+    match content {
+        Content::Memory(held) => (Source::Memory(held.bytes()), Some(held)),
+        Content::File(f) => (Source::File(f), None),
+    }
+}
+
+/// A remote store (S3): one HEAD says whether the bytes are there; a new
+/// sample is uploaded while it is scanned, both reading the same spool
+/// file (or the same bytes in memory), so the upload costs the
+/// submission about what the longer of the two takes rather than their
+/// sum. A failed upload fails the submission (503) whatever the scan
+/// found.
+async fn examine_remote(
+    app: &AppState,
+    mut received: Received,
+    named: Option<String>,
+    caller: &Caller,
+) -> Result<Examined, ApiError> {
+    let inline = received.size <= INLINE_BYTES && matches!(received.content, Content::Memory(_));
+    let mut identity = if inline {
+        identify(app, &mut received, named)
+    } else {
+        let worker = app.clone();
+        let (identity, back) = tokio::task::spawn_blocking(move || {
+            let identity = identify(&worker, &mut received, named);
+            (identity, received)
+        })
+        .await
+        .map_err(blocking_failed)?;
+        received = back;
+        identity
+    };
+    let sha256 = identity.digests.sha256.clone();
+    identity.known = app.store.contains(&sha256).await.map_err(store_error)?;
+    let answer = stored_answer(app, caller, &identity).await;
+    let cached = answer.is_some();
+    if inline {
+        // Microseconds of scanning: not worth overlapping.
+        let (scanned, identity, received) = match answer {
+            Some(m) => (Ok(m), identity, received),
+            None => scan_small(app, identity, received).await?,
+        };
+        let stored = if identity.known {
+            Ok(app.store.location(&sha256))
+        } else {
+            let (source, _held) = into_source(received.content);
+            app.store.put(&sha256, Arc::new(source)).await
+        };
+        return Ok(Examined {
+            inspected: Inspected {
+                identity,
+                scanned,
+                cached,
+            },
+            stored,
+        });
+    }
+    let (source, _held) = into_source(received.content);
+    let source = Arc::new(source);
+    let known = identity.known;
+    let scanning = async {
+        match answer {
+            Some(m) => Ok((Ok(m), identity)),
+            None => {
+                let (worker, source) = (app.clone(), source.clone());
+                tokio::task::spawn_blocking(move || {
+                    let timeout = worker.settings.yara.scan_timeout;
+                    (scan_source(&worker, &identity, &source, timeout), identity)
+                })
+                .await
+                .map_err(blocking_failed)
+            }
+        }
+    };
+    let uploading = async {
+        if known {
+            Ok(app.store.location(&sha256))
+        } else {
+            app.store.put(&sha256, source.clone()).await
+        }
+    };
+    let (scanned, stored) = tokio::join!(scanning, uploading);
+    let (scanned, identity) = scanned?;
+    Ok(Examined {
+        inspected: Inspected {
+            identity,
+            scanned,
+            cached,
+        },
+        stored,
+    })
+}
+
+/// A small sample's scan: on the event loop within
+/// [`INLINE_SCAN_TIMEOUT_S`], then, if that was not enough, again on the
+/// blocking pool with `yara.scan_timeout`.
+async fn scan_small(
+    app: &AppState,
+    identity: Identity,
+    received: Received,
+) -> Result<(Result<Vec<RuleMatch>, ScanError>, Identity, Received), ApiError> {
+    let full = app.settings.yara.scan_timeout;
+    let scanned = scan(app, &identity, &received, full.min(INLINE_SCAN_TIMEOUT_S));
+    if !(matches!(scanned, Err(ScanError::Timeout)) && full > INLINE_SCAN_TIMEOUT_S) {
+        return Ok((scanned, identity, received));
+    }
+    tracing::info!(sha256 = %identity.digests.sha256, "a small sample's scan took over a second; scanning it off the event loop");
+    let worker = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let scanned = scan(&worker, &identity, &received, full);
+        (scanned, identity, received)
+    })
+    .await
+    .map_err(blocking_failed)
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> ApiError {
@@ -633,13 +785,11 @@ fn blocking_failed(e: tokio::task::JoinError) -> ApiError {
     )
 }
 
-/// The quarantine path ends in the sha256; reading it back keeps the row
-/// and the file name in step by construction.
-fn sha256_of(path: &std::path::Path) -> String {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string()
+/// The store's location ends in the sha256 (its content address);
+/// reading it back keeps the row and the stored name in step by
+/// construction.
+fn sha256_of(location: &str) -> String {
+    location.rsplit('/').next().unwrap_or_default().to_string()
 }
 
 fn client_gone(e: &axum::Error) -> ApiError {

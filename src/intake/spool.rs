@@ -25,11 +25,7 @@ use tokio::sync::mpsc;
 /// Chunks in flight between the event loop and the writer thread.
 const QUEUE: usize = 16;
 
-/// Where spool files live: below the state directory, on the quarantine's
-/// filesystem, so a spooled sample is renamed into the quarantine.
-pub fn spool_dir(settings: &crate::config::Settings) -> PathBuf {
-    settings.paths.state_dir.join("spool")
-}
+pub use crate::storage::{spool_dir, SpoolFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -87,56 +83,43 @@ impl MemoryBudget {
     }
 }
 
+/// Memory taken from the budget, given back when dropped.
+#[derive(Debug)]
+struct Charge {
+    taken: u64,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken);
+    }
+}
+
+/// A sample being received in memory.
+#[derive(Debug)]
+struct Receiving {
+    bytes: Vec<u8>,
+    charge: Charge,
+}
+
 /// A sample's bytes held in memory, counted against the budget until
 /// dropped.
 #[derive(Debug)]
 pub struct Held {
-    bytes: Vec<u8>,
-    taken: u64,
-    budget: Arc<MemoryBudget>,
+    bytes: Bytes,
+    _charge: Charge,
 }
 
 impl Held {
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes
     }
-}
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.budget.give_back(self.taken);
-    }
-}
-
-/// A file in the spool, removed when dropped unless kept.
-#[derive(Debug)]
-pub struct SpoolFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl SpoolFile {
-    /// Takes charge of a file just created at `path`.
-    pub fn new(path: PathBuf) -> Self {
-        SpoolFile { path, keep: false }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file was moved elsewhere (or is to stay): do not remove it.
-    pub fn disarm(mut self) -> PathBuf {
-        self.keep = true;
-        std::mem::take(&mut self.path)
-    }
-}
-
-impl Drop for SpoolFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
+    /// The bytes, shared (no copy); the budget stays charged until the
+    /// `Held` itself drops.
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone()
     }
 }
 
@@ -223,7 +206,7 @@ impl Received {
 }
 
 enum State {
-    Memory(Held),
+    Memory(Receiving),
     Spooling {
         tx: mpsc::Sender<Bytes>,
         writer: tokio::task::JoinHandle<Result<Received, UploadError>>,
@@ -245,10 +228,12 @@ impl Upload {
     /// what the budget allows.
     pub fn start(spool_dir: &Path, limit: u64, budget: &Arc<MemoryBudget>) -> Self {
         Upload {
-            state: State::Memory(Held {
+            state: State::Memory(Receiving {
                 bytes: Vec::new(),
-                taken: 0,
-                budget: budget.clone(),
+                charge: Charge {
+                    taken: 0,
+                    budget: budget.clone(),
+                },
             }),
             spool_dir: spool_dir.to_path_buf(),
             limit,
@@ -263,7 +248,7 @@ impl Upload {
     /// received, and a body that turns out longer spills as before.
     pub fn expect(&mut self, len: u64) {
         if let State::Memory(held) = &mut self.state {
-            if len <= held.budget.per_sample {
+            if len <= held.charge.budget.per_sample {
                 if let Ok(len) = usize::try_from(len) {
                     held.bytes.reserve_exact(len);
                 }
@@ -279,9 +264,10 @@ impl Upload {
         }
         if let State::Memory(held) = &mut self.state {
             let n = chunk.len() as u64;
-            let fits = held.taken + n <= held.budget.per_sample;
-            if fits && held.budget.try_take(n) {
-                held.taken += n;
+            let charge = &mut held.charge;
+            let fits = charge.taken + n <= charge.budget.per_sample;
+            if fits && charge.budget.try_take(n) {
+                charge.taken += n;
                 held.bytes.extend_from_slice(&chunk);
                 return Ok(());
             }
@@ -340,7 +326,10 @@ impl Upload {
         match self.state {
             State::Memory(held) => Ok(Received {
                 size: held.bytes.len() as u64,
-                content: Content::Memory(held),
+                content: Content::Memory(Held {
+                    bytes: Bytes::from(held.bytes),
+                    _charge: held.charge,
+                }),
                 digests: None,
             }),
             State::Spooling { tx, writer } => {
@@ -374,8 +363,9 @@ fn write_all(
     while let Some(chunk) = rx.blocking_recv() {
         write(&chunk)?;
     }
-    // Not synced here: a sample already in quarantine is dropped unsynced,
-    // and a new one is synced by quarantine::store before it is moved in.
+    // Not synced here: a sample already stored is dropped unsynced, and a
+    // new one is synced by the local store before it is moved in (the S3
+    // store only reads it).
     Ok(Received {
         content: Content::File(guard),
         size,

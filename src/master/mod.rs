@@ -510,7 +510,7 @@ fn ensure_state_dirs(
     let state = &settings.paths.state_dir;
     for (dir, mode) in [
         (state.clone(), 0o750),
-        (crate::intake::quarantine::quarantine_dir(settings), 0o750),
+        (crate::storage::local::quarantine_dir(settings), 0o750),
         (crate::intake::spool::spool_dir(settings), 0o700),
     ] {
         prepare_dir(&dir, mode, account)?;

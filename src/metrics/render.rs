@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::scoreboard::{
     Scoreboard, SlotState, BUCKETS, RESTART_REASONS, ROLE_RUNNER, ROLE_WORKER, ROUTES,
-    RUNNER_KINDS, RUNNER_OUTCOMES, STATUSES, STATUS_SLOTS,
+    RUNNER_KINDS, RUNNER_OUTCOMES, STATUSES, STATUS_SLOTS, STORE_DIRECTIONS, STORE_OPERATIONS,
+    STORE_OUTCOMES,
 };
 use crate::worker::routes;
 
@@ -207,6 +208,34 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         let _ = writeln!(
             out,
             "sandgnat_leftovers_removed_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "sandgnat_storage_operations_total",
+        "counter",
+        "Sample-store operations (storage.backend) by operation and outcome (missing: no such object; error: failed).",
+    );
+    for (o, op) in STORE_OPERATIONS.iter().enumerate() {
+        for (r, outcome) in STORE_OUTCOMES.iter().enumerate() {
+            let n = h.store_operations[o][r].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "sandgnat_storage_operations_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
+        "sandgnat_storage_bytes_total",
+        "counter",
+        "Sample bytes written to and read from the sample store.",
+    );
+    for (d, direction) in STORE_DIRECTIONS.iter().enumerate() {
+        let n = h.store_bytes[d].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "sandgnat_storage_bytes_total{{direction=\"{direction}\"}} {n}"
         );
     }
     header(

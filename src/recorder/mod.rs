@@ -89,7 +89,7 @@ pub fn run(args: RecorderArgs) -> ExitCode {
         tokio::spawn(crate::intake::leftovers::run(
             db.clone(),
             board.clone(),
-            crate::intake::quarantine::quarantine_dir(&settings),
+            crate::storage::local::quarantine_dir(&settings),
             crate::intake::spool::spool_dir(&settings),
             Duration::from_secs(settings.intake.leftover_age),
             Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),

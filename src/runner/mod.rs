@@ -4,8 +4,8 @@
 //! and `webhook` — one at a time, and reports each outcome through
 //! `analyses::jobs` so the analysis status, its results and its audit
 //! trail follow. It holds no listening socket: only the scoreboard and the
-//! settings are inherited; it reaches Postgres and reads the quarantine
-//! itself, as the service account.
+//! settings are inherited; it reaches Postgres and reads the sample store
+//! (the quarantine, or the bucket) itself, as the service account.
 //!
 //! Supervised like a worker: it beats its heartbeat from its event loop,
 //! and while a static analysis runs on the blocking pool the heartbeat
@@ -54,6 +54,13 @@ pub fn run(args: RunnerArgs) -> ExitCode {
         runtime,
         log: _log,
     } = booted;
+    let store = match crate::storage::SampleStore::from_settings(
+        &settings,
+        crate::storage::Meter::new(board.clone()),
+    ) {
+        Ok(s) => s,
+        Err(e) => return crate::child::failed(&board, args.slot, "job-runner", e.to_string()),
+    };
     let outcome = runtime.block_on(async {
         // Lazy: a database that is down now is retried by the claim loop.
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
@@ -84,9 +91,16 @@ pub fn run(args: RunnerArgs) -> ExitCode {
             static_analysis = settings.intake.static_analysis_enabled,
             "job runner ready"
         );
-        work::Runner::new(settings.clone(), db, board.clone(), args.slot, frozen)
-            .run(shutdown)
-            .await;
+        work::Runner::new(
+            settings.clone(),
+            db,
+            store,
+            board.clone(),
+            args.slot,
+            frozen,
+        )
+        .run(shutdown)
+        .await;
         Ok::<(), String>(())
     });
     // An analysis abandoned on the blocking pool must not hold the exit.

@@ -19,6 +19,7 @@ use crate::jobs::{static_analysis, webhook, Outcome};
 use crate::queue::{self, Backoff, Claim, ClaimedJob, Notifier, QueueError, Wakeups};
 use crate::scoreboard::Scoreboard;
 use crate::shutdown::Shutdown;
+use crate::storage::{SampleStore, StoreError};
 
 /// The lease a runner takes; it extends it every third of that while the
 /// job runs, so a runner that dies gives its job back within a minute.
@@ -33,6 +34,7 @@ pub const DEBUG_HANG: &str = "__debug_hang__";
 pub struct Runner {
     settings: Settings,
     db: PgPool,
+    store: SampleStore,
     notifier: Notifier,
     wakeups: Wakeups,
     board: Arc<Scoreboard>,
@@ -60,6 +62,7 @@ impl Runner {
     pub fn new(
         settings: Settings,
         db: PgPool,
+        store: SampleStore,
         board: Arc<Scoreboard>,
         slot: usize,
         frozen: Arc<AtomicU32>,
@@ -72,6 +75,7 @@ impl Runner {
             holder: format!("runner:{}", std::process::id()),
             settings,
             db,
+            store,
             board,
             slot,
             frozen,
@@ -204,14 +208,30 @@ impl Runner {
             .get("sha256")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if !crate::intake::quarantine::is_sha256(sha256) {
+        if !crate::storage::is_sha256(sha256) {
             return Outcome::Discard(format!("payload sha256 {sha256:?} is not a SHA-256"));
         }
-        // The path intake stored it at; computed from the hash rather
-        // than read from anywhere, so nothing outside the quarantine can
-        // be named.
-        let root = crate::intake::quarantine::quarantine_dir(&self.settings);
-        let path = crate::intake::quarantine::path_for(&root, sha256);
+        // The location intake stored it at, computed from the hash rather
+        // than read from anywhere, so nothing outside the store can be
+        // named. A remote store's sample is first copied to a private
+        // file in the spool (the parsers want a file); it goes when
+        // `_fetched` drops.
+        let (path, _fetched) = match self.store.local() {
+            Some(q) => (q.path_for(sha256), None),
+            None => {
+                let spool = crate::storage::spool_dir(&self.settings);
+                match self.store.copy_to_file(sha256, &spool).await {
+                    Ok(f) => (f.path().to_path_buf(), Some(f)),
+                    Err(StoreError::Missing) => {
+                        return Outcome::Discard(format!(
+                            "the sample is not in the store ({})",
+                            self.store.location(sha256)
+                        ))
+                    }
+                    Err(e) => return Outcome::Retry(format!("cannot fetch the sample: {e}")),
+                }
+            }
+        };
         let max = self.settings.intake.max_sample_bytes;
         // Fault injection (tests only): a sample submitted under this name
         // hangs its analysis, as a parser stuck on hostile input would.

@@ -95,13 +95,20 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // `drop(listener)` still lets go of the socket.
         workers_socket: crate::sockets::backlog::inode(std::os::fd::AsFd::as_fd(&listener)).ok(),
     };
+    let store = match crate::storage::SampleStore::from_settings(
+        &settings,
+        crate::storage::Meter::new(board.clone()),
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
     let served = runtime.block_on(async {
         let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
         let state = AppState::new(Inner {
             settings: settings.clone(),
             db: db.clone(),
             keys: KeyRing::default(),
-            quarantine: crate::intake::quarantine::quarantine_dir(&settings),
+            store,
             spool: crate::intake::spool::spool_dir(&settings),
             memory: crate::intake::spool::MemoryBudget::new(
                 settings.intake.memory_sample_bytes,

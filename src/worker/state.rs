@@ -1,5 +1,6 @@
 //! What every route handler of a worker can reach: settings, the database
-//! pool, the API keys, the loaded YARA rules and the quarantine paths.
+//! pool, the API keys, the loaded YARA rules, the sample store and the
+//! spool.
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ pub struct Inner {
     pub db: PgPool,
     pub keys: KeyRing,
     pub rules: Arc<RuleSet>,
-    pub quarantine: PathBuf,
+    /// Where accepted samples' bytes live (`crate::storage`).
+    pub store: crate::storage::SampleStore,
     pub spool: PathBuf,
     /// Memory for samples received in memory, shared by this worker's
     /// uploads.

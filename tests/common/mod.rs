@@ -93,9 +93,22 @@ impl Appliance {
         other: &str,
         port: &mut dyn FnMut() -> u16,
     ) -> Self {
+        Self::start_with_env(tag, server_extra, proxy_extra, other, port, &[])
+    }
+
+    /// As `start_with_ports`, with `env` added to the master's
+    /// environment (the service's environment file: S3 credentials).
+    pub fn start_with_env(
+        tag: &str,
+        server_extra: &str,
+        proxy_extra: &str,
+        other: &str,
+        port: &mut dyn FnMut() -> u16,
+        env: &[(String, String)],
+    ) -> Self {
         const TRIES: u32 = 4;
         for attempt in 1..=TRIES {
-            let mut app = Self::spawn_with_ports(tag, server_extra, proxy_extra, other, port);
+            let mut app = Self::spawn_with_env(tag, server_extra, proxy_extra, other, port, env);
             match app.wait_ready(Duration::from_secs(30)) {
                 Ok(()) => return app,
                 Err(status) => {
@@ -155,6 +168,17 @@ impl Appliance {
         proxy_extra: &str,
         other_sections: &str,
         port: &mut dyn FnMut() -> u16,
+    ) -> Self {
+        Self::spawn_with_env(tag, server_extra, proxy_extra, other_sections, port, &[])
+    }
+
+    pub fn spawn_with_env(
+        tag: &str,
+        server_extra: &str,
+        proxy_extra: &str,
+        other_sections: &str,
+        port: &mut dyn FnMut() -> u16,
+        env: &[(String, String)],
     ) -> Self {
         let dir = temp_dir(tag);
         let socket = dir.join("workers.sock");
@@ -227,6 +251,7 @@ impl Appliance {
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         clean_env(&mut cmd);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let child = cmd.spawn().expect("start sandgnat serve");
@@ -483,10 +508,15 @@ impl Drop for Appliance {
 }
 
 /// Keeps the test runner's own settings (DATABASE_URL for #[sqlx::test])
-/// away from the appliance, which must use only its config file.
+/// and any S3 credentials away from the appliance, which must use only
+/// its config file and what the test gives it.
 pub fn clean_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {
-        if k.starts_with("SANDGNAT_") || k == "DATABASE_URL" || k == "REDIS_URL" {
+        if k.starts_with("SANDGNAT_")
+            || k.starts_with("AWS_")
+            || k == "DATABASE_URL"
+            || k == "REDIS_URL"
+        {
             cmd.env_remove(k);
         }
     }

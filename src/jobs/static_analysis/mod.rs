@@ -1,5 +1,6 @@
 //! The `static` job: what can be learnt from a sample without running it.
-//! The file is opened read-only from the quarantine and only ever read:
+//! The file (in the quarantine, or the runner's private copy of a remote
+//! store's object) is opened read-only and only ever read:
 //! its type from magic bytes, size, Shannon entropy (whole file and per
 //! section), printable strings, a TLSH fuzzy hash, and ELF / PE / Mach-O
 //! headers, libraries, imports and exports through `goblin`, with the PE

@@ -1,6 +1,6 @@
-//! The quarantine: `state_dir/quarantine/aa/bb/<sha256>`, one file per
-//! distinct sample, mode 0440 in 0750 directories, synced before the
-//! database is told about it. Samples are never executable.
+//! The local backend, the quarantine: `state_dir/quarantine/aa/bb/<sha256>`,
+//! one file per distinct sample, mode 0440 in 0750 directories, synced
+//! before the database is told about it. Samples are never executable.
 //!
 //! "Synced" covers the whole path: a rename into a directory that was
 //! itself just made is lost in a crash unless the new directory's entry in
@@ -12,7 +12,12 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::spool::{Content, SpoolFile};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::{Object, Source, SpoolFile, StoreError};
 use crate::config::Settings;
 
 /// Where the quarantine lives: below the state directory.
@@ -20,30 +25,124 @@ pub fn quarantine_dir(settings: &Settings) -> PathBuf {
     settings.paths.state_dir.join("quarantine")
 }
 
-/// Whether `s` names a sample as the quarantine does: a SHA-256 in 64
-/// lowercase hex digits. Anything that builds a path from a hash it did
-/// not compute itself checks it with this first.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
+/// The quarantine's path for a sample; `sha256` must have passed
+/// `storage::is_sha256`.
 pub fn path_for(root: &Path, sha256: &str) -> PathBuf {
-    root.join(&sha256[0..2]).join(&sha256[2..4]).join(sha256)
+    root.join(super::address(sha256))
 }
 
-/// Puts a received sample in place, or drops it if the same bytes are
-/// already stored. A sample held in memory is first written to a new file
-/// in `spool_dir` (on the quarantine's filesystem, so the move is a
-/// rename). Returns the stored path.
-pub fn store(root: &Path, spool_dir: &Path, sha256: &str, content: Content) -> io::Result<PathBuf> {
-    store_synced(root, spool_dir, sha256, content).map(|s| s.path)
+/// Chunks a stored sample is read in.
+const CHUNK: usize = 256 << 10;
+
+/// The quarantine and the spool beside it (on the same file system, so a
+/// spooled sample is renamed in).
+#[derive(Debug, Clone)]
+pub struct Quarantine {
+    root: PathBuf,
+    spool: PathBuf,
 }
 
-/// What [`store`] did: the stored path, and every directory it synced,
-/// in the order synced.
+impl Quarantine {
+    pub fn new(settings: &Settings) -> Self {
+        Quarantine {
+            root: quarantine_dir(settings),
+            spool: crate::storage::spool_dir(settings),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path_for(&self, sha256: &str) -> PathBuf {
+        path_for(&self.root, sha256)
+    }
+
+    /// Whether the sample is here (a regular file, not through a link).
+    pub fn head(&self, sha256: &str) -> Result<(), StoreError> {
+        let meta = fs::symlink_metadata(self.path_for(sha256))?;
+        if meta.is_file() {
+            Ok(())
+        } else {
+            Err(StoreError::Io(io::Error::other("not a regular file")))
+        }
+    }
+
+    /// Puts a received sample in place, or drops it if the same bytes are
+    /// already stored. A sample held in memory is first written to a new
+    /// file in the spool. Blocking.
+    pub fn store(&self, sha256: &str, source: &Source) -> io::Result<Stored> {
+        store_synced(&self.root, &self.spool, sha256, source)
+    }
+
+    /// Opens the sample (a regular file, not through a link) and streams
+    /// it in chunks.
+    pub async fn open(&self, sha256: &str) -> Result<Object, StoreError> {
+        let path = self.path_for(sha256);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .await?;
+        let meta = file.metadata().await?;
+        if !meta.is_file() {
+            return Err(StoreError::Io(io::Error::other("not a regular file")));
+        }
+        let modified = meta
+            .modified()
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_default();
+        let size = meta.len();
+        Ok(Object {
+            size,
+            modified,
+            body: chunks(file, size).boxed(),
+        })
+    }
+
+    /// Removes the sample's file. Blocking.
+    pub fn delete(&self, sha256: &str) -> Result<(), StoreError> {
+        fs::remove_file(self.path_for(sha256))?;
+        Ok(())
+    }
+
+    /// Whether a file can be made in the quarantine now.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let probe = self.root.join(format!(".ready-{}", std::process::id()));
+        fs::write(&probe, b"").and_then(|_| fs::remove_file(&probe))?;
+        Ok(())
+    }
+}
+
+/// The file's first `size` bytes in chunks. A file that ends early is
+/// an error, which fails the stream: a reader never takes a short sample
+/// for a whole one.
+fn chunks(file: tokio::fs::File, size: u64) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    futures_util::stream::unfold(Some((file, size)), |state| async move {
+        let (mut file, left) = state?;
+        if left == 0 {
+            return None;
+        }
+        let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut buf = vec![0u8; want];
+        match file.read(&mut buf).await {
+            Ok(0) => Some((Err(io::ErrorKind::UnexpectedEof.into()), None)),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some((file, left - n as u64))))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// What [`Quarantine::store`] did: the stored path, whether it wrote the
+/// bytes (not when they were there already), and every directory it
+/// synced, in the order synced.
 #[derive(Debug)]
 pub struct Stored {
     pub path: PathBuf,
+    pub new: bool,
     pub synced: Vec<PathBuf>,
 }
 
@@ -51,36 +150,42 @@ fn store_synced(
     root: &Path,
     spool_dir: &Path,
     sha256: &str,
-    content: Content,
+    source: &Source,
 ) -> io::Result<Stored> {
     let target = path_for(root, sha256);
     let dir = target.parent().unwrap_or(root).to_path_buf();
     let mut synced = make_dirs(&dir)?;
-    // Deduplicated: a spool file is removed when `content` drops. The
+    // Deduplicated: a spool file is removed when its guard drops. The
     // file is touched first, so the sweep for leftovers (which this
     // submission's commit will make it no longer be) leaves it alone;
     // if the sweep moved it aside already, store our own copy.
     if touch(&target).is_ok() {
         return Ok(Stored {
             path: target,
+            new: false,
             synced,
         });
     }
-    let spooled = match content {
-        Content::File(f) => f,
-        Content::Memory(held) => write_spool(spool_dir, held.as_slice())?,
+    let written;
+    let spooled = match source {
+        Source::File(f) => f,
+        Source::Memory(bytes) => {
+            written = write_spool(spool_dir, bytes)?;
+            &written
+        }
     };
     // Durable before it has a name in the quarantine, and so before the
     // database is told (a delayed allocation's ENOSPC surfaces here: 507).
     fs::File::open(spooled.path())?.sync_all()?;
     fs::set_permissions(spooled.path(), fs::Permissions::from_mode(0o440))?;
     fs::rename(spooled.path(), &target)?;
-    spooled.disarm();
+    spooled.moved();
     // The rename is durable only once the directory is synced.
     fs::File::open(&dir)?.sync_all()?;
     synced.push(dir);
     Ok(Stored {
         path: target,
+        new: true,
         synced,
     })
 }
@@ -144,8 +249,8 @@ mod tests {
         d
     }
 
-    fn spooled(spool: &Path, bytes: &[u8]) -> Content {
-        Content::File(write_spool(spool, bytes).unwrap())
+    fn spooled(spool: &Path, bytes: &[u8]) -> Source {
+        Source::File(write_spool(spool, bytes).unwrap())
     }
 
     #[test]
@@ -155,7 +260,7 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let spool = d.join("spool");
         let a = format!("abcd{}", "0".repeat(60));
-        let s = store_synced(&root, &spool, &a, spooled(&spool, b"one")).unwrap();
+        let s = store_synced(&root, &spool, &a, &spooled(&spool, b"one")).unwrap();
         assert_eq!(s.path, root.join("ab/cd").join(&a));
         // Both new directories' entries, deepest first, then the file's.
         assert_eq!(
@@ -169,11 +274,11 @@ mod tests {
         // A sibling under an existing `ab/`: only the new `ef/` is synced
         // to `ab/`, then the file's own directory.
         let b = format!("abef{}", "1".repeat(60));
-        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        let s = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
         assert_eq!(s.synced, vec![root.join("ab"), root.join("ab/ef")]);
 
         // A duplicate makes nothing and names nothing new.
-        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        let s = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
         assert!(s.synced.is_empty(), "{:?}", s.synced);
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "spool file left");
         fs::remove_dir_all(&d).unwrap();
