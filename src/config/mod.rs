@@ -236,6 +236,46 @@ mod tests {
     }
 
     #[test]
+    fn storage_settings_are_checked() {
+        let load = |toml: &str| {
+            let src = no_file();
+            std::fs::write(src.file.as_ref().unwrap(), toml).unwrap();
+            src.load_with_env(env(&[]))
+        };
+        let s3 = "[storage]\nbackend = \"s3\"\nbucket = \"lab-samples\"\n";
+        let s = load(s3).unwrap();
+        assert!(s.storage.is_s3() && s.storage.path_style && !s.storage.allow_http);
+        assert_eq!(load("").unwrap().storage.backend, "local");
+        let refused = |extra: &str, key: &str| {
+            let msg = load(&format!("{s3}{extra}")).unwrap_err().to_string();
+            assert!(msg.contains(key), "{extra}: {msg}");
+            msg
+        };
+        refused("endpoint = \"http://127.0.0.1:3900\"\n", "allow_http");
+        refused("endpoint = \"ftp://s3.example\"\n", "storage.endpoint");
+        let msg = refused(
+            "endpoint = \"https://GK1:hunter2@s3.example\"\n",
+            "storage.endpoint",
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        refused("prefix = \"a/../b\"\n", "storage.prefix");
+        refused("access_key_id = \"GK1\"\n", "access_key_id");
+        let msg = load("[storage]\nbackend = \"s3\"\nbucket = \"Lab_Samples\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("storage.bucket"), "{msg}");
+        let msg = load("[storage]\nbackend = \"disk\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("local or s3"), "{msg}");
+        let ok = load(&format!(
+            "{s3}endpoint = \"http://127.0.0.1:3900\"\nallow_http = true\nprefix = \"node-a/samples\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.storage.port(), Some(3900));
+    }
+
+    #[test]
     fn passwords_are_hidden() {
         assert_eq!(
             redact_url("postgres://u:secret@db:5432/x"),

@@ -370,3 +370,69 @@ fn read_at(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     file.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_whole_from_the_environment_and_never_show() {
+        let from = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Credentials::from_vars(move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let c = from(&[(ACCESS_KEY_VAR, "GKabc"), (SECRET_KEY_VAR, "s3cr3t-value")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("GKabc") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(c.session_token.is_none());
+        for partial in [
+            &[(ACCESS_KEY_VAR, "GKabc")][..],
+            &[(SECRET_KEY_VAR, "s3cr3t-value")][..],
+            &[(ACCESS_KEY_VAR, "GKabc"), (SECRET_KEY_VAR, "")][..],
+        ] {
+            let e = from(partial).unwrap_err().to_string();
+            assert!(
+                e.contains(ACCESS_KEY_VAR) && e.contains("/etc/sandgnat/env"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_the_content_address_under_the_prefix() {
+        let creds = Credentials::from_vars(|n: &str| Some(format!("x-{n}"))).unwrap();
+        let mut st = Storage {
+            backend: "s3".into(),
+            bucket: "lab".into(),
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            allow_http: true,
+            prefix: "/node/samples/".into(),
+            ..Storage::default()
+        };
+        let sha = format!("abcd{}", "e".repeat(60));
+        let b = Bucket::new(&st, &creds).unwrap();
+        assert_eq!(
+            b.location(&sha),
+            format!("s3://lab/node/samples/ab/cd/{sha}")
+        );
+        st.prefix.clear();
+        let b = Bucket::new(&st, &creds).unwrap();
+        assert_eq!(b.location(&sha), format!("s3://lab/ab/cd/{sha}"));
+        assert_eq!(st.port(), Some(3900));
+        st.endpoint = Some("https://s3.example".into());
+        assert_eq!(st.port(), Some(443));
+        st.endpoint = None;
+        assert_eq!(st.port(), Some(443));
+    }
+}

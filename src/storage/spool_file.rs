@@ -47,8 +47,11 @@ impl Drop for SpoolFile {
     }
 }
 
+/// Bytes gathered before one write on the blocking pool.
+const WRITE_BATCH: usize = 1 << 20;
+
 /// Creates `path` (owner-only, never an existing file) and writes `body`
-/// to it, each chunk from the blocking pool.
+/// to it, a batch of chunks at a time from the blocking pool.
 pub(super) async fn write_stream(
     path: PathBuf,
     mut body: BoxStream<'static, io::Result<Bytes>>,
@@ -60,15 +63,34 @@ pub(super) async fn write_stream(
         .open(&path)?;
     let guard = SpoolFile::new(path);
     let mut file = Some(file);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| super::StoreError::Unavailable(e.to_string()))?;
-        let Some(mut f) = file.take() else {
-            break;
-        };
-        f = tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|()| f))
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0;
+    loop {
+        let next = body.next().await;
+        let end = next.is_none();
+        if let Some(chunk) = next {
+            let chunk = chunk.map_err(|e| super::StoreError::Unavailable(e.to_string()))?;
+            batched += chunk.len();
+            batch.push(chunk);
+        }
+        if batched >= WRITE_BATCH || (end && !batch.is_empty()) {
+            let (Some(mut f), chunks) = (file.take(), std::mem::take(&mut batch)) else {
+                break;
+            };
+            batched = 0;
+            f = tokio::task::spawn_blocking(move || {
+                for c in &chunks {
+                    f.write_all(c)?;
+                }
+                Ok::<_, io::Error>(f)
+            })
             .await
             .map_err(|e| io::Error::other(e.to_string()))??;
-        file = Some(f);
+            file = Some(f);
+        }
+        if end {
+            return Ok(guard);
+        }
     }
     Ok(guard)
 }
