@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing SandGNAT needs on a fresh Debian
 # machine (as root): a C toolchain for jemalloc and libyara, OpenSSL's
-# headers, cmake for pingora's zlib-ng, the PostgreSQL client, redis, curl, and a
-# Rust toolchain when none is on PATH. Idempotent; quiet when all is there.
+# headers, cmake for pingora's zlib-ng, the PostgreSQL client, redis, curl, a
+# Rust toolchain when none is on PATH, and the S3 server the storage tests
+# run (Garage). Idempotent; quiet when all is there.
 set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
@@ -51,4 +52,16 @@ if ! command -v cargo >/dev/null; then
   else
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null
   fi
+fi
+# tests/storage.rs and benches/storage.sh run a real S3 server: Garage,
+# built once from crates.io into a directory outside the clone (as the
+# target directory is) and reused; a cold build takes about 20 minutes on
+# two cores. Its own target directory, so an interrupted build resumes and
+# CARGO_TARGET_DIR is never filled with Garage's objects.
+garage_root=/var/tmp/sandgnat-s3/garage
+if [ ! -x "$garage_root/bin/garage" ]; then
+  echo "bootstrap: building Garage 2.5.0 into $garage_root (once)" >&2
+  CARGO_TARGET_DIR=/var/tmp/sandgnat-s3/build \
+    cargo install garage --locked --version 2.5.0 --root "$garage_root" --quiet
+  rm -rf /var/tmp/sandgnat-s3/build
 fi
