@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod py;
+pub mod s3;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
