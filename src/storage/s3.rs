@@ -8,7 +8,7 @@
 //! Writes: a sample up to [`PART`] goes in one PUT from memory; a larger
 //! one in a multipart upload read from its spool file one part at a time,
 //! at most [`PARTS_IN_FLIGHT`] parts held at once, so a worker's memory
-//! does not grow with the sample. An upload that fails is aborted (the
+//! does not grow with the sample (two parts: 16 MiB, whatever its size). An upload that fails is aborted (the
 //! parts sent are dropped by the server). Payloads are sent unsigned
 //! (`UNSIGNED-PAYLOAD`): signing one means hashing it on the worker's
 //! event loop, and the sample's own SHA-256 is its name already.
@@ -182,12 +182,14 @@ impl Bucket {
         let sent = async {
             let mut offset = 0u64;
             while offset < size {
-                let len = PART.min(size - offset);
-                let f = file.clone();
-                let part = blocking(move || read_at(&f, offset, len)).await?;
+                // A part is read only once one in flight is done, so no
+                // more than `PARTS_IN_FLIGHT` are ever held.
                 while in_flight.len() >= PARTS_IN_FLIGHT {
                     joined(in_flight.join_next().await)?;
                 }
+                let len = PART.min(size - offset);
+                let f = file.clone();
+                let part = blocking(move || read_at(&f, offset, len)).await?;
                 in_flight.spawn(upload.put_part(PutPayload::from(Bytes::from(part))));
                 offset += len;
             }
