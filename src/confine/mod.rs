@@ -127,10 +127,11 @@ impl Policy {
             // the download and export routes read the quarantine.
             Role::Worker => vec![quarantine, spool],
             // Static analysis reads the sample: in the quarantine, or, with
-            // a remote store, from its own copy in the spool.
+            // a remote store, from its own copy in the fetch directory
+            // (never the spool itself: uploads in progress live there).
             Role::Runner if s3 => {
                 read_only.push(quarantine);
-                vec![spool]
+                vec![crate::storage::fetch_dir(settings)]
             }
             Role::Runner => {
                 read_only.push(quarantine);

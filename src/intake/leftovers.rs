@@ -85,7 +85,10 @@ pub async fn sweep(
 ) -> Result<Swept, SweepError> {
     let mut swept = Swept::default();
     restore_set_aside(quarantine)?;
-    for path in old_files(spool, age)? {
+    // The job runners' copies of remote samples count as spool files.
+    let mut spooled = old_files(spool, age)?;
+    spooled.extend(old_files(&spool.join(crate::storage::FETCH_DIR), age)?);
+    for path in spooled {
         if remove(&path) {
             swept.spool += 1;
         }

@@ -512,6 +512,7 @@ fn ensure_state_dirs(
         (state.clone(), 0o750),
         (crate::storage::local::quarantine_dir(settings), 0o750),
         (crate::intake::spool::spool_dir(settings), 0o700),
+        (crate::storage::fetch_dir(settings), 0o700),
     ] {
         prepare_dir(&dir, mode, account)?;
     }

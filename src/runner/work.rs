@@ -214,13 +214,13 @@ impl Runner {
         // The location intake stored it at, computed from the hash rather
         // than read from anywhere, so nothing outside the store can be
         // named. A remote store's sample is first copied to a private
-        // file in the spool (the parsers want a file); it goes when
-        // `_fetched` drops.
+        // file in the fetch directory (the parsers want a file); it goes
+        // when `_fetched` drops.
         let (path, _fetched) = match self.store.local() {
             Some(q) => (q.path_for(sha256), None),
             None => {
-                let spool = crate::storage::spool_dir(&self.settings);
-                match self.store.copy_to_file(sha256, &spool).await {
+                let dir = crate::storage::fetch_dir(&self.settings);
+                match self.store.copy_to_file(sha256, &dir).await {
                     Ok(f) => (f.path().to_path_buf(), Some(f)),
                     Err(StoreError::Missing) => {
                         return Outcome::Discard(format!(

@@ -393,6 +393,16 @@ pub fn spool_dir(settings: &Settings) -> PathBuf {
     settings.paths.state_dir.join("spool")
 }
 
+/// Where job runners copy a remote store's samples for their parsers: a
+/// directory of its own (below the spool), so a runner, confined to it,
+/// can touch no upload in progress.
+pub fn fetch_dir(settings: &Settings) -> PathBuf {
+    spool_dir(settings).join(FETCH_DIR)
+}
+
+/// The name of [`fetch_dir`] within the spool.
+pub const FETCH_DIR: &str = "fetch";
+
 #[cfg(test)]
 mod tests {
     use super::*;
