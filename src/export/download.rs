@@ -243,7 +243,12 @@ async fn crc_of(object: Object) -> Result<u32, ApiError> {
     let mut hasher = crc32fast::Hasher::new();
     let mut body = object.body;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| unreadable(StoreError::Unavailable(e.to_string())))?;
+        let chunk = chunk.map_err(|e| {
+            unreadable(match e.kind() {
+                std::io::ErrorKind::InvalidData => StoreError::Io(e),
+                _ => StoreError::Unavailable(e.to_string()),
+            })
+        })?;
         hasher.update(&chunk);
     }
     Ok(hasher.finalize())

@@ -13,6 +13,10 @@
 //! (`UNSIGNED-PAYLOAD`): signing one means hashing it on the worker's
 //! event loop, and the sample's own SHA-256 is its name already.
 //!
+//! Reads are checked: an object whose bytes do not hash to its name (the
+//! bucket is shared, and writable by every node) fails its read before
+//! the last byte goes out.
+//!
 //! Time: one request may take [`REQUEST_TIMEOUT`], connecting
 //! [`CONNECT_TIMEOUT`], and the client retries a failed request briefly
 //! ([`retry`]): a store that is away for longer makes the operation fail
@@ -244,7 +248,7 @@ impl Bucket {
         Ok(Object {
             size,
             modified,
-            body: body.boxed(),
+            body: verified(body, sha256.to_string()).boxed(),
         })
     }
 
@@ -283,6 +287,44 @@ impl Bucket {
             },
         }
     }
+}
+
+/// The object's bytes, checked against the name they are read under: the
+/// last chunk is held back until the whole object's SHA-256 is known, and
+/// a mismatch fails the stream instead, so a reader never gets all of an
+/// object that another writer to the shared bucket changed.
+fn verified(
+    body: impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static,
+    sha256: String,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    use sha2::Digest;
+    let state = (Box::pin(body), sha2::Sha256::new(), None::<Bytes>);
+    futures_util::stream::unfold(Some(state), move |state| {
+        let sha256 = sha256.clone();
+        async move {
+            let (mut body, mut hasher, mut held) = state?;
+            loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        if let Some(previous) = held.replace(chunk) {
+                            return Some((Ok(previous), Some((body, hasher, held))));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None if hex::encode(hasher.finalize()) != sha256 => {
+                        tracing::error!(%sha256, "a stored object's bytes are not the sample it is named for; not served");
+                        let e = io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the stored object is not the sample it is named for",
+                        );
+                        return Some((Err(e), None));
+                    }
+                    None => return held.map(|last| (Ok(last), None)),
+                }
+            }
+        }
+    })
 }
 
 fn client(

@@ -233,6 +233,13 @@ impl Garage {
         })
     }
 
+    /// Writes `bytes` at `key`, as any other holder of a key to the
+    /// bucket could.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        let (client, key) = (self.client(), Key::from(key));
+        Self::block_on(async { client.put(&key, bytes.into()).await }).unwrap();
+    }
+
     /// Every key in the bucket.
     pub fn keys(&self) -> Vec<String> {
         use futures_util::TryStreamExt;
