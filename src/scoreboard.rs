@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Slots for children; slot 0 is reserved for the master's totals.
@@ -200,14 +200,7 @@ fn slot_offset(index: usize) -> usize {
 impl Scoreboard {
     /// Creates a new, zeroed scoreboard (master only).
     pub fn create() -> io::Result<Self> {
-        let name = c"sandgnat-scoreboard";
-        // SAFETY: plain syscall with a valid C string.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = crate::handover::anonymous_file(c"sandgnat-scoreboard")?;
         let len = slot_offset(SLOTS);
         File::from(fd.try_clone()?).set_len(len as u64)?;
         let board = Self::map(fd, len)?;
