@@ -420,13 +420,20 @@ impl Slot {
 
 /// Milliseconds on the system-wide monotonic clock, comparable across processes.
 pub fn monotonic_ms() -> u64 {
+    monotonic().as_millis() as u64
+}
+
+/// The time on the system-wide monotonic clock (`CLOCK_MONOTONIC`), which
+/// every process reads alike (unlike `Instant`, which hides its value):
+/// heartbeats are compared across processes, and systemd is given it.
+pub fn monotonic() -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
