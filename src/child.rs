@@ -14,7 +14,8 @@ use crate::logging::LogGuard;
 use crate::scoreboard::{Scoreboard, SlotState};
 use crate::sockets::SCOREBOARD_FD;
 
-/// Exit code for a child that could not boot.
+/// Exit status of a child that could not boot, and of the master when its
+/// workers cannot (gunicorn's `WORKER_BOOT_ERROR`).
 pub const EXIT_BOOT_ERROR: u8 = 3;
 
 pub struct Booted {
