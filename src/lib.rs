@@ -23,6 +23,7 @@ pub mod master;
 pub mod metrics;
 pub mod queue;
 pub mod recorder;
+pub mod request_id;
 pub mod residency;
 pub mod runner;
 pub mod scan;

@@ -142,15 +142,11 @@ fn missing(field: &str) -> ApiError {
     )
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 fn actor_parts(caller: &Caller, headers: &HeaderMap) -> (String, Option<String>) {
-    (format!("key:{}", caller.name), request_id(headers))
+    (
+        format!("key:{}", caller.name),
+        crate::request_id::of(headers),
+    )
 }
 
 fn outcome_json(o: Outcome) -> Value {

@@ -80,7 +80,7 @@ pub async fn sample_content(
     // Recorded before anything is sent: a download the log cannot hold
     // does not happen.
     let actor_name = format!("key:{}", caller.name);
-    let request_id = request_id(&headers);
+    let request_id = crate::request_id::of(&headers);
     let actor = Actor {
         name: &actor_name,
         request_id: request_id.as_deref(),
@@ -353,15 +353,6 @@ fn zip_stream(
             Err(e) => Some((Err(e), None)),
         }
     })
-}
-
-/// The front end's request id, when it is one the log can hold.
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! What both halves of the front end (`head`, which reads request heads,
 //! and `proxy`, which forwards them) hand each other or answer with: the
-//! JSON error body, a fresh request id, and the mark a kept-alive
-//! connection carries. Apart from both so that neither imports the other
+//! JSON error body and the mark a kept-alive connection carries. Apart from both so that neither imports the other
 //! for them.
 
 use bytes::Bytes;
@@ -10,10 +9,6 @@ use bytes::Bytes;
 /// `ProxyHttp::persist_connection_context`), so the next head's clock
 /// starts at its first byte and the wait before it is the keep-alive's.
 pub struct KeptAlive;
-
-pub(super) fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
 
 pub(super) fn json_error(code: &str, message: &str) -> Bytes {
     Bytes::from(

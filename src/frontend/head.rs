@@ -52,7 +52,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::answer::{json_error, new_request_id, KeptAlive};
+use super::answer::{json_error, KeptAlive};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
@@ -435,7 +435,7 @@ pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
         r.status.as_u16(),
         r.status.canonical_reason().unwrap_or(""),
         body.len(),
-        new_request_id(),
+        crate::request_id::fresh(),
     );
     let written = tokio::time::timeout(WRITE_GRACE, async {
         stream.write_all(head.as_bytes()).await?;

@@ -20,7 +20,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::answer::{json_error, new_request_id, KeptAlive};
+use super::answer::{json_error, KeptAlive};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
 use crate::config::Settings;
@@ -178,15 +178,6 @@ fn client_keeps_alive(version: http::Version, connection: Option<&http::HeaderVa
     }
 }
 
-/// A request id from a client is kept only if it is short and plain, so
-/// it cannot inject anything into logs.
-fn acceptable_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-}
-
 /// Writes a JSON error and marks the connection as not reusable when the
 /// request body was not read.
 async fn respond(
@@ -277,13 +268,8 @@ impl ProxyHttp for FrontEnd {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.peer = peer_ip(session);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.request_id = session
-            .get_header("x-request-id")
-            .map(|v| v.as_bytes())
-            .filter(|v| acceptable_request_id(v))
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id);
+        ctx.request_id = crate::request_id::of(&session.req_header().headers)
+            .unwrap_or_else(crate::request_id::fresh);
         // The idle time replaces pingora's own (unbounded) only where the
         // client keeps the connection at all: an HTTP/1.0 client that did
         // not ask for keep-alive reads the answer to the end of the

@@ -34,7 +34,7 @@ pub async fn handle(
     let started = Instant::now();
     let slot = shared.slot();
     let seq = shared.seq.fetch_add(1, Relaxed) + 1;
-    let request_id = request_id(&req);
+    let request_id = crate::request_id::of(req.headers()).unwrap_or_else(crate::request_id::fresh);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -109,16 +109,6 @@ pub async fn handle(
 
     recycle_if_due(&shared, slot);
     Ok(resp)
-}
-
-/// The id the front end assigned, or a fresh one.
-fn request_id<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
 /// Gunicorn's request line and header limits, for clients that reach a
