@@ -81,14 +81,9 @@ pub struct HeadRules {
 
 impl HeadRules {
     pub fn new(settings: &Settings) -> Self {
-        let s = &settings.server;
         HeadRules {
             timeout: Duration::from_secs(settings.proxy.header_timeout),
-            limits: HeaderLimits {
-                request_line: s.limit_request_line as usize,
-                fields: s.limit_request_fields as usize,
-                field_size: s.limit_request_field_size as usize,
-            },
+            limits: HeaderLimits::of(&settings.server),
         }
     }
 

@@ -37,6 +37,17 @@ pub struct HeaderLimits {
     pub field_size: usize,
 }
 
+impl HeaderLimits {
+    /// The limits the settings give (`server.limit_request_*`).
+    pub fn of(server: &crate::config::Server) -> Self {
+        HeaderLimits {
+            request_line: server.limit_request_line as usize,
+            fields: server.limit_request_fields as usize,
+            field_size: server.limit_request_field_size as usize,
+        }
+    }
+}
+
 /// What the framing check learned about the body.
 #[derive(Debug, PartialEq)]
 pub struct Framing {

@@ -81,11 +81,7 @@ impl FrontEnd {
         let s = &settings.server;
         FrontEnd {
             socket: s.socket.clone(),
-            limits: HeaderLimits {
-                request_line: s.limit_request_line as usize,
-                fields: s.limit_request_fields as usize,
-                field_size: s.limit_request_field_size as usize,
-            },
+            limits: HeaderLimits::of(s),
             max_body: p.max_body_bytes,
             read_timeout: Duration::from_secs(p.read_timeout),
             body_timeout: Duration::from_secs(p.body_timeout),
