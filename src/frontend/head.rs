@@ -52,7 +52,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::answer::{json_error, KeptAlive};
+use super::answer::{json_error, linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
@@ -66,11 +66,6 @@ const PINGORA_MAX_FIELDS: usize = 256;
 const READ_CHUNK: usize = 4096;
 /// How long a refusal may take to write to a client that does not read.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
-/// How long, and how much, a refused client is read and discarded before
-/// the close (see `proxy::linger`: unread bytes make the close a reset,
-/// which can destroy the answer before the client reads it).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 4 << 20;
 
 /// What a head must satisfy, from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -442,17 +437,27 @@ pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
     if !matches!(written, Ok(Ok(()))) {
         return;
     }
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = vec![0u8; 8192];
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
+    let mut raw = Raw {
+        stream,
+        sink: vec![0u8; 8192],
+    };
+    linger(&mut raw).await;
+}
+
+/// A connection pingora has not wrapped in a session.
+struct Raw<'a> {
+    stream: &'a mut Stream,
+    sink: Vec<u8>,
+}
+
+#[async_trait]
+impl Unread for Raw<'_> {
+    async fn discard(&mut self) -> Option<usize> {
+        match self.stream.read(&mut self.sink).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
         }
-    })
-    .await;
+    }
 }
 
 #[cfg(test)]

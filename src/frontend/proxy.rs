@@ -20,7 +20,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::answer::{json_error, KeptAlive};
+use super::answer::{json_error, linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
 use crate::config::Settings;
@@ -198,20 +198,13 @@ async fn respond(
     Ok(())
 }
 
-/// How long, and how many bytes, an HTTP/1 request body that was answered
-/// before it was read is read and thrown away (nginx's lingering close).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 4 << 20;
-
 /// An answer given before the request body was read (a refusal here, or a
 /// worker's early 401, 403, 413, ...) must reach a client that is still
 /// sending, so the connection or stream is not closed under it at once:
 /// a bounded amount of the body is read and thrown away first, which gives
 /// the client time to read the answer and stop on its own.
 ///
-/// HTTP/1: closing a socket with unread bytes in it makes the kernel send
-/// a reset, which fails the client's pending write and can destroy the
-/// answer before the client reads it.
+/// HTTP/1: unread bytes would make the close a reset (`answer::linger`).
 ///
 /// HTTP/2: dropping the stream makes h2 follow the complete response with
 /// RST_STREAM(NO_ERROR), as RFC 9113 §8.1 allows; but a client may take a
@@ -225,16 +218,17 @@ async fn linger_if_unread(session: &mut Session) {
         return;
     }
     session.set_keepalive(None);
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES {
-            match session.read_request_body().await {
-                Ok(Some(b)) => drained += b.len(),
-                _ => break,
-            }
+    linger(session).await;
+}
+
+#[async_trait]
+impl Unread for Session {
+    async fn discard(&mut self) -> Option<usize> {
+        match self.read_request_body().await {
+            Ok(Some(b)) => Some(b.len()),
+            _ => None,
         }
-    })
-    .await;
+    }
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
