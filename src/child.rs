@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::logging::LogGuard;
-use crate::scoreboard::{Scoreboard, SlotState};
+use crate::scoreboard::{Scoreboard, SlotState, HEARTBEAT};
 use crate::sockets::SCOREBOARD_FD;
 
 /// Exit status of a child that could not boot, and of the master when its
@@ -97,9 +97,6 @@ pub fn failed(board: &Scoreboard, slot: usize, name: &str, why: String) -> ExitC
     eprintln!("sandgnat {name}: {why}");
     ExitCode::from(EXIT_BOOT_ERROR)
 }
-
-/// How often a child's event loop proves it is alive.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Beats the child's heartbeat from its event loop, except while `frozen`
 /// counts blocking work in progress (its start is then the last sign of

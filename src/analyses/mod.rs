@@ -145,19 +145,17 @@ pub async fn get_audit(
 /// starting: every submission goes through it. While one replaces another
 /// (HUP, a crash) submissions wait in its socket's backlog, so a recorder
 /// booting counts.
-fn recorder_alive(board: &crate::scoreboard::Scoreboard) -> bool {
-    use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER};
+fn recorder_alive(board: &crate::scoreboard::Scoreboard, server: &crate::config::Server) -> bool {
+    use crate::scoreboard::{live_within_ms, monotonic_ms, SlotState, ROLE_RECORDER};
     use std::sync::atomic::Ordering::Relaxed;
     let now = monotonic_ms();
+    let within = live_within_ms(server);
     board.child_slots().map(|i| board.slot(i)).any(|s| {
         s.role.load(Relaxed) == ROLE_RECORDER
             && matches!(s.state(), SlotState::Ready | SlotState::Booting)
-            && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < RECORDER_SILENCE_MS
+            && s.is_live(now, within)
     })
 }
-
-/// A recorder silent this long (it beats twice a second) counts as down.
-const RECORDER_SILENCE_MS: u64 = 5_000;
 
 /// Tries of the readiness query when a pooled connection turns out dead.
 const READYZ_TRIES: usize = 3;
@@ -239,7 +237,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         tracing::warn!(error = %e, path = %app.quarantine.display(), "readyz: the quarantine is not writable");
         return not_ready("quarantine", "the quarantine is not writable".into());
     }
-    if !recorder_alive(&app.board) {
+    if !recorder_alive(&app.board, &app.settings.server) {
         return not_ready(
             "recorder",
             "no recorder process is running; submissions wait for the master to start one".into(),

@@ -24,11 +24,7 @@ use super::answer::{json_error, linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
 use crate::config::Settings;
-use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
-
-/// A worker whose heartbeat is older than this is not counted as able to
-/// take a request (workers beat every 500 ms).
-const STALE_HEARTBEAT_MS: u64 = 1500;
+use crate::scoreboard::{live_within_ms, monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 
 /// Pingora's errors for a chunked body it cannot parse. It names them but
 /// does not export them, so they are matched by name (ARCHITECTURE.md
@@ -73,6 +69,9 @@ pub struct FrontEnd {
     /// Redis-shared counts when `redis.url` is set.
     shared: Option<SharedCounts>,
     board: Arc<Scoreboard>,
+    /// How recent a worker's beat must be for it to count as able to
+    /// take a request.
+    live_within_ms: u64,
 }
 
 impl FrontEnd {
@@ -101,6 +100,7 @@ impl FrontEnd {
                 .as_deref()
                 .and_then(|url| SharedCounts::new(url, board.clone())),
             board,
+            live_within_ms: live_within_ms(s),
         }
     }
 
@@ -111,7 +111,7 @@ impl FrontEnd {
             let slot = self.board.slot(i);
             slot.role.load(Relaxed) == ROLE_WORKER
                 && slot.state() == SlotState::Ready
-                && now.saturating_sub(slot.heartbeat_ms.load(Relaxed)) <= STALE_HEARTBEAT_MS
+                && slot.is_live(now, self.live_within_ms)
                 && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
         })
     }

@@ -41,6 +41,7 @@ impl Worker {
                 .expect("default format parses")
         });
         let router = super::routes::router(state);
+        let live_within_ms = crate::scoreboard::live_within_ms(&settings.server);
         Worker {
             shared: Arc::new(Shared {
                 settings,
@@ -52,6 +53,7 @@ impl Worker {
                 max_requests: args.max_requests,
                 trigger,
                 pid: std::process::id(),
+                live_within_ms,
             }),
             shutdown,
         }
@@ -148,7 +150,7 @@ async fn accept(
 ) -> std::io::Result<UnixStream> {
     loop {
         let mut ready = listener.readable().await?;
-        if balance::should_defer(&shared.board, shared.slot_index) {
+        if balance::should_defer(&shared.board, shared.slot_index, shared.live_within_ms) {
             tokio::time::sleep(balance::DEFER).await;
         }
         match ready.try_io(|l| l.get_ref().accept()) {
