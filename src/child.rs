@@ -1,9 +1,12 @@
-//! What a supervised child does first: attach to the scoreboard, so that
-//! every later failure is reported in its slot (`attach`, `failed`, used
-//! by every role). The job runners and the recorder then do the rest the
-//! same way (`boot`): read the master's settings, open their logs, take
-//! the service account's identity and the restrictions of `isolation`,
-//! and start an event loop.
+//! What a supervised child does first, in every role: attach to the
+//! scoreboard, so that every later failure is reported in its slot
+//! (`attach`, `failed`); read the master's settings, confine itself where
+//! its role is confined, and open its logs (`start`); take the service
+//! account's identity and the restrictions of `isolation`
+//! (`Started::restrict`); start its event loop. The job runners and the
+//! recorder need nothing in between and do it all with `boot`; the worker
+//! (a debug switch) and the front end (its TLS key, read while it can, and
+//! a multi-threaded loop) take the steps one at a time.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -26,6 +29,17 @@ pub struct Booted {
     pub log: LogGuard,
 }
 
+/// A child that has its settings and its logs, still with the identity
+/// it was started with.
+pub struct Started {
+    pub board: Arc<Scoreboard>,
+    pub settings: Settings,
+    /// Keeps the log writers until the child exits.
+    pub log: LogGuard,
+    name: &'static str,
+    slot: usize,
+}
+
 /// Attaches the child `name` (its command: `worker`, `job-runner`, ...) to
 /// the scoreboard the master placed at descriptor 3.
 pub fn attach(name: &str) -> Result<Arc<Scoreboard>, ExitCode> {
@@ -39,19 +53,20 @@ pub fn attach(name: &str) -> Result<Arc<Scoreboard>, ExitCode> {
     }
 }
 
-/// Boots the child `name` in `slot`, logging as `log_role`, confined as
-/// `confine` (if any).
-pub fn boot(
+/// Starts the child `name` in `slot`: attached, with the master's
+/// settings, confined as `confine` (if any) and logging as `log_role`.
+pub fn start(
     name: &'static str,
     log_role: &'static str,
     slot: usize,
-    master_pid: u32,
     confine: Option<crate::confine::Role>,
-) -> Result<Booted, ExitCode> {
+) -> Result<Started, ExitCode> {
     let board = attach(name)?;
     let fail = |why: String| failed(&board, slot, name, why);
     let settings = crate::handover::inherited_settings()
         .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
+    // Before the log writers start: confinement binds only the threads
+    // started after it.
     let confined = confine
         .map(|role| confine_self(role, &settings).map(|r| (role, r)))
         .transpose()
@@ -61,26 +76,64 @@ pub fn boot(
     if let Some((role, report)) = &confined {
         crate::confine::log_applied(*role, report);
     }
-    // A missing account fails the boot: a child never stays root.
-    crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, master_pid))
-        .map_err(|e| fail(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the event loop: {e}")))?;
-    crate::residency::drop_boot_pages();
-    Ok(Booted {
+    Ok(Started {
         board,
         settings,
-        runtime,
         log,
+        name,
+        slot,
+    })
+}
+
+impl Started {
+    /// Reports why the child cannot go on (see `failed`).
+    pub fn fail(&self, why: String) -> ExitCode {
+        failed(&self.board, self.slot, self.name, why)
+    }
+
+    /// Takes the service account's identity and the restrictions of
+    /// `isolation`. A missing account fails the boot: a child never stays
+    /// root.
+    pub fn restrict(&self, master_pid: u32) -> Result<(), ExitCode> {
+        crate::isolation::service_account(&self.settings)
+            .and_then(|account| crate::isolation::restrict(account, master_pid))
+            .map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// The child's single-threaded event loop.
+    pub fn event_loop(&self) -> Result<tokio::runtime::Runtime, ExitCode> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| self.fail(format!("cannot start the event loop: {e}")))
+    }
+}
+
+/// Boots the child `name` in `slot`, logging as `log_role`, confined as
+/// `confine` (if any): every step, then what it ran only to boot is
+/// dropped from memory (`residency`).
+pub fn boot(
+    name: &'static str,
+    log_role: &'static str,
+    slot: usize,
+    master_pid: u32,
+    confine: Option<crate::confine::Role>,
+) -> Result<Booted, ExitCode> {
+    let started = start(name, log_role, slot, confine)?;
+    started.restrict(master_pid)?;
+    let runtime = started.event_loop()?;
+    crate::residency::drop_boot_pages();
+    Ok(Booted {
+        board: started.board,
+        settings: started.settings,
+        runtime,
+        log: started.log,
     })
 }
 
 /// Confines this process as `role`, while it still has a single thread
 /// (before the log writers start).
-pub fn confine_self(
+fn confine_self(
     role: crate::confine::Role,
     settings: &Settings,
 ) -> Result<Option<crate::confine::Report>, String> {

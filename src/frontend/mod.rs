@@ -66,38 +66,26 @@ pub struct FrontEndArgs {
 const ACCEPTED_GRACE: Duration = head::DRAIN_GRACE.saturating_add(Duration::from_millis(500));
 
 pub fn run(args: FrontEndArgs) -> ExitCode {
-    let board = match crate::child::attach("front-end") {
-        Ok(b) => b,
+    let child = match crate::child::start("front-end", "frontend", args.slot, None) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let fail = |why: String| crate::child::failed(&board, args.slot, "front-end", why);
-    let settings = match crate::handover::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
-    };
-    let _log = match crate::logging::init(&settings.log, "frontend") {
-        Ok(g) => g,
-        Err(e) => return fail(format!("cannot open log files: {e}")),
-    };
+    let fail = |why: String| child.fail(why);
+    let (board, settings) = (&child.board, &child.settings);
     // The key is read before privileges are dropped: it is usually
     // readable by root only.
-    let (cert, key) = tls::pair_paths(&settings);
+    let (cert, key) = tls::pair_paths(settings);
     let tls_config = match tls::load(&cert, &key) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let account = match crate::isolation::service_account(&settings) {
-        Ok(a) => a,
-        Err(e) => return fail(e.to_string()),
-    };
-    if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
-        return fail(e.to_string());
+    if let Err(code) = child.restrict(args.master_pid) {
+        return code;
     }
 
     let fds = Arc::new(Mutex::new(Fds::new()));
     let conf = Arc::new(ServerConf::default());
-    let mut proxy =
-        pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(&settings, board.clone()));
+    let mut proxy = pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(settings, board.clone()));
     // HTTP/1.1 keep-alive is set per request in `request_filter`;
     // HTTP/2 connections need their own idle bound. It is also HTTP/2's
     // deadline for a request's headers: pingora counts a connection as
@@ -118,8 +106,8 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut service = Service::new(
         "sandgnat front end".to_string(),
         conncap::Capped::new(
-            head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
-            &settings,
+            head::HeadGuard::new(proxy, head::HeadRules::new(settings)),
+            settings,
             board.clone(),
         ),
     );

@@ -16,7 +16,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sockets::{backlog, FIRST_LISTENER_FD, SCOREBOARD_FD, WORKERS};
+use crate::sockets::{backlog, FIRST_LISTENER_FD, WORKERS};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
@@ -35,30 +35,15 @@ struct Watched {
 }
 
 pub fn run(args: MetricsArgs) -> ExitCode {
-    // SAFETY: descriptors placed by the master for exactly these uses.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat metrics-listener: {e}");
-            return ExitCode::from(3);
-        }
+    let child = match crate::child::start("metrics-listener", "metrics", args.slot, None) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let settings = match crate::handover::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sandgnat metrics-listener: cannot read settings: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    let _log = crate::logging::init(&settings.log, "metrics");
-    // A missing account fails the boot: it must never fall back to root.
-    let isolated = crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
-    if let Err(e) = isolated {
-        tracing::error!(error = %e, "metrics listener cannot isolate itself");
-        return ExitCode::from(3);
+    if let Err(code) = child.restrict(args.master_pid) {
+        return code;
     }
-    // SAFETY: as above.
+    let (board, settings) = (&child.board, &child.settings);
+    // SAFETY: descriptors placed by the master for exactly these uses.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST_LISTENER_FD) };
     let watched: Vec<Watched> = args
         .listeners
@@ -73,27 +58,17 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         .collect();
     let watched = Arc::new(watched);
     let queue_metrics = queue::QueueMetrics::default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match child.event_loop() {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the event loop");
-            return ExitCode::from(3);
-        }
+        Err(code) => return code,
     };
-    rt.block_on(async move {
-        if let Err(e) = listener.set_nonblocking(true) {
-            tracing::error!(error = %e, "cannot use the metrics socket");
-            return ExitCode::from(3);
-        }
-        let listener = match tokio::net::TcpListener::from_std(listener) {
+    rt.block_on(async {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
             Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot use the metrics socket");
-                return ExitCode::from(3);
-            }
+            Err(e) => return child.fail(format!("cannot use the metrics socket: {e}")),
         };
         let slot = board.slot(args.slot);
         slot.pid
@@ -115,7 +90,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return ExitCode::from(3),
+                Err(e) => return child.fail(format!("cannot watch signals: {e}")),
             };
         loop {
             let stream = tokio::select! {
