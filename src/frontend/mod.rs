@@ -179,19 +179,18 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
             sha256 = tls::file_fingerprint(&cert).unwrap_or_default(),
             "front end ready"
         );
-        let beat_board = board.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                beat_board.slot(args.slot).beat();
-                if std::os::unix::process::parent_id() != args.master_pid {
-                    std::process::exit(0);
-                }
-            }
-        });
+        // The heartbeat asks for a stop once the master is gone.
+        let (trigger, mut orphaned) = crate::shutdown::channel();
+        tokio::spawn(crate::child::heartbeat(
+            board.clone(),
+            args.slot,
+            args.master_pid,
+            trigger,
+            None,
+        ));
         let graceful_stop = tokio::select! {
             _ = term.recv() => true,
+            _ = orphaned.requested() => true,
             _ = quit.recv() => false,
             _ = int.recv() => false,
         };

@@ -76,17 +76,15 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         slot.beat();
         slot.set_state(SlotState::Ready);
         tokio::spawn(queue_metrics.clone().refresh(settings.clone()));
-        let beat_board = board.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                beat_board.slot(args.slot).beat();
-                if std::os::unix::process::parent_id() != args.master_pid {
-                    std::process::exit(0);
-                }
-            }
-        });
+        // The heartbeat asks for a stop once the master is gone.
+        let (trigger, mut orphaned) = crate::shutdown::channel();
+        tokio::spawn(crate::child::heartbeat(
+            board.clone(),
+            args.slot,
+            args.master_pid,
+            trigger,
+            None,
+        ));
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -96,6 +94,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             let stream = tokio::select! {
                 r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 _ = term.recv() => return ExitCode::SUCCESS,
+                _ = orphaned.requested() => return ExitCode::SUCCESS,
             };
             let board = board.clone();
             let watched = watched.clone();
