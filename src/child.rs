@@ -151,6 +151,24 @@ pub fn failed(board: &Scoreboard, slot: usize, name: &str, why: String) -> ExitC
     ExitCode::from(EXIT_BOOT_ERROR)
 }
 
+/// Marks the child in `slot` ready for the master and starts its
+/// `heartbeat` (on the current event loop), which pulls `trigger` once the
+/// master is gone.
+pub fn ready(
+    board: &Arc<Scoreboard>,
+    slot: usize,
+    master_pid: u32,
+    trigger: crate::shutdown::Trigger,
+    frozen: Option<Arc<std::sync::atomic::AtomicU32>>,
+) {
+    let s = board.slot(slot);
+    s.pid
+        .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+    s.beat();
+    s.set_state(SlotState::Ready);
+    tokio::spawn(heartbeat(board.clone(), slot, master_pid, trigger, frozen));
+}
+
 /// Beats the child's heartbeat from its event loop, except while `frozen`
 /// counts blocking work in progress (its start is then the last sign of
 /// life, so work stuck for `server.timeout` gets the child aborted). Stops

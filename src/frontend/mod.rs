@@ -43,7 +43,6 @@ use pingora_core::server::Fds;
 use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 
-use crate::scoreboard::SlotState;
 use crate::sockets::FIRST_LISTENER_FD;
 
 /// What the master tells the front end on its command line.
@@ -170,24 +169,14 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         tokio::spawn(async move {
             service.start_service(Some(fds), stop_rx, 1).await;
         });
-        let slot = board.slot(args.slot);
-        slot.pid.store(std::process::id(), Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
+        // The heartbeat asks for a stop once the master is gone.
+        let (trigger, mut orphaned) = crate::shutdown::channel();
+        crate::child::ready(board, args.slot, args.master_pid, trigger, None);
         tracing::info!(
             cert = %cert.display(),
             sha256 = tls::file_fingerprint(&cert).unwrap_or_default(),
             "front end ready"
         );
-        // The heartbeat asks for a stop once the master is gone.
-        let (trigger, mut orphaned) = crate::shutdown::channel();
-        tokio::spawn(crate::child::heartbeat(
-            board.clone(),
-            args.slot,
-            args.master_pid,
-            trigger,
-            None,
-        ));
         let graceful_stop = tokio::select! {
             _ = term.recv() => true,
             _ = orphaned.requested() => true,

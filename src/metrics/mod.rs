@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::scoreboard::{Scoreboard, SlotState};
+use crate::scoreboard::Scoreboard;
 use crate::sockets::{backlog, FIRST_LISTENER_FD, WORKERS};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -70,21 +70,10 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return child.fail(format!("cannot use the metrics socket: {e}")),
         };
-        let slot = board.slot(args.slot);
-        slot.pid
-            .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
-        tokio::spawn(queue_metrics.clone().refresh(settings.clone()));
         // The heartbeat asks for a stop once the master is gone.
         let (trigger, mut orphaned) = crate::shutdown::channel();
-        tokio::spawn(crate::child::heartbeat(
-            board.clone(),
-            args.slot,
-            args.master_pid,
-            trigger,
-            None,
-        ));
+        crate::child::ready(board, args.slot, args.master_pid, trigger, None);
+        tokio::spawn(queue_metrics.clone().refresh(settings.clone()));
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,

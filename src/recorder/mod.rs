@@ -23,10 +23,8 @@ mod wire;
 
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::scoreboard::SlotState;
 use crate::shutdown;
 use crate::sockets::FIRST_LISTENER_FD;
 
@@ -69,17 +67,7 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             trigger.clone(),
             "TERM: telling the workers to go away; answering what is in hand",
         ));
-        let slot = board.slot(args.slot);
-        slot.pid.store(std::process::id(), Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
-        tokio::spawn(crate::child::heartbeat(
-            board.clone(),
-            args.slot,
-            args.master_pid,
-            trigger,
-            None,
-        ));
+        crate::child::ready(&board, args.slot, args.master_pid, trigger, None);
         tokio::spawn(crate::store::durability::check_until_known(
             db.clone(),
             board.clone(),
