@@ -30,6 +30,18 @@ impl ApiError {
     }
 }
 
+/// An id from a path or query: a UUID, else 400 `invalid_id` naming `what`
+/// it should have been ("an analysis id").
+pub fn parse_uuid(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{raw:?} is not {what} (a UUID)"),
+        )
+    })
+}
+
 /// A dependency is down: the client should retry later.
 pub fn unavailable(what: &str, why: impl std::fmt::Display) -> ApiError {
     let mut e = ApiError::new(

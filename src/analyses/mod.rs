@@ -25,13 +25,7 @@ use crate::worker::state::AppState;
 
 /// An analysis id from a path or query: a UUID, else 400 `invalid_id`.
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{raw:?} is not an analysis id (a UUID)"),
-        )
-    })
+    crate::api_error::parse_uuid(raw, "an analysis id")
 }
 
 pub fn db_error(e: sqlx::Error) -> ApiError {
