@@ -1,13 +1,12 @@
 //! What both halves of the front end (`head`, which reads request heads,
-//! and `proxy`, which forwards them) hand each other or answer with: the
-//! JSON error body, the mark a kept-alive connection carries, and the
-//! lingering read after an answer given before the request was read. Apart from both so that neither imports the other
+//! and `proxy`, which forwards them) hand each other or do alike: the
+//! mark a kept-alive connection carries, and the lingering read after an
+//! answer given before the request was read. Apart from both so that neither imports the other
 //! for them.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 /// Set on a connection that pingora keeps alive after a request (through
 /// `ProxyHttp::persist_connection_context`), so the next head's clock
@@ -44,11 +43,4 @@ pub(super) async fn linger(from: &mut impl Unread) {
         }
     })
     .await;
-}
-
-pub(super) fn json_error(code: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({"error": code, "message": message}))
-            .unwrap_or_default(),
-    )
 }

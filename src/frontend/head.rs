@@ -52,7 +52,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::answer::{json_error, linger, KeptAlive, Unread};
+use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
@@ -417,7 +417,7 @@ fn describe(e: &pingora_core::Error) -> String {
 /// (there is no pingora session for a head that never parsed), then closes
 /// after a short linger.
 pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
-    let body = json_error(r.code, &r.message);
+    let body = crate::api_error::body(r.code, &r.message);
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\

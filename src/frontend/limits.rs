@@ -17,6 +17,12 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl From<Refusal> for crate::api_error::ApiError {
+    fn from(r: Refusal) -> Self {
+        crate::api_error::ApiError::new(r.status, r.code, r.message)
+    }
+}
+
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         status,

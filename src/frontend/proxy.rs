@@ -20,9 +20,10 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::answer::{json_error, linger, KeptAlive, Unread};
+use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
+use crate::api_error::ApiError;
 use crate::config::Settings;
 use crate::scoreboard::{live_within_ms, monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 
@@ -176,20 +177,13 @@ fn client_keeps_alive(version: http::Version, connection: Option<&http::HeaderVa
 
 /// Writes a JSON error and marks the connection as not reusable when the
 /// request body was not read.
-async fn respond(
-    session: &mut Session,
-    ctx: &Ctx,
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    retry_after: Option<u64>,
-) -> Result<()> {
-    let body = json_error(code, message);
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+async fn respond(session: &mut Session, ctx: &Ctx, e: &ApiError) -> Result<()> {
+    let body = Bytes::from(e.body());
+    let mut resp = ResponseHeader::build(e.status, Some(5))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(s) = retry_after {
+    if let Some(s) = e.retry_after {
         resp.insert_header("retry-after", s.to_string())?;
     }
     session.set_keepalive(None);
@@ -277,7 +271,7 @@ impl ProxyHttp for FrontEnd {
         let framing = match self.check_framing(session) {
             Ok(f) => f,
             Err(r) => {
-                respond(session, ctx, r.status, r.code, &r.message, None).await?;
+                respond(session, ctx, &r.into()).await?;
                 return Ok(true);
             }
         };
@@ -293,15 +287,8 @@ impl ProxyHttp for FrontEnd {
         let client = ctx.client.clone().unwrap_or_default();
         if !self.admit(&self.per_ip, "ip", &client).await {
             let msg = format!("too many requests from {client}; slow down");
-            respond(
-                session,
-                ctx,
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                &msg,
-                Some(1),
-            )
-            .await?;
+            let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg);
+            respond(session, ctx, &e.retry_after(1)).await?;
             return Ok(true);
         }
         // The key as the worker will read it (a header, or Basic's password).
@@ -312,15 +299,12 @@ impl ProxyHttp for FrontEnd {
             // Counted under a digest so no key is kept in memory in clear.
             let id = super::tls::fingerprint(key.as_bytes());
             if !self.admit(&self.per_key, "key", &id).await {
-                respond(
-                    session,
-                    ctx,
+                let e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     "too many requests with this API key; slow down",
-                    Some(1),
-                )
-                .await?;
+                );
+                respond(session, ctx, &e.retry_after(1)).await?;
                 return Ok(true);
             }
         }
@@ -341,28 +325,22 @@ impl ProxyHttp for FrontEnd {
                 ctx.continued = true;
             }
             if session.read_request_body().await.is_err() {
-                respond(
-                    session,
-                    ctx,
+                let e = ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "malformed chunked body",
-                    None,
-                )
-                .await?;
+                );
+                respond(session, ctx, &e).await?;
                 return Ok(true);
             }
         }
         if !self.worker_available() {
-            respond(
-                session,
-                ctx,
+            let e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_worker",
                 "no worker can take the request right now; retry shortly",
-                Some(1),
-            )
-            .await?;
+            );
+            respond(session, ctx, &e.retry_after(1)).await?;
             return Ok(true);
         }
         Ok(false)
@@ -602,7 +580,7 @@ impl ProxyHttp for FrontEnd {
             tracing::warn!(request_id = %ctx.request_id, status = status.as_u16(), error = %e, "request failed in the front end");
         }
         if !dead && session.response_written().is_none() {
-            let _ = respond(session, ctx, status, code, &message, None).await;
+            let _ = respond(session, ctx, &ApiError::new(status, code, message)).await;
         }
         FailToProxy {
             error_code: if dead { 0 } else { status.as_u16() },

@@ -122,9 +122,10 @@ fn answer(
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                r#"{"error":"not_found","message":"metrics are at /metrics"}"#,
-            ))
+            .body(Body::from(crate::api_error::body(
+                "not_found",
+                "metrics are at /metrics",
+            )))
             .unwrap_or_default();
     }
     let pending: Vec<render::Pending<'_>> = watched

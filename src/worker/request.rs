@@ -119,8 +119,7 @@ fn check_limits<B>(server: &crate::config::Server, req: &Request<B>) -> Result<(
     check_host(req)?;
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let limits = HeaderLimits::of(server);
-    check_decoded(req.method().as_str(), target, req.headers(), limits)
-        .map_err(|r| ApiError::new(r.status, r.code, r.message))
+    check_decoded(req.method().as_str(), target, req.headers(), limits).map_err(ApiError::from)
 }
 
 /// RFC 9112 §3.2, as the front end checks it (`frontend::limits`): one
