@@ -53,8 +53,8 @@ pub fn reopen() {
 
 /// Lines a log writer queues before a thread that logs must wait for the
 /// writer (lines are never dropped: `lossy(false)`). tracing-appender's
-/// default, 128,000, allocates and touches a 4 MiB ring per writer up
-/// front: 8 MiB of every process's RSS for the error and access logs.
+/// default queue is allocated and touched up front, per writer, in every
+/// process, and is far larger than a burst of log lines needs.
 const QUEUED_LINES: usize = 4096;
 
 /// Bytes of log lines the writer thread gathers into one write(2).

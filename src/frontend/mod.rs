@@ -9,10 +9,9 @@
 //! keeps owning the public sockets, so a front end that dies or is
 //! replaced on HUP loses no connection waiting in a backlog.
 //!
-//! Pingora is handed the inherited sockets instead of binding them: the
-//! master owns the public sockets, so that a replaced front end loses no
-//! connection. The descriptors go into the `Fds` table pingora's listening
-//! service takes, and the service runs on our own tokio runtime. That keeps
+//! So pingora is handed the inherited sockets instead of binding them:
+//! the descriptors go into the `Fds` table pingora's listening service
+//! takes, and the service runs on our own tokio runtime. That keeps
 //! pingora's accept, TLS, HTTP/1, HTTP/2 and proxy machinery, while its
 //! `Server` (daemonising, its own signal handling, its own upgrade
 //! socket) stays out: the master already does those jobs. What this relies
@@ -87,11 +86,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut proxy = pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(settings, board.clone()));
     // HTTP/1.1 keep-alive is set per request in `request_filter`;
     // HTTP/2 connections need their own idle bound. It is also HTTP/2's
-    // deadline for a request's headers: pingora counts a connection as
-    // idle until h2 has a whole header block, so a fresh connection that
-    // opens no stream, or a header block trickled in CONTINUATION frames,
-    // is closed after proxy.header_timeout, as an HTTP/1 head is. (No
-    // stream exists yet, so there is no request to answer with a 408.)
+    // deadline for a request's headers (ARCHITECTURE.md, behaviour of
+    // dependencies): a fresh connection that opens no stream, or a header
+    // block trickled in CONTINUATION frames, is closed after
+    // proxy.header_timeout, as an HTTP/1 head is. (No stream exists yet,
+    // so there is no request to answer with a 408.)
     let mut opts = pingora_core::apps::HttpServerOptions::default();
     let h2_idle = settings
         .proxy
@@ -216,11 +215,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
 const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONNECTION_WINDOW: u32 = 2 << 20;
 
-///
-/// The header list keeps pingora's cap (64 KiB): that bounds what a
-/// stream's headers can make us hold, and a list over it gets h2's own 431,
-/// without our JSON body. Everything under it meets gunicorn's limits in
-/// `request_filter` (`limits::check_decoded`), answered as over HTTP/1.
+/// HTTP/2's settings: the windows above. The header list keeps pingora's
+/// own cap, which bounds what a stream's headers can make us hold; a list
+/// over it gets h2's own 431, without our JSON body. Everything under it
+/// meets gunicorn's limits in `request_filter` (`limits::check_decoded`),
+/// answered as over HTTP/1.
 fn h2_options() -> pingora_core::protocols::http::v2::server::H2Options {
     let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
     h2.initial_window_size(H2_STREAM_WINDOW);

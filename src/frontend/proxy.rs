@@ -203,8 +203,8 @@ async fn respond(session: &mut Session, ctx: &Ctx, e: &ApiError) -> Result<()> {
 /// HTTP/2: dropping the stream makes h2 follow the complete response with
 /// RST_STREAM(NO_ERROR), as RFC 9113 §8.1 allows; but a client may take a
 /// reset that arrives with the response, while it is still sending, as a
-/// failure of the stream and throw away the answer it holds (curl 7.88
-/// does). A client that stops on its own ends its stream early; h2 resets
+/// failure of the stream and throw away the answer it holds (some curl
+/// versions do). A client that stops on its own ends its stream early; h2 resets
 /// that one (its Content-Length is not met), which ends the read here, and
 /// by then the client has its answer.
 async fn linger_if_unread(session: &mut Session) {

@@ -414,8 +414,8 @@ async fn process(
 }
 
 /// Samples up to this size, held in memory, are hashed and scanned on
-/// the event loop: that takes less time (tens of microseconds at 4 KiB)
-/// than a hop to the blocking pool and back, two thread wake-ups. Only
+/// the event loop: that takes less time than a hop to the blocking pool
+/// and back, two thread wake-ups. Only
 /// writing a new one to the quarantine (an fsync) goes to the pool.
 const INLINE_BYTES: u64 = 16 * 1024;
 
