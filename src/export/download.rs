@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::zip::{Encoder, PASSWORD};
 use crate::analyses::db_error;
-use crate::analyses::status::{audit, Actor};
+use crate::analyses::status::{audit, KeyRequest};
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Role, Visibility};
 use crate::worker::state::AppState;
@@ -79,17 +79,12 @@ pub async fn sample_content(
 
     // Recorded before anything is sent: a download the log cannot hold
     // does not happen.
-    let actor_name = format!("key:{}", caller.name);
-    let request_id = crate::request_id::of(&headers);
-    let actor = Actor {
-        name: &actor_name,
-        request_id: request_id.as_deref(),
-    };
+    let by = KeyRequest::new(&caller, &headers);
     let mut conn = app.db.acquire().await.map_err(db_error)?;
     audit(
         &mut conn,
         analysis,
-        &actor,
+        &by.actor(),
         "sample_downloaded",
         json!({ "sha256": sha256, "format": format.as_str(), "key": caller.name }),
     )
