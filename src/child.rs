@@ -71,7 +71,7 @@ pub fn start(
         .map(|role| confine_self(role, &settings).map(|r| (role, r)))
         .transpose()
         .map_err(fail)?;
-    let log = crate::logging::init(&settings.log, log_role)
+    let log = crate::logging::init(&settings.log, &settings.node.name, log_role)
         .map_err(|e| fail(format!("cannot open log files: {e}")))?;
     if let Some((role, report)) = &confined {
         crate::confine::log_applied(*role, report);

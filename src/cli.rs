@@ -601,7 +601,7 @@ fn serve(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let _log = match crate::logging::init(&settings.log, "master") {
+    let _log = match crate::logging::init(&settings.log, &settings.node.name, "master") {
         Ok(g) => g,
         Err(e) => {
             eprintln!("sandgnat: cannot open log files: {e}");

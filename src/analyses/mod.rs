@@ -110,7 +110,7 @@ pub async fn get_audit(
     })?;
     let id = parse_id(raw_id)?;
     let rows = sqlx::query(
-        "SELECT id, at, actor, event, details, request_id FROM analysis_audit_log
+        "SELECT id, at, actor, event, details, request_id, node FROM analysis_audit_log
          WHERE analysis_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -129,6 +129,7 @@ pub async fn get_audit(
                 "event": r.get::<String, _>("event"),
                 "details": details.0,
                 "request_id": r.get::<Option<String>, _>("request_id"),
+                "node": r.get::<Option<String>, _>("node"),
             })
         })
         .collect();

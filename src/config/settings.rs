@@ -11,6 +11,7 @@ use crate::accesslog::GUNICORN_ACCESS_LOG_FORMAT;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    pub node: Node,
     pub server: Server,
     pub proxy: Proxy,
     pub intake: Intake,
@@ -22,6 +23,31 @@ pub struct Settings {
     pub metrics: Metrics,
     pub log: Log,
     pub debug: Debug,
+}
+
+/// This node among those that share one database: its name is on every
+/// audit row and analysis it writes, every log line, its metrics and its
+/// runners' leases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Node {
+    /// Unset in the file: the host name.
+    pub name: String,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node { name: host_name() }
+    }
+}
+
+/// The kernel's host name, or `localhost` when it has none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The worker pool: gunicorn's settings, same names, same meaning.

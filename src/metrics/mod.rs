@@ -58,6 +58,7 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         .collect();
     let watched = Arc::new(watched);
     let queue_metrics = queue::QueueMetrics::default();
+    let node_info: Arc<str> = render::node_info(&settings.node.name).into();
     let rt = match child.event_loop() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -88,16 +89,18 @@ pub fn run(args: MetricsArgs) -> ExitCode {
             let board = board.clone();
             let watched = watched.clone();
             let queue_metrics = queue_metrics.clone();
+            let node_info = node_info.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let board = board.clone();
                     let watched = watched.clone();
                     let queue_text = queue_metrics.text();
+                    let node_info = node_info.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(answer(
                             &board,
                             &watched,
-                            &queue_text,
+                            &[&node_info, &queue_text],
                             req,
                         ))
                     }
@@ -112,10 +115,12 @@ pub fn run(args: MetricsArgs) -> ExitCode {
     })
 }
 
+/// `/metrics`: the scoreboard's and the kernel's figures, then the texts
+/// kept apart (the node's name, the cached queue figures).
 fn answer(
     board: &Scoreboard,
     watched: &[Watched],
-    queue_text: &str,
+    more: &[&str],
     req: Request<Incoming>,
 ) -> Response<Body> {
     if req.uri().path() != "/metrics" {
@@ -137,6 +142,6 @@ fn answer(
         .collect();
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(Body::from(render::render(board, &pending) + queue_text))
+        .body(Body::from(render::render(board, &pending) + &more.concat()))
         .unwrap_or_default()
 }

@@ -28,6 +28,21 @@ fn status_label(i: usize) -> String {
         .unwrap_or_else(|| "other".to_string())
 }
 
+/// `sandgnat_node_info{node="..."} 1`: which node these figures are
+/// from, to join on when several nodes are scraped (the name needs no
+/// escaping: `config::is_node_name`).
+pub fn node_info(node: &str) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "sandgnat_node_info",
+        "gauge",
+        "The node these metrics come from (node.name), always 1.",
+    );
+    let _ = writeln!(out, "sandgnat_node_info{{node=\"{node}\"}} 1");
+    out
+}
+
 pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     let mut out = String::with_capacity(8192);
 
