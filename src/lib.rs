@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod confine;
+pub mod duties;
 pub mod export;
 pub mod frontend;
 pub mod handover;

@@ -189,6 +189,9 @@ pub struct Header {
     /// Connections the front end refused at a cap (`frontend::conncap`),
     /// by cap.
     pub connections_refused: [AtomicU64; CONNECTION_REFUSALS.len()],
+    /// The pid of this node's process that holds the cluster's lead
+    /// (`crate::duties`), 0 when none does.
+    pub lead_pid: AtomicU32,
 }
 
 /// The kinds of leftovers, as the metric labels them.

@@ -82,6 +82,14 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             Duration::from_secs(settings.intake.leftover_age),
             Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),
         ));
+        // One process per node contends for the work that runs once
+        // across the cluster; the recorder is the one of which there is
+        // exactly one.
+        tokio::spawn(crate::duties::run(
+            db.clone(),
+            settings.clone(),
+            board.clone(),
+        ));
         tracing::info!(slot = args.slot, "recorder ready");
         let deadline = Duration::from_millis(settings.database.record_timeout_ms);
         serve::serve(listener, db, deadline, shutdown).await;

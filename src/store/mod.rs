@@ -12,6 +12,7 @@
 //! they held are let go, long before the system's two-hour default.
 
 pub mod durability;
+pub mod lead;
 pub mod role;
 
 use std::time::Duration;

@@ -111,11 +111,6 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // now is retried by the refresher.
         let _ = state.keys.refresh(&db).await;
         tokio::spawn(state.keys.clone().keep_fresh(db.clone()));
-        tokio::spawn(crate::analyses::upkeep::run(
-            db,
-            settings.queue.clone(),
-            state.notifier.clone(),
-        ));
         server::Worker::new(settings.clone(), board.clone(), args.clone(), state)
             .serve(listener)
             .await
