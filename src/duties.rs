@@ -1,6 +1,6 @@
 //! Work that must run once across the cluster, whichever nodes share the
-//! database: queue maintenance (expired leases, pruning; `analyses::upkeep`).
-//! Every node's recorder (one
+//! database: queue maintenance (expired leases, pruning; `analyses::upkeep`)
+//! and sample retention (`crate::retention`). Every node's recorder (one
 //! process per node) contends for the cluster's lead (`store::lead`); the
 //! one that holds it runs each duty when it falls due, as the table
 //! `cluster_duties` says (who ran it last, when, with what outcome), so a
@@ -43,11 +43,19 @@ pub struct Context {
 
 /// The duties these settings ask for.
 pub fn list(settings: &Settings) -> Vec<Duty> {
-    vec![Duty {
+    let mut duties = vec![Duty {
         name: "queue_maintenance",
         every: Duration::from_secs(settings.queue.maintenance_interval),
         run: |cx| Box::pin(queue_maintenance(cx)),
-    }]
+    }];
+    if settings.retention.sample_days > 0 {
+        duties.push(Duty {
+            name: "retention",
+            every: Duration::from_secs(settings.retention.interval),
+            run: |cx| Box::pin(retention(cx)),
+        });
+    }
+    duties
 }
 
 async fn queue_maintenance(cx: &Context) -> Result<Value, String> {
@@ -59,6 +67,14 @@ async fn queue_maintenance(cx: &Context) -> Result<Value, String> {
         "reclaimed": report.reclaimed.len(),
         "pruned": report.pruned,
     }))
+}
+
+async fn retention(cx: &Context) -> Result<Value, String> {
+    let quarantine = crate::intake::quarantine::quarantine_dir(&cx.settings);
+    let done = crate::retention::pass(&cx.db, &cx.settings.retention, &quarantine)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "purged": done.purged, "skipped": done.skipped }))
 }
 
 /// How often a process without the lead tries to take it.

@@ -26,6 +26,7 @@ pub mod queue;
 pub mod recorder;
 pub mod request_id;
 pub mod residency;
+pub mod retention;
 pub mod runner;
 pub mod scan;
 pub mod scoreboard;

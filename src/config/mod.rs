@@ -172,6 +172,7 @@ mod tests {
         assert_eq!(s.intake.max_sample_bytes, 128 << 20);
         assert_eq!(s.metrics.bind, "127.0.0.1:8001");
         assert_eq!(s.node.name, host_name());
+        assert_eq!(s.retention.sample_days, 0, "samples are kept forever");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct Settings {
     pub database: Database,
     pub redis: Redis,
     pub queue: Queue,
+    pub retention: Retention,
     pub metrics: Metrics,
     pub log: Log,
     pub debug: Debug,
@@ -375,6 +376,28 @@ impl Queue {
             "static" => self.static_.clone(),
             "notify" => self.notify.clone(),
             _ => QueueLimits::default(),
+        }
+    }
+}
+
+/// How long samples' bytes are kept (`crate::retention`). The sample's
+/// row, hashes, analyses and audit trail are kept whatever this says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Days after a sample was last submitted before its bytes are
+    /// deleted, unless a job waiting or running still needs them; 0 keeps
+    /// them forever.
+    pub sample_days: u32,
+    /// Seconds between two retention passes (one node at a time does it).
+    pub interval: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            sample_days: 0,
+            interval: 3_600,
         }
     }
 }

@@ -255,6 +255,13 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         100,
         600_000,
     )?;
+    range(
+        "retention.sample_days",
+        s.retention.sample_days,
+        0,
+        100 * 365,
+    )?;
+    range("retention.interval", s.retention.interval, 1, 7 * 86_400)?;
     socket_addr("metrics.bind", &s.metrics.bind)?;
 
     if !s.paths.state_dir.is_absolute() {

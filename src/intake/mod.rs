@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod known;
 pub mod leftovers;
 pub mod metadata;
+pub mod purged;
 pub mod quarantine;
 pub mod record;
 pub mod spool;
@@ -78,6 +79,13 @@ impl From<RecordError> for ApiError {
         match e {
             RecordError::Unavailable(why) => unavailable("the database", why),
             RecordError::Unreachable(why) => unavailable("the recorder", why),
+            RecordError::Purged => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sample_purged_meanwhile",
+                "the stored copy of these bytes was purged while they were being \
+                 submitted; nothing was recorded; send them again",
+            )
+            .retry_after(1),
             RecordError::Refused(e) => {
                 tracing::error!(error = %e, "cannot record the submission");
                 ApiError::new(
@@ -373,12 +381,13 @@ async fn process(
     let rules_digest = scan_error.is_none().then(|| app.rules.digest());
 
     let submission = record::Submission {
-        sha256: sha256_of(&stored),
+        sha256: sha256_of(&stored.path),
         sha1,
         md5,
         size,
         file_type,
-        storage_path: stored.display().to_string(),
+        storage_path: stored.path.display().to_string(),
+        wrote_bytes: stored.wrote,
         filename: filename.clone(),
         meta,
         key_id: caller.key_id,
@@ -445,7 +454,7 @@ struct Inspected {
 
 struct Examined {
     inspected: Inspected,
-    stored: std::io::Result<std::path::PathBuf>,
+    stored: std::io::Result<quarantine::Stored>,
 }
 
 /// Hash (if not done while spooling), detect the type, look in the
@@ -610,9 +619,13 @@ async fn examine_small(
         cached,
     };
     if target.exists() {
+        let stored = quarantine::Stored {
+            path: target,
+            wrote: false,
+        };
         return Ok(Examined {
             inspected,
-            stored: Ok(target),
+            stored: Ok(stored),
         });
     }
     let worker = app.clone();

@@ -34,25 +34,28 @@ pub fn path_for(root: &Path, sha256: &str) -> PathBuf {
 /// Puts a received sample in place, or drops it if the same bytes are
 /// already stored. A sample held in memory is first written to a new file
 /// in `spool_dir` (on the quarantine's filesystem, so the move is a
-/// rename). Returns the stored path.
-pub fn store(root: &Path, spool_dir: &Path, sha256: &str, content: Content) -> io::Result<PathBuf> {
-    store_synced(root, spool_dir, sha256, content).map(|s| s.path)
+/// rename).
+pub fn store(root: &Path, spool_dir: &Path, sha256: &str, content: Content) -> io::Result<Stored> {
+    store_synced(root, spool_dir, sha256, content).map(|(stored, _)| stored)
 }
 
-/// What [`store`] did: the stored path, and every directory it synced,
-/// in the order synced.
+/// Where a sample is stored, and whether this submission wrote it.
 #[derive(Debug)]
 pub struct Stored {
     pub path: PathBuf,
-    pub synced: Vec<PathBuf>,
+    /// False when the same bytes were found stored: the submission then
+    /// relies on a copy that a purge may be deleting (`intake::record`
+    /// refuses it if the sample was purged meanwhile).
+    pub wrote: bool,
 }
 
+/// [`store`], also saying every directory it synced, in the order synced.
 fn store_synced(
     root: &Path,
     spool_dir: &Path,
     sha256: &str,
     content: Content,
-) -> io::Result<Stored> {
+) -> io::Result<(Stored, Vec<PathBuf>)> {
     let target = path_for(root, sha256);
     let dir = target.parent().unwrap_or(root).to_path_buf();
     let mut synced = make_dirs(&dir)?;
@@ -61,10 +64,11 @@ fn store_synced(
     // submission's commit will make it no longer be) leaves it alone;
     // if the sweep moved it aside already, store our own copy.
     if touch(&target).is_ok() {
-        return Ok(Stored {
+        let stored = Stored {
             path: target,
-            synced,
-        });
+            wrote: false,
+        };
+        return Ok((stored, synced));
     }
     let spooled = match content {
         Content::File(f) => f,
@@ -79,10 +83,11 @@ fn store_synced(
     // The rename is durable only once the directory is synced.
     fs::File::open(&dir)?.sync_all()?;
     synced.push(dir);
-    Ok(Stored {
+    let stored = Stored {
         path: target,
-        synced,
-    })
+        wrote: true,
+    };
+    Ok((stored, synced))
 }
 
 /// Makes `dir` and any missing parents (0750), then syncs the parent of
@@ -115,6 +120,24 @@ fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(synced)
+}
+
+/// Deletes a sample's bytes: the one place they are deleted on purpose
+/// (`crate::intake::purged`, which holds the sample's row, marked purged,
+/// meanwhile). Whether there was a file; a name that is not a sha256 is
+/// refused.
+pub fn remove(root: &Path, sha256: &str) -> io::Result<bool> {
+    if !is_sha256(sha256) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a sample is named by its sha256",
+        ));
+    }
+    match fs::remove_file(path_for(root, sha256)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn touch(path: &Path) -> io::Result<()> {
@@ -155,11 +178,12 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let spool = d.join("spool");
         let a = format!("abcd{}", "0".repeat(60));
-        let s = store_synced(&root, &spool, &a, spooled(&spool, b"one")).unwrap();
+        let (s, synced) = store_synced(&root, &spool, &a, spooled(&spool, b"one")).unwrap();
         assert_eq!(s.path, root.join("ab/cd").join(&a));
+        assert!(s.wrote);
         // Both new directories' entries, deepest first, then the file's.
         assert_eq!(
-            s.synced,
+            synced,
             vec![root.join("ab"), root.clone(), root.join("ab/cd")]
         );
         assert_eq!(fs::read(&s.path).unwrap(), b"one");
@@ -169,13 +193,20 @@ mod tests {
         // A sibling under an existing `ab/`: only the new `ef/` is synced
         // to `ab/`, then the file's own directory.
         let b = format!("abef{}", "1".repeat(60));
-        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
-        assert_eq!(s.synced, vec![root.join("ab"), root.join("ab/ef")]);
+        let (_, synced) = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        assert_eq!(synced, vec![root.join("ab"), root.join("ab/ef")]);
 
         // A duplicate makes nothing and names nothing new.
-        let s = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
-        assert!(s.synced.is_empty(), "{:?}", s.synced);
+        let (s, synced) = store_synced(&root, &spool, &b, spooled(&spool, b"two")).unwrap();
+        assert!(synced.is_empty(), "{synced:?}");
+        assert!(!s.wrote);
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "spool file left");
+
+        // Removed once; a name that is not a hash is refused.
+        assert!(remove(&root, &b).unwrap());
+        assert!(!s.path.exists());
+        assert!(!remove(&root, &b).unwrap());
+        assert!(remove(&root, "../../etc/passwd").is_err());
         fs::remove_dir_all(&d).unwrap();
     }
 }
