@@ -18,8 +18,8 @@ fn main() {
 /// each fault, and every chunk a worker touches counts in its RSS. Left to
 /// the linker's default order, the little code a booted worker runs is
 /// scattered over the whole of `.text`, so an idle worker keeps far more
-/// of the binary resident than it runs (figures: benches/RESULTS.md,
-/// 2026-12-04). The list is `packaging/link/regenerate.sh`'s output: names
+/// of the binary resident than it runs (benches/RESULTS.md has the
+/// figures). The list is `packaging/link/regenerate.sh`'s output: names
 /// of functions, as the symbol table spells them; a name that no longer
 /// exists (a dependency or the compiler changed) is skipped silently, so
 /// a stale list costs memory, never a build; `packaging/test-deb.sh`

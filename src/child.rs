@@ -1,9 +1,12 @@
-//! What a supervised child does first: attach to the scoreboard, so that
-//! every later failure is reported in its slot (`attach`, `failed`, used
-//! by every role). The job runners and the recorder then do the rest the
-//! same way (`boot`): read the master's settings, open their logs, take
-//! the service account's identity and the restrictions of `isolation`,
-//! and start an event loop.
+//! What a supervised child does first, in every role: attach to the
+//! scoreboard, so that every later failure is reported in its slot
+//! (`attach`, `failed`); read the master's settings, confine itself where
+//! its role is confined, and open its logs (`start`); take the service
+//! account's identity and the restrictions of `isolation`
+//! (`Started::restrict`); start its event loop. The job runners and the
+//! recorder need nothing in between and do it all with `boot`; the worker
+//! (a debug switch) and the front end (its TLS key, read while it can, and
+//! a multi-threaded loop) take the steps one at a time.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -11,10 +14,11 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::logging::LogGuard;
-use crate::scoreboard::{Scoreboard, SlotState};
+use crate::scoreboard::{Scoreboard, SlotState, HEARTBEAT};
 use crate::sockets::SCOREBOARD_FD;
 
-/// Exit code for a child that could not boot.
+/// Exit status of a child that could not boot, and of the master when its
+/// workers cannot (gunicorn's `WORKER_BOOT_ERROR`).
 pub const EXIT_BOOT_ERROR: u8 = 3;
 
 pub struct Booted {
@@ -23,6 +27,17 @@ pub struct Booted {
     pub runtime: tokio::runtime::Runtime,
     /// Keeps the log writers until the child exits.
     pub log: LogGuard,
+}
+
+/// A child that has its settings and its logs, still with the identity
+/// it was started with.
+pub struct Started {
+    pub board: Arc<Scoreboard>,
+    pub settings: Settings,
+    /// Keeps the log writers until the child exits.
+    pub log: LogGuard,
+    name: &'static str,
+    slot: usize,
 }
 
 /// Attaches the child `name` (its command: `worker`, `job-runner`, ...) to
@@ -38,8 +53,65 @@ pub fn attach(name: &str) -> Result<Arc<Scoreboard>, ExitCode> {
     }
 }
 
+/// Starts the child `name` in `slot`: attached, with the master's
+/// settings, confined as `confine` (if any) and logging as `log_role`.
+pub fn start(
+    name: &'static str,
+    log_role: &'static str,
+    slot: usize,
+    confine: Option<crate::confine::Role>,
+) -> Result<Started, ExitCode> {
+    let board = attach(name)?;
+    let fail = |why: String| failed(&board, slot, name, why);
+    let settings = crate::handover::inherited_settings()
+        .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
+    // Before the log writers start: confinement binds only the threads
+    // started after it.
+    let confined = confine
+        .map(|role| confine_self(role, &settings).map(|r| (role, r)))
+        .transpose()
+        .map_err(fail)?;
+    let log = crate::logging::init(&settings.log, &settings.node.name, log_role)
+        .map_err(|e| fail(format!("cannot open log files: {e}")))?;
+    if let Some((role, report)) = &confined {
+        crate::confine::log_applied(*role, report);
+    }
+    Ok(Started {
+        board,
+        settings,
+        log,
+        name,
+        slot,
+    })
+}
+
+impl Started {
+    /// Reports why the child cannot go on (see `failed`).
+    pub fn fail(&self, why: String) -> ExitCode {
+        failed(&self.board, self.slot, self.name, why)
+    }
+
+    /// Takes the service account's identity and the restrictions of
+    /// `isolation`. A missing account fails the boot: a child never stays
+    /// root.
+    pub fn restrict(&self, master_pid: u32) -> Result<(), ExitCode> {
+        crate::isolation::service_account(&self.settings)
+            .and_then(|account| crate::isolation::restrict(account, master_pid))
+            .map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// The child's single-threaded event loop.
+    pub fn event_loop(&self) -> Result<tokio::runtime::Runtime, ExitCode> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| self.fail(format!("cannot start the event loop: {e}")))
+    }
+}
+
 /// Boots the child `name` in `slot`, logging as `log_role`, confined as
-/// `confine` (if any).
+/// `confine` (if any): every step, then what it ran only to boot is
+/// dropped from memory (`residency`).
 pub fn boot(
     name: &'static str,
     log_role: &'static str,
@@ -47,39 +119,21 @@ pub fn boot(
     master_pid: u32,
     confine: Option<crate::confine::Role>,
 ) -> Result<Booted, ExitCode> {
-    let board = attach(name)?;
-    let fail = |why: String| failed(&board, slot, name, why);
-    let settings = crate::handover::inherited_settings()
-        .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
-    let confined = confine
-        .map(|role| confine_self(role, &settings).map(|r| (role, r)))
-        .transpose()
-        .map_err(fail)?;
-    let log = crate::logging::init(&settings.log, log_role)
-        .map_err(|e| fail(format!("cannot open log files: {e}")))?;
-    if let Some((role, report)) = &confined {
-        crate::confine::log_applied(*role, report);
-    }
-    // A missing account fails the boot: a child never stays root.
-    crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, master_pid))
-        .map_err(|e| fail(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the event loop: {e}")))?;
+    let started = start(name, log_role, slot, confine)?;
+    started.restrict(master_pid)?;
+    let runtime = started.event_loop()?;
     crate::residency::drop_boot_pages();
     Ok(Booted {
-        board,
-        settings,
+        board: started.board,
+        settings: started.settings,
         runtime,
-        log,
+        log: started.log,
     })
 }
 
 /// Confines this process as `role`, while it still has a single thread
 /// (before the log writers start).
-pub fn confine_self(
+fn confine_self(
     role: crate::confine::Role,
     settings: &Settings,
 ) -> Result<Option<crate::confine::Report>, String> {
@@ -97,8 +151,23 @@ pub fn failed(board: &Scoreboard, slot: usize, name: &str, why: String) -> ExitC
     ExitCode::from(EXIT_BOOT_ERROR)
 }
 
-/// How often a child's event loop proves it is alive.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Marks the child in `slot` ready for the master and starts its
+/// `heartbeat` (on the current event loop), which pulls `trigger` once the
+/// master is gone.
+pub fn ready(
+    board: &Arc<Scoreboard>,
+    slot: usize,
+    master_pid: u32,
+    trigger: crate::shutdown::Trigger,
+    frozen: Option<Arc<std::sync::atomic::AtomicU32>>,
+) {
+    let s = board.slot(slot);
+    s.pid
+        .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
+    s.beat();
+    s.set_state(SlotState::Ready);
+    tokio::spawn(heartbeat(board.clone(), slot, master_pid, trigger, frozen));
+}
 
 /// Beats the child's heartbeat from its event loop, except while `frozen`
 /// counts blocking work in progress (its start is then the last sign of

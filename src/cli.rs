@@ -81,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Samples kept on this node's store.
+    Samples {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: SamplesAction,
+    },
     /// Print the change feed from the database, as `GET
     /// /v1/export/analyses` serves it (every analysis, TLP:RED included):
     /// one line per analysis changed after CURSOR, then a line with the
@@ -157,6 +164,15 @@ enum QueueAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SamplesAction {
+    /// Delete a sample's bytes now (as retention.sample_days does when it
+    /// is due); its record, hashes, analyses and audit trail stay. Prints
+    /// the outcome as JSON; exit 1 if there is no such sample or a job
+    /// waiting or running still needs it.
+    Purge { sha256: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -347,6 +363,55 @@ fn queue_cmd(settings: Settings, action: QueueAction) -> ExitCode {
             }
         }
         ExitCode::SUCCESS
+    })
+}
+
+/// `sandgnat samples purge`: the purge the API's `DELETE
+/// /v1/samples/{sha256}/content` makes, recorded as the operator's
+/// (`cli:<user>`), on this node's sample store (its quarantine, or the
+/// bucket: the S3 credentials must be in the environment).
+fn samples_cmd(settings: Settings, action: SamplesAction) -> ExitCode {
+    let SamplesAction::Purge { sha256 } = action;
+    let sha256 = sha256.to_ascii_lowercase();
+    if !crate::storage::is_sha256(&sha256) {
+        eprintln!("sandgnat: {sha256:?} is not a sha256 (64 hex digits)");
+        return ExitCode::from(2);
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::getuid().to_string(), |u| u.name);
+    block_on(async move {
+        let pool = match connect_migrated(&settings).await {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        let actor_name = format!("cli:{user}");
+        let actor = crate::analyses::status::Actor {
+            name: &actor_name,
+            request_id: None,
+        };
+        let why = serde_json::json!({ "reason": "request", "user": user });
+        let store = match crate::storage::SampleStore::from_settings(
+            &settings,
+            crate::storage::Meter::default(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sandgnat: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
+        match crate::retention::purge(&pool, &store, &sha256, &actor, why).await {
+            Ok(purged) => {
+                println!("{}", crate::retention::route::answer(&sha256, &purged));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sandgnat: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
@@ -549,6 +614,10 @@ pub fn main() -> ExitCode {
             Ok(s) => queue_cmd(s, action),
             Err(code) => code,
         },
+        Command::Samples { config, action } => match load_settings(config.config) {
+            Ok(s) => samples_cmd(s, action),
+            Err(code) => code,
+        },
         Command::Export {
             config,
             since,
@@ -618,7 +687,7 @@ fn serve(
         eprintln!("sandgnat: {e}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    let _log = match crate::logging::init(&settings.log, "master") {
+    let _log = match crate::logging::init(&settings.log, &settings.node.name, "master") {
         Ok(g) => g,
         Err(e) => {
             eprintln!("sandgnat: cannot open log files: {e}");

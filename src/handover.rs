@@ -2,7 +2,8 @@
 //! stores its settings (and the compiled rules) in anonymous in-memory
 //! files placed at fixed descriptors (`crate::sockets`), and each child
 //! reads them back at boot. Both sides live here so that a child need not
-//! import the master.
+//! import the master. The scoreboard's shared memory is such a file too
+//! (`anonymous_file`).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -20,17 +21,17 @@ pub fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
 /// An anonymous in-memory file holding `bytes`, for children to read.
 pub fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     use std::io::Write;
-    use std::os::fd::FromRawFd;
     let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    // SAFETY: plain syscall with a valid C string.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = anonymous_file(&name)?;
     std::fs::File::from(fd.try_clone()?).write_all(bytes)?;
     Ok(fd)
+}
+
+/// A new, empty anonymous in-memory file (`memfd_create`), closed on exec:
+/// the master places it at a child's fixed descriptor when it spawns one.
+pub fn anonymous_file(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(io::Error::from)
 }
 
 /// Reads the settings a master stored for this child.

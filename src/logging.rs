@@ -1,6 +1,7 @@
 //! Log output for every process role: one line per event, JSON or console,
-//! each carrying the pid, the role and the fields of the spans it happened
-//! in (the request id, the analysis id). Error and access logs go to
+//! each carrying the node (`node.name`, so the lines of several nodes can
+//! be gathered in one place), the pid, the role and the fields of the
+//! spans it happened in (the request id, the analysis id). Error and access logs go to
 //! stdout/stderr for journald or to files that USR1 reopens (logrotate) or
 //! that `tracing-appender` rotates.
 
@@ -53,8 +54,8 @@ pub fn reopen() {
 
 /// Lines a log writer queues before a thread that logs must wait for the
 /// writer (lines are never dropped: `lossy(false)`). tracing-appender's
-/// default, 128,000, allocates and touches a 4 MiB ring per writer up
-/// front: 8 MiB of every process's RSS for the error and access logs.
+/// default queue is allocated and touched up front, per writer, in every
+/// process, and is far larger than a burst of log lines needs.
 const QUEUED_LINES: usize = 4096;
 
 /// Bytes of log lines the writer thread gathers into one write(2).
@@ -66,8 +67,8 @@ fn buffered<W: Write>(w: W) -> BufWriter<W> {
     BufWriter::with_capacity(WRITE_BUFFER, w)
 }
 
-/// Installs the global subscriber for a process of `role`.
-pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
+/// Installs the global subscriber for a process of `role` on `node`.
+pub fn init(log: &Log, node: &str, role: &'static str) -> io::Result<LogGuard> {
     let mut guards = Vec::new();
     let mut reopeners = Vec::new();
     let mut open = |target: &str, stdio: Stdio| -> io::Result<NonBlocking> {
@@ -110,6 +111,7 @@ pub fn init(log: &Log, role: &'static str) -> io::Result<LogGuard> {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let layer = Lines {
         json,
+        node: node.to_string(),
         role,
         pid: std::process::id(),
         error,
@@ -228,6 +230,7 @@ impl Fields {
 
 struct Lines {
     json: bool,
+    node: String,
     role: &'static str,
     pid: u32,
     error: NonBlocking,
@@ -283,6 +286,7 @@ where
             let mut obj = Map::new();
             obj.insert("timestamp".into(), Value::String(now.to_string()));
             obj.insert("level".into(), Value::String(meta.level().to_string()));
+            obj.insert("node".into(), Value::String(self.node.clone()));
             obj.insert("pid".into(), Value::from(self.pid));
             obj.insert("role".into(), Value::String(self.role.into()));
             if !is_access {
@@ -300,8 +304,9 @@ where
             fields.message.unwrap_or_default()
         } else {
             let mut s = format!(
-                "{now} {:>5} {}[{}] {}",
+                "{now} {:>5} {} {}[{}] {}",
                 meta.level(),
+                self.node,
                 self.role,
                 self.pid,
                 fields.message.as_deref().unwrap_or("")

@@ -10,8 +10,24 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// How often every child beats its slot from its event loop
+/// (`crate::child::heartbeat`).
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How long a child may go without a beat and still count as live, able
+/// to take work now: three beats, so that one beat late on a busy event
+/// loop does not count a child as gone, and never longer than
+/// `server.timeout`, past which the master aborts it anyway. The one
+/// threshold of the front end's choice to answer 503 (`no_worker`), of
+/// the peers a worker leaves connections to (`worker::balance`) and of
+/// `/readyz`'s recorder check.
+pub fn live_within_ms(server: &crate::config::Server) -> u64 {
+    (3 * HEARTBEAT.as_millis() as u64).min(server.timeout.saturating_mul(1000))
+}
 
 /// Slots for children; slot 0 is reserved for the master's totals.
 pub const SLOTS: usize = 600;
@@ -177,6 +193,9 @@ pub struct Header {
     pub store_operations: [[AtomicU64; STORE_OUTCOMES.len()]; STORE_OPERATIONS.len()],
     /// Sample bytes written to and read from the store.
     pub store_bytes: [AtomicU64; STORE_DIRECTIONS.len()],
+    /// The pid of this node's process that holds the cluster's lead
+    /// (`crate::duties`), 0 when none does.
+    pub lead_pid: AtomicU32,
 }
 
 /// The kinds of leftovers, as the metric labels them.
@@ -210,14 +229,7 @@ fn slot_offset(index: usize) -> usize {
 impl Scoreboard {
     /// Creates a new, zeroed scoreboard (master only).
     pub fn create() -> io::Result<Self> {
-        let name = c"sandgnat-scoreboard";
-        // SAFETY: plain syscall with a valid C string.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = crate::handover::anonymous_file(c"sandgnat-scoreboard")?;
         let len = slot_offset(SLOTS);
         File::from(fd.try_clone()?).set_len(len as u64)?;
         let board = Self::map(fd, len)?;
@@ -401,6 +413,12 @@ impl Slot {
         self.heartbeat_ms.store(monotonic_ms(), Relaxed);
     }
 
+    /// Whether the child beat within `live_within_ms` (see there) before
+    /// `now_ms`.
+    pub fn is_live(&self, now_ms: u64, live_within_ms: u64) -> bool {
+        now_ms.saturating_sub(self.heartbeat_ms.load(Relaxed)) <= live_within_ms
+    }
+
     /// Records that request `seq` started, described by `text`.
     pub fn note_request(&self, seq: u64, text: &str) {
         let entry = &self.recent[(seq as usize) % RECENT];
@@ -437,13 +455,20 @@ impl Slot {
 
 /// Milliseconds on the system-wide monotonic clock, comparable across processes.
 pub fn monotonic_ms() -> u64 {
+    monotonic().as_millis() as u64
+}
+
+/// The time on the system-wide monotonic clock (`CLOCK_MONOTONIC`), which
+/// every process reads alike (unlike `Instant`, which hides its value):
+/// heartbeats are compared across processes, and systemd is given it.
+pub fn monotonic() -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
@@ -503,6 +528,28 @@ mod tests {
         assert_eq!(slot.stuck_request(), None);
         slot.polling_seq.store(41, Relaxed);
         assert_eq!(slot.stuck_request().as_deref(), Some("GET /a"));
+    }
+
+    /// Three checks used to disagree: the front end counted a worker live
+    /// for 1.5 s after its last beat, a worker its peers for 2 s, and
+    /// `/readyz` the recorder for 5 s. One threshold now, the strictest.
+    #[test]
+    fn a_child_is_live_for_three_beats_never_past_server_timeout() {
+        let board = Scoreboard::create().unwrap();
+        let slot = board.slot(1);
+        let within = live_within_ms(&crate::config::Server::default());
+        assert_eq!(within, 1_500);
+        slot.heartbeat_ms.store(10_000, Relaxed);
+        assert!(slot.is_live(10_000, within));
+        assert!(slot.is_live(11_500, within));
+        for silent in [1_501, 1_999, 4_999] {
+            assert!(!slot.is_live(10_000 + silent, within), "{silent} ms");
+        }
+        let quick = crate::config::Server {
+            timeout: 1,
+            ..Default::default()
+        };
+        assert_eq!(live_within_ms(&quick), 1_000);
     }
 
     #[test]

@@ -41,12 +41,6 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// `RELOADING=1` needs a timestamp since systemd 253.
 pub fn reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    let usec = crate::scoreboard::monotonic().as_micros();
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::Appliance;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -597,50 +598,6 @@ fn a_dead_front_end_is_replaced_and_no_waiting_connection_is_lost() {
     });
 }
 
-/// A private redis-server on a free loopback port, stopped on drop.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = common::free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| stdout(&o))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn count_429(app: &Appliance, n: usize) -> usize {
     let url = format!("https://{}/healthz", app.tls);
     let mut args = vec!["-w", "%{http_code}\n"];
@@ -661,7 +618,7 @@ fn rate_limits_are_shared_through_redis_and_fall_back_when_it_is_gone() {
         "fe-redis",
         "workers = 1\n",
         "rate_limit_per_ip = 5",
-        &format!("[redis]\nurl = \"redis://127.0.0.1:{}/\"\n", redis.port),
+        &format!("[redis]\nurl = \"{}\"\n", redis.url()),
     );
     assert!(count_429(&app, 20) >= 1);
     let keys = redis.cli(&["--scan", "--pattern", "sandgnat:rl:ip:*"]);

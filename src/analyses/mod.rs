@@ -25,13 +25,7 @@ use crate::worker::state::AppState;
 
 /// An analysis id from a path or query: a UUID, else 400 `invalid_id`.
 pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{raw:?} is not an analysis id (a UUID)"),
-        )
-    })
+    crate::api_error::parse_uuid(raw, "an analysis id")
 }
 
 pub fn db_error(e: sqlx::Error) -> ApiError {
@@ -116,7 +110,7 @@ pub async fn get_audit(
     })?;
     let id = parse_id(raw_id)?;
     let rows = sqlx::query(
-        "SELECT id, at, actor, event, details, request_id FROM analysis_audit_log
+        "SELECT id, at, actor, event, details, request_id, node FROM analysis_audit_log
          WHERE analysis_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -135,6 +129,7 @@ pub async fn get_audit(
                 "event": r.get::<String, _>("event"),
                 "details": details.0,
                 "request_id": r.get::<Option<String>, _>("request_id"),
+                "node": r.get::<Option<String>, _>("node"),
             })
         })
         .collect();
@@ -145,19 +140,17 @@ pub async fn get_audit(
 /// starting: every submission goes through it. While one replaces another
 /// (HUP, a crash) submissions wait in its socket's backlog, so a recorder
 /// booting counts.
-fn recorder_alive(board: &crate::scoreboard::Scoreboard) -> bool {
-    use crate::scoreboard::{monotonic_ms, SlotState, ROLE_RECORDER};
+fn recorder_alive(board: &crate::scoreboard::Scoreboard, server: &crate::config::Server) -> bool {
+    use crate::scoreboard::{live_within_ms, monotonic_ms, SlotState, ROLE_RECORDER};
     use std::sync::atomic::Ordering::Relaxed;
     let now = monotonic_ms();
+    let within = live_within_ms(server);
     board.child_slots().map(|i| board.slot(i)).any(|s| {
         s.role.load(Relaxed) == ROLE_RECORDER
             && matches!(s.state(), SlotState::Ready | SlotState::Booting)
-            && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < RECORDER_SILENCE_MS
+            && s.is_live(now, within)
     })
 }
-
-/// A recorder silent this long (it beats twice a second) counts as down.
-const RECORDER_SILENCE_MS: u64 = 5_000;
 
 /// Tries of the readiness query when a pooled connection turns out dead.
 const READYZ_TRIES: usize = 3;
@@ -245,7 +238,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             )
         };
     }
-    if !recorder_alive(&app.board) {
+    if !recorder_alive(&app.board, &app.settings.server) {
         return not_ready(
             "recorder",
             "no recorder process is running; submissions wait for the master to start one".into(),

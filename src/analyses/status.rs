@@ -19,6 +19,29 @@ pub struct Actor<'a> {
     pub request_id: Option<&'a str>,
 }
 
+/// A change an API key asked for over HTTP, as its audit rows name it:
+/// `key:<name>`, with the request's id (`crate::request_id`).
+pub struct KeyRequest {
+    name: String,
+    request_id: Option<String>,
+}
+
+impl KeyRequest {
+    pub fn new(caller: &crate::auth::Caller, headers: &http::HeaderMap) -> Self {
+        KeyRequest {
+            name: format!("key:{}", caller.name),
+            request_id: crate::request_id::of(headers),
+        }
+    }
+
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            name: &self.name,
+            request_id: self.request_id.as_deref(),
+        }
+    }
+}
+
 /// What `sync` changed.
 #[derive(Debug, Default)]
 pub struct Synced {

@@ -1,9 +1,9 @@
-//! The queue's periodic maintenance, run by every worker and done by one
-//! process at a time (the queue's advisory lock): expired leases go back
-//! to the queue or are discarded, and the analyses of discarded jobs get
-//! their status in the same transaction; finished jobs past the retention
-//! are pruned, and so are idempotency keys past their day
-//! (`intake::idempotency::KEEP`).
+//! The queue's periodic maintenance, run by the process that holds the
+//! cluster's lead (`crate::duties`), and fenced besides by the queue's own
+//! advisory lock: expired leases go back to the queue or are discarded,
+//! and the analyses of discarded jobs get their status in the same
+//! transaction; finished jobs past the retention are pruned, and so are
+//! idempotency keys past their day (`intake::idempotency::KEEP`).
 
 use std::time::Duration;
 
@@ -14,21 +14,7 @@ use super::status::{self, Actor};
 use crate::config::Queue;
 use crate::queue::{self, Notifier};
 
-pub async fn run(db: PgPool, settings: Queue, notifier: Notifier) {
-    let every = Duration::from_secs(settings.maintenance_interval);
-    // Workers booted together should not all knock at once.
-    let first = every.mul_f64(rand::random::<f64>());
-    tokio::time::sleep(first).await;
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&db, &settings, &notifier).await {
-            tracing::debug!(error = %e, "queue maintenance skipped");
-        }
-    }
-}
-
-/// One maintenance pass; public so tests and `sandgnat queue` can run one.
+/// One maintenance pass.
 pub async fn pass(
     db: &PgPool,
     settings: &Queue,

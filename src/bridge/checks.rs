@@ -61,12 +61,7 @@ pub(super) fn queue_error(e: QueueError) -> ApiError {
     }
 }
 
+/// A job id from a path: a UUID, else 400 `invalid_id`.
 pub(super) fn parse_job_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{raw:?} is not a job id (a UUID)"),
-        )
-    })
+    crate::api_error::parse_uuid(raw, "a job id")
 }

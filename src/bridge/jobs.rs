@@ -16,7 +16,7 @@ use super::body;
 use super::checks::{parse_job_id, queue_error, require_external};
 use crate::analyses::db_error;
 use crate::analyses::jobs::{self, Outcome};
-use crate::analyses::status::Actor;
+use crate::analyses::status::KeyRequest;
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Visibility};
 use crate::queue::{self, Backoff};
@@ -142,17 +142,6 @@ fn missing(field: &str) -> ApiError {
     )
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-fn actor_parts(caller: &Caller, headers: &HeaderMap) -> (String, Option<String>) {
-    (format!("key:{}", caller.name), request_id(headers))
-}
-
 fn outcome_json(o: Outcome) -> Value {
     let mut out = json!({ "ok": true });
     if let Some(to) = o.analysis_status {
@@ -175,12 +164,8 @@ pub async fn complete(
     let result = b.result.unwrap_or(Value::Null);
     body::storable("result", &result)?;
     require_external(&app, id).await?;
-    let (name, rid) = actor_parts(&caller, &headers);
-    let actor = Actor {
-        name: &name,
-        request_id: rid.as_deref(),
-    };
-    let outcome = jobs::complete(&app.db, &app.notifier, id, &token, result, &actor)
+    let by = KeyRequest::new(&caller, &headers);
+    let outcome = jobs::complete(&app.db, &app.notifier, id, &token, result, &by.actor())
         .await
         .map_err(queue_error)?;
     Ok(Json(outcome_json(outcome)))
@@ -217,11 +202,7 @@ pub async fn fail(
     body::storable("error", &error)?;
     require_external(&app, id).await?;
     let retry = b.retry.unwrap_or(true);
-    let (name, rid) = actor_parts(&caller, &headers);
-    let actor = Actor {
-        name: &name,
-        request_id: rid.as_deref(),
-    };
+    let by = KeyRequest::new(&caller, &headers);
     let backoff = Backoff::from_settings(&app.settings.queue);
     let (failed, outcome) = jobs::fail(
         &app.db,
@@ -233,7 +214,7 @@ pub async fn fail(
             retry,
             backoff: &backoff,
         },
-        &actor,
+        &by.actor(),
     )
     .await
     .map_err(queue_error)?;
@@ -253,12 +234,8 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(allow::ADMIN)?;
     let id = parse_job_id(&raw)?;
-    let (name, rid) = actor_parts(&caller, &headers);
-    let actor = Actor {
-        name: &name,
-        request_id: rid.as_deref(),
-    };
-    let (cancelled, outcome) = jobs::cancel(&app.db, &app.notifier, id, &actor)
+    let by = KeyRequest::new(&caller, &headers);
+    let (cancelled, outcome) = jobs::cancel(&app.db, &app.notifier, id, &by.actor())
         .await
         .map_err(queue_error)?;
     let mut out = outcome_json(outcome);

@@ -30,9 +30,9 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection idle longer than this is not reused for a request: the
-/// server may be closing it (its keep-alive is `server.keepalive`, 5 s by
-/// default) just as the request goes out, and a request lost that way
-/// cannot be told apart from one that was processed.
+/// server may be closing it (its keep-alive is `server.keepalive`) just as
+/// the request goes out, and a request lost that way cannot be told apart
+/// from one that was processed.
 const REUSE_IDLE: Duration = Duration::from_secs(1);
 /// The largest answer read: every API answer is a small JSON document.
 const MAX_ANSWER: usize = 8 << 20;

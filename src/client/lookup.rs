@@ -76,26 +76,13 @@ fn summary(doc: &Value) -> String {
         .into_iter()
         .flatten()
     {
-        let rules: Vec<&str> = a
-            .get("yara")
-            .and_then(Value::as_array)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|r| r.get("rule").and_then(Value::as_str))
-                    .collect()
-            })
-            .unwrap_or_default();
         out += &format!(
             "  {}  {:<9}  {}  tlp:{}  yara: {}\n",
             text(a, "analysis_id"),
             text(a, "status"),
             text(a, "created_at"),
             text(a, "tlp"),
-            if rules.is_empty() {
-                "none".to_string()
-            } else {
-                rules.join(",")
-            }
+            super::report::rule_names(a),
         );
     }
     if doc.get("more_analyses").and_then(Value::as_bool) == Some(true) {

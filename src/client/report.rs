@@ -237,7 +237,8 @@ fn short(name: &str, width: usize) -> String {
     }
 }
 
-fn rule_names(answer: &Value) -> String {
+/// The YARA rules an analysis's `yara` list names, or `none`.
+pub(super) fn rule_names(answer: &Value) -> String {
     let names: Vec<&str> = answer
         .get("yara")
         .and_then(Value::as_array)

@@ -171,6 +171,22 @@ mod tests {
         assert_eq!(s.proxy.bind, vec!["0.0.0.0:8443".to_string()]);
         assert_eq!(s.intake.max_sample_bytes, 128 << 20);
         assert_eq!(s.metrics.bind, "127.0.0.1:8001");
+        assert_eq!(s.node.name, host_name());
+        assert_eq!(s.retention.sample_days, 0, "samples are kept forever");
+    }
+
+    #[test]
+    fn a_node_name_is_plain_text_for_logs_metrics_and_database_sessions() {
+        let named = |name: &str| {
+            no_file()
+                .load_with_env(env(&[("SANDGNAT_NODE__NAME", name)]))
+                .map(|s| s.node.name)
+        };
+        assert_eq!(named("node-a.lab_2").unwrap(), "node-a.lab_2");
+        for bad in ["two words", "a\"b", "x=y", "é", &"n".repeat(65)] {
+            let msg = named(bad).unwrap_err().to_string();
+            assert!(msg.contains("node.name"), "{bad}: {msg}");
+        }
     }
 
     #[test]

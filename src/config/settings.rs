@@ -11,6 +11,7 @@ use crate::accesslog::GUNICORN_ACCESS_LOG_FORMAT;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
+    pub node: Node,
     pub server: Server,
     pub proxy: Proxy,
     pub intake: Intake,
@@ -20,9 +21,35 @@ pub struct Settings {
     pub database: Database,
     pub redis: Redis,
     pub queue: Queue,
+    pub retention: Retention,
     pub metrics: Metrics,
     pub log: Log,
     pub debug: Debug,
+}
+
+/// This node among those that share one database: its name is on every
+/// audit row and analysis it writes, every log line, its metrics and its
+/// runners' leases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Node {
+    /// Unset in the file: the host name.
+    pub name: String,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node { name: host_name() }
+    }
+}
+
+/// The kernel's host name, or `localhost` when it has none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The worker pool: gunicorn's settings, same names, same meaning.
@@ -412,6 +439,28 @@ impl Queue {
             "static" => self.static_.clone(),
             "notify" => self.notify.clone(),
             _ => QueueLimits::default(),
+        }
+    }
+}
+
+/// How long samples' bytes are kept (`crate::retention`). The sample's
+/// row, hashes, analyses and audit trail are kept whatever this says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Days after a sample was last submitted before its bytes are
+    /// deleted, unless a job waiting or running still needs them; 0 keeps
+    /// them forever.
+    pub sample_days: u32,
+    /// Seconds between two retention passes (one node at a time does it).
+    pub interval: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            sample_days: 0,
+            interval: 3_600,
         }
     }
 }

@@ -46,6 +46,16 @@ fn range<T: PartialOrd + ToString + Copy>(
     Ok(())
 }
 
+/// A node's name goes into log lines, metric labels and the database
+/// session's settings unquoted: only characters none of them treat
+/// specially.
+pub fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn socket_addr(key: &'static str, value: &str) -> Result<(), SettingsError> {
     value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
         invalid(
@@ -141,6 +151,13 @@ fn storage(st: &super::settings::Storage) -> Result<(), SettingsError> {
 }
 
 pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
+    if !is_node_name(&s.node.name) {
+        return Err(invalid(
+            "node.name",
+            format!("{:?}", s.node.name),
+            "1 to 64 letters, digits, '.', '_' or '-' (set it when the host name is not)",
+        ));
+    }
     let srv = &s.server;
     range("server.workers", srv.workers, 1, 256)?;
     range("server.timeout", srv.timeout, 1, 86_400)?;
@@ -322,6 +339,13 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         100,
         600_000,
     )?;
+    range(
+        "retention.sample_days",
+        s.retention.sample_days,
+        0,
+        100 * 365,
+    )?;
+    range("retention.interval", s.retention.interval, 1, 7 * 86_400)?;
     socket_addr("metrics.bind", &s.metrics.bind)?;
 
     if !s.paths.state_dir.is_absolute() {

@@ -8,13 +8,15 @@
 //! may read (`auth::Visibility`); otherwise 404, the answer a missing
 //! sample gets, so a key learns nothing about samples it cannot read.
 //! Every download is an audit row on that analysis, committed before the
-//! first byte goes out.
+//! first byte goes out. A sample whose bytes were purged
+//! (`crate::retention`) answers 410.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -22,7 +24,7 @@ use uuid::Uuid;
 
 use super::zip::{Encoder, PASSWORD};
 use crate::analyses::db_error;
-use crate::analyses::status::{audit, Actor};
+use crate::analyses::status::{audit, KeyRequest};
 use crate::api_error::ApiError;
 use crate::auth::{allow, Caller, Role, Visibility};
 use crate::storage::{Object, StoreError};
@@ -51,17 +53,24 @@ pub async fn sample_content(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(allow::READ)?;
-    if !crate::storage::is_sha256(&sha256) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_sha256",
-            "the sample is named by its sha256: 64 lowercase hex digits",
-        ));
-    }
+    sample_name(&sha256)?;
     let format = parse_format(query.as_deref())?;
     let analysis = permitted(&app, &caller, &sha256, format)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sample {sha256}")))?;
+    if let Some(purged) = purged_at(&app, &sha256).await? {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "content_purged",
+            format!(
+                "the bytes of sample {sha256} were deleted{} (retention); its record, \
+                 analyses and audit trail remain, and submitting the bytes again stores them again",
+                purged
+                    .map(|t| format!(" at {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
 
     // The location comes from the validated hash, as intake stored it and
     // the runner reads it, never from the database row: nothing but the
@@ -85,17 +94,12 @@ pub async fn sample_content(
 
     // Recorded before anything is sent: a download the log cannot hold
     // does not happen.
-    let actor_name = format!("key:{}", caller.name);
-    let request_id = request_id(&headers);
-    let actor = Actor {
-        name: &actor_name,
-        request_id: request_id.as_deref(),
-    };
+    let by = KeyRequest::new(&caller, &headers);
     let mut conn = app.db.acquire().await.map_err(db_error)?;
     audit(
         &mut conn,
         analysis,
-        &actor,
+        &by.actor(),
         "sample_downloaded",
         json!({ "sha256": sha256, "format": format.as_str(), "key": caller.name }),
     )
@@ -133,6 +137,20 @@ pub async fn sample_content(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// A sample's name in a content route's path: its sha256 as the
+/// store names it (64 lowercase hex digits), else 400
+/// `invalid_sha256`.
+pub fn sample_name(raw: &str) -> Result<(), ApiError> {
+    if crate::storage::is_sha256(raw) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_sha256",
+        "the sample is named by its sha256: 64 lowercase hex digits",
+    ))
 }
 
 /// `format=raw` (the default) or `format=zip`; other parameters are
@@ -206,6 +224,20 @@ async fn permitted(
     .fetch_optional(&app.db)
     .await
     .map_err(db_error)
+}
+
+/// `Some(when)` for a sample whose bytes were purged (`crate::retention`).
+async fn purged_at(
+    app: &AppState,
+    sha256: &str,
+) -> Result<Option<Option<DateTime<Utc>>>, ApiError> {
+    let row: Option<(bool, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT content_purged, purged_at FROM samples WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&app.db)
+            .await
+            .map_err(db_error)?;
+    Ok(row.and_then(|(purged, at)| purged.then_some(at)))
 }
 
 /// Whatever kept the audit row out, the download waits for it: 503, to
@@ -302,15 +334,6 @@ fn zip_stream(
             Some(Err(e)) => Some((Err(e), None)),
         }
     })
-}
-
-/// The front end's request id, when it is one the log can hold.
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
 }
 
 #[cfg(test)]

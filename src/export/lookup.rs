@@ -2,7 +2,8 @@
 //! sha256, with its newest analyses. A sample is known to a caller only
 //! through the analyses it may see: first and last seen and the names it
 //! was submitted under come from those, so a lookup never tells a
-//! submitter that someone else submitted the same bytes.
+//! submitter that someone else submitted the same bytes. It also says
+//! whether the sample's bytes were purged (`crate::retention`).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -34,21 +35,23 @@ pub async fn lookup(
     // md5 and sha1 collide on purpose in the wild: more than one sample
     // may answer, and only visible ones count.
     let mut qb = QueryBuilder::<Postgres>::new(format!(
-        "SELECT s.sha256 FROM samples s WHERE s.{column} = "
+        "SELECT s.sha256, s.content_purged, s.purged_at FROM samples s WHERE s.{column} = "
     ));
     qb.push_bind(&hash)
         .push(" AND EXISTS (SELECT 1 FROM analyses a WHERE a.sample_sha256 = s.sha256 AND ");
     vis.push(&mut qb, "a");
     qb.push(") ORDER BY s.sha256 LIMIT 10");
-    let found: Vec<String> = qb
-        .build_query_scalar()
+    type Found = (String, bool, Option<chrono::DateTime<chrono::Utc>>);
+    let found: Vec<Found> = qb
+        .build_query_as()
         .fetch_all(&app.db)
         .await
         .map_err(db_error)?;
-    let sha256 = match found.as_slice() {
+    let (sha256, content_purged, purged_at) = match found.as_slice() {
         [] => return Err(not_found()),
         [one] => one.clone(),
         many => {
+            let many: Vec<&str> = many.iter().map(|(sha, _, _)| sha.as_str()).collect();
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "ambiguous_hash",
@@ -57,7 +60,7 @@ pub async fn lookup(
                     many.len(),
                     many.join(", ")
                 ),
-            ))
+            ));
         }
     };
 
@@ -120,6 +123,8 @@ pub async fn lookup(
         "first_seen": first_seen,
         "last_seen": last_seen,
         "file_names": names,
+        "content_purged": content_purged,
+        "purged_at": purged_at,
         "analyses": analyses.iter().map(AnalysisRow::to_json).collect::<Vec<_>>(),
         "more_analyses": more,
         "analyses_url": format!("/v1/analyses?sha256={sha256}"),

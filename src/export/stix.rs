@@ -390,6 +390,7 @@ mod tests {
             submitted_by: Some(1),
             yara_cached: false,
             yara_rules_digest: None,
+            node: None,
             sha256: SHA256.into(),
             sha1: SHA1.into(),
             md5: MD5.into(),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 /// The select list for `FROM`; column names match `AnalysisRow`'s fields.
 pub const COLUMNS: &str = "a.id, a.status, a.filename, a.tags, a.tlp, a.priority, \
      a.yara_matches AS yara, a.results, a.created_at, a.updated_at, \
-     a.api_key_id AS submitted_by, a.yara_cached, a.yara_rules_digest, \
+     a.api_key_id AS submitted_by, a.yara_cached, a.yara_rules_digest, a.node, \
      s.sha256, s.sha1, s.md5, s.size, s.file_type";
 
 /// Analyses with their samples; the analysis is `a`, the sample `s`.
@@ -33,6 +33,9 @@ pub struct AnalysisRow {
     pub yara_cached: bool,
     /// The compiled rules that gave the matches; `None` if the scan failed.
     pub yara_rules_digest: Option<String>,
+    /// The node that took the submission (`node.name`); `None` for
+    /// analyses older than the column.
+    pub node: Option<String>,
     pub sha256: String,
     pub sha1: String,
     pub md5: String,
@@ -60,6 +63,7 @@ impl AnalysisRow {
             "yara_cached": self.yara_cached,
             "yara_rules_digest": self.yara_rules_digest,
             "results": self.results.0,
+            "node": self.node,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         })

@@ -52,7 +52,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::answer::{json_error, new_request_id, KeptAlive};
+use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
@@ -66,11 +66,6 @@ const PINGORA_MAX_FIELDS: usize = 256;
 const READ_CHUNK: usize = 4096;
 /// How long a refusal may take to write to a client that does not read.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
-/// How long, and how much, a refused client is read and discarded before
-/// the close (see `proxy::linger`: unread bytes make the close a reset,
-/// which can destroy the answer before the client reads it).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 4 << 20;
 
 /// What a head must satisfy, from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -81,14 +76,9 @@ pub struct HeadRules {
 
 impl HeadRules {
     pub fn new(settings: &Settings) -> Self {
-        let s = &settings.server;
         HeadRules {
             timeout: Duration::from_secs(settings.proxy.header_timeout),
-            limits: HeaderLimits {
-                request_line: s.limit_request_line as usize,
-                fields: s.limit_request_fields as usize,
-                field_size: s.limit_request_field_size as usize,
-            },
+            limits: HeaderLimits::of(&settings.server),
         }
     }
 
@@ -427,7 +417,7 @@ fn describe(e: &pingora_core::Error) -> String {
 /// (there is no pingora session for a head that never parsed), then closes
 /// after a short linger.
 pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
-    let body = json_error(r.code, &r.message);
+    let body = crate::api_error::body(r.code, &r.message);
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -435,7 +425,7 @@ pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
         r.status.as_u16(),
         r.status.canonical_reason().unwrap_or(""),
         body.len(),
-        new_request_id(),
+        crate::request_id::fresh(),
     );
     let written = tokio::time::timeout(WRITE_GRACE, async {
         stream.write_all(head.as_bytes()).await?;
@@ -447,17 +437,27 @@ pub(super) async fn answer(stream: &mut Stream, r: &Refusal) {
     if !matches!(written, Ok(Ok(()))) {
         return;
     }
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = vec![0u8; 8192];
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
+    let mut raw = Raw {
+        stream,
+        sink: vec![0u8; 8192],
+    };
+    linger(&mut raw).await;
+}
+
+/// A connection pingora has not wrapped in a session.
+struct Raw<'a> {
+    stream: &'a mut Stream,
+    sink: Vec<u8>,
+}
+
+#[async_trait]
+impl Unread for Raw<'_> {
+    async fn discard(&mut self) -> Option<usize> {
+        match self.stream.read(&mut self.sink).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
         }
-    })
-    .await;
+    }
 }
 
 #[cfg(test)]

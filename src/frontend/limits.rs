@@ -17,6 +17,12 @@ pub struct Refusal {
     pub message: String,
 }
 
+impl From<Refusal> for crate::api_error::ApiError {
+    fn from(r: Refusal) -> Self {
+        crate::api_error::ApiError::new(r.status, r.code, r.message)
+    }
+}
+
 fn refuse(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
@@ -35,6 +41,17 @@ pub struct HeaderLimits {
     pub request_line: usize,
     pub fields: usize,
     pub field_size: usize,
+}
+
+impl HeaderLimits {
+    /// The limits the settings give (`server.limit_request_*`).
+    pub fn of(server: &crate::config::Server) -> Self {
+        HeaderLimits {
+            request_line: server.limit_request_line as usize,
+            fields: server.limit_request_fields as usize,
+            field_size: server.limit_request_field_size as usize,
+        }
+    }
 }
 
 /// What the framing check learned about the body.

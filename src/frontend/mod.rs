@@ -9,10 +9,9 @@
 //! keeps owning the public sockets, so a front end that dies or is
 //! replaced on HUP loses no connection waiting in a backlog.
 //!
-//! Pingora is handed the inherited sockets instead of binding them: the
-//! master owns the public sockets, so that a replaced front end loses no
-//! connection. The descriptors go into the `Fds` table pingora's listening
-//! service takes, and the service runs on our own tokio runtime. That keeps
+//! So pingora is handed the inherited sockets instead of binding them:
+//! the descriptors go into the `Fds` table pingora's listening service
+//! takes, and the service runs on our own tokio runtime. That keeps
 //! pingora's accept, TLS, HTTP/1, HTTP/2 and proxy machinery, while its
 //! `Server` (daemonising, its own signal handling, its own upgrade
 //! socket) stays out: the master already does those jobs. What this relies
@@ -43,7 +42,6 @@ use pingora_core::server::Fds;
 use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 
-use crate::scoreboard::SlotState;
 use crate::sockets::FIRST_LISTENER_FD;
 
 /// What the master tells the front end on its command line.
@@ -66,45 +64,33 @@ pub struct FrontEndArgs {
 const ACCEPTED_GRACE: Duration = head::DRAIN_GRACE.saturating_add(Duration::from_millis(500));
 
 pub fn run(args: FrontEndArgs) -> ExitCode {
-    let board = match crate::child::attach("front-end") {
-        Ok(b) => b,
+    let child = match crate::child::start("front-end", "frontend", args.slot, None) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let fail = |why: String| crate::child::failed(&board, args.slot, "front-end", why);
-    let settings = match crate::handover::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
-    };
-    let _log = match crate::logging::init(&settings.log, "frontend") {
-        Ok(g) => g,
-        Err(e) => return fail(format!("cannot open log files: {e}")),
-    };
+    let fail = |why: String| child.fail(why);
+    let (board, settings) = (&child.board, &child.settings);
     // The key is read before privileges are dropped: it is usually
     // readable by root only.
-    let (cert, key) = tls::pair_paths(&settings);
+    let (cert, key) = tls::pair_paths(settings);
     let tls_config = match tls::load(&cert, &key) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let account = match crate::isolation::service_account(&settings) {
-        Ok(a) => a,
-        Err(e) => return fail(e.to_string()),
-    };
-    if let Err(e) = crate::isolation::restrict(account, args.master_pid) {
-        return fail(e.to_string());
+    if let Err(code) = child.restrict(args.master_pid) {
+        return code;
     }
 
     let fds = Arc::new(Mutex::new(Fds::new()));
     let conf = Arc::new(ServerConf::default());
-    let mut proxy =
-        pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(&settings, board.clone()));
+    let mut proxy = pingora_proxy::http_proxy(&conf, proxy::FrontEnd::new(settings, board.clone()));
     // HTTP/1.1 keep-alive is set per request in `request_filter`;
     // HTTP/2 connections need their own idle bound. It is also HTTP/2's
-    // deadline for a request's headers: pingora counts a connection as
-    // idle until h2 has a whole header block, so a fresh connection that
-    // opens no stream, or a header block trickled in CONTINUATION frames,
-    // is closed after proxy.header_timeout, as an HTTP/1 head is. (No
-    // stream exists yet, so there is no request to answer with a 408.)
+    // deadline for a request's headers (ARCHITECTURE.md, behaviour of
+    // dependencies): a fresh connection that opens no stream, or a header
+    // block trickled in CONTINUATION frames, is closed after
+    // proxy.header_timeout, as an HTTP/1 head is. (No stream exists yet,
+    // so there is no request to answer with a 408.)
     let mut opts = pingora_core::apps::HttpServerOptions::default();
     let h2_idle = settings
         .proxy
@@ -118,8 +104,8 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut service = Service::new(
         "sandgnat front end".to_string(),
         conncap::Capped::new(
-            head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
-            &settings,
+            head::HeadGuard::new(proxy, head::HeadRules::new(settings)),
+            settings,
             board.clone(),
         ),
     );
@@ -182,28 +168,17 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
         tokio::spawn(async move {
             service.start_service(Some(fds), stop_rx, 1).await;
         });
-        let slot = board.slot(args.slot);
-        slot.pid.store(std::process::id(), Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
+        // The heartbeat asks for a stop once the master is gone.
+        let (trigger, mut orphaned) = crate::shutdown::channel();
+        crate::child::ready(board, args.slot, args.master_pid, trigger, None);
         tracing::info!(
             cert = %cert.display(),
             sha256 = tls::file_fingerprint(&cert).unwrap_or_default(),
             "front end ready"
         );
-        let beat_board = board.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                beat_board.slot(args.slot).beat();
-                if std::os::unix::process::parent_id() != args.master_pid {
-                    std::process::exit(0);
-                }
-            }
-        });
         let graceful_stop = tokio::select! {
             _ = term.recv() => true,
+            _ = orphaned.requested() => true,
             _ = quit.recv() => false,
             _ = int.recv() => false,
         };
@@ -240,11 +215,11 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
 const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONNECTION_WINDOW: u32 = 2 << 20;
 
-///
-/// The header list keeps pingora's cap (64 KiB): that bounds what a
-/// stream's headers can make us hold, and a list over it gets h2's own 431,
-/// without our JSON body. Everything under it meets gunicorn's limits in
-/// `request_filter` (`limits::check_decoded`), answered as over HTTP/1.
+/// HTTP/2's settings: the windows above. The header list keeps pingora's
+/// own cap, which bounds what a stream's headers can make us hold; a list
+/// over it gets h2's own 431, without our JSON body. Everything under it
+/// meets gunicorn's limits in `request_filter` (`limits::check_decoded`),
+/// answered as over HTTP/1.
 fn h2_options() -> pingora_core::protocols::http::v2::server::H2Options {
     let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
     h2.initial_window_size(H2_STREAM_WINDOW);

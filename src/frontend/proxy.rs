@@ -20,15 +20,12 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::answer::{json_error, new_request_id, KeptAlive};
+use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
+use crate::api_error::ApiError;
 use crate::config::Settings;
-use crate::scoreboard::{monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
-
-/// A worker whose heartbeat is older than this is not counted as able to
-/// take a request (workers beat every 500 ms).
-const STALE_HEARTBEAT_MS: u64 = 1500;
+use crate::scoreboard::{live_within_ms, monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
 
 /// Pingora's errors for a chunked body it cannot parse. It names them but
 /// does not export them, so they are matched by name (ARCHITECTURE.md
@@ -73,6 +70,9 @@ pub struct FrontEnd {
     /// Redis-shared counts when `redis.url` is set.
     shared: Option<SharedCounts>,
     board: Arc<Scoreboard>,
+    /// How recent a worker's beat must be for it to count as able to
+    /// take a request.
+    live_within_ms: u64,
 }
 
 impl FrontEnd {
@@ -81,11 +81,7 @@ impl FrontEnd {
         let s = &settings.server;
         FrontEnd {
             socket: s.socket.clone(),
-            limits: HeaderLimits {
-                request_line: s.limit_request_line as usize,
-                fields: s.limit_request_fields as usize,
-                field_size: s.limit_request_field_size as usize,
-            },
+            limits: HeaderLimits::of(s),
             max_body: p.max_body_bytes,
             read_timeout: Duration::from_secs(p.read_timeout),
             body_timeout: Duration::from_secs(p.body_timeout),
@@ -105,6 +101,7 @@ impl FrontEnd {
                 .as_deref()
                 .and_then(|url| SharedCounts::new(url, board.clone())),
             board,
+            live_within_ms: live_within_ms(s),
         }
     }
 
@@ -115,7 +112,7 @@ impl FrontEnd {
             let slot = self.board.slot(i);
             slot.role.load(Relaxed) == ROLE_WORKER
                 && slot.state() == SlotState::Ready
-                && now.saturating_sub(slot.heartbeat_ms.load(Relaxed)) <= STALE_HEARTBEAT_MS
+                && slot.is_live(now, self.live_within_ms)
                 && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
         })
     }
@@ -178,31 +175,15 @@ fn client_keeps_alive(version: http::Version, connection: Option<&http::HeaderVa
     }
 }
 
-/// A request id from a client is kept only if it is short and plain, so
-/// it cannot inject anything into logs.
-fn acceptable_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-}
-
 /// Writes a JSON error and marks the connection as not reusable when the
 /// request body was not read.
-async fn respond(
-    session: &mut Session,
-    ctx: &Ctx,
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    retry_after: Option<u64>,
-) -> Result<()> {
-    let body = json_error(code, message);
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+async fn respond(session: &mut Session, ctx: &Ctx, e: &ApiError) -> Result<()> {
+    let body = Bytes::from(e.body());
+    let mut resp = ResponseHeader::build(e.status, Some(5))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if let Some(s) = retry_after {
+    if let Some(s) = e.retry_after {
         resp.insert_header("retry-after", s.to_string())?;
     }
     session.set_keepalive(None);
@@ -211,26 +192,19 @@ async fn respond(
     Ok(())
 }
 
-/// How long, and how many bytes, an HTTP/1 request body that was answered
-/// before it was read is read and thrown away (nginx's lingering close).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 4 << 20;
-
 /// An answer given before the request body was read (a refusal here, or a
 /// worker's early 401, 403, 413, ...) must reach a client that is still
 /// sending, so the connection or stream is not closed under it at once:
 /// a bounded amount of the body is read and thrown away first, which gives
 /// the client time to read the answer and stop on its own.
 ///
-/// HTTP/1: closing a socket with unread bytes in it makes the kernel send
-/// a reset, which fails the client's pending write and can destroy the
-/// answer before the client reads it.
+/// HTTP/1: unread bytes would make the close a reset (`answer::linger`).
 ///
 /// HTTP/2: dropping the stream makes h2 follow the complete response with
 /// RST_STREAM(NO_ERROR), as RFC 9113 §8.1 allows; but a client may take a
 /// reset that arrives with the response, while it is still sending, as a
-/// failure of the stream and throw away the answer it holds (curl 7.88
-/// does). A client that stops on its own ends its stream early; h2 resets
+/// failure of the stream and throw away the answer it holds (some curl
+/// versions do). A client that stops on its own ends its stream early; h2 resets
 /// that one (its Content-Length is not met), which ends the read here, and
 /// by then the client has its answer.
 async fn linger_if_unread(session: &mut Session) {
@@ -238,16 +212,17 @@ async fn linger_if_unread(session: &mut Session) {
         return;
     }
     session.set_keepalive(None);
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut drained = 0usize;
-        while drained < LINGER_BYTES {
-            match session.read_request_body().await {
-                Ok(Some(b)) => drained += b.len(),
-                _ => break,
-            }
+    linger(session).await;
+}
+
+#[async_trait]
+impl Unread for Session {
+    async fn discard(&mut self) -> Option<usize> {
+        match self.read_request_body().await {
+            Ok(Some(b)) => Some(b.len()),
+            _ => None,
         }
-    })
-    .await;
+    }
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -277,13 +252,8 @@ impl ProxyHttp for FrontEnd {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.peer = peer_ip(session);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.request_id = session
-            .get_header("x-request-id")
-            .map(|v| v.as_bytes())
-            .filter(|v| acceptable_request_id(v))
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id);
+        ctx.request_id = crate::request_id::of(&session.req_header().headers)
+            .unwrap_or_else(crate::request_id::fresh);
         // The idle time replaces pingora's own (unbounded) only where the
         // client keeps the connection at all: an HTTP/1.0 client that did
         // not ask for keep-alive reads the answer to the end of the
@@ -301,7 +271,7 @@ impl ProxyHttp for FrontEnd {
         let framing = match self.check_framing(session) {
             Ok(f) => f,
             Err(r) => {
-                respond(session, ctx, r.status, r.code, &r.message, None).await?;
+                respond(session, ctx, &r.into()).await?;
                 return Ok(true);
             }
         };
@@ -317,15 +287,8 @@ impl ProxyHttp for FrontEnd {
         let client = ctx.client.clone().unwrap_or_default();
         if !self.admit(&self.per_ip, "ip", &client).await {
             let msg = format!("too many requests from {client}; slow down");
-            respond(
-                session,
-                ctx,
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                &msg,
-                Some(1),
-            )
-            .await?;
+            let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg);
+            respond(session, ctx, &e.retry_after(1)).await?;
             return Ok(true);
         }
         // The key as the worker will read it (a header, or Basic's password).
@@ -336,15 +299,12 @@ impl ProxyHttp for FrontEnd {
             // Counted under a digest so no key is kept in memory in clear.
             let id = super::tls::fingerprint(key.as_bytes());
             if !self.admit(&self.per_key, "key", &id).await {
-                respond(
-                    session,
-                    ctx,
+                let e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     "too many requests with this API key; slow down",
-                    Some(1),
-                )
-                .await?;
+                );
+                respond(session, ctx, &e.retry_after(1)).await?;
                 return Ok(true);
             }
         }
@@ -365,28 +325,22 @@ impl ProxyHttp for FrontEnd {
                 ctx.continued = true;
             }
             if session.read_request_body().await.is_err() {
-                respond(
-                    session,
-                    ctx,
+                let e = ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "malformed chunked body",
-                    None,
-                )
-                .await?;
+                );
+                respond(session, ctx, &e).await?;
                 return Ok(true);
             }
         }
         if !self.worker_available() {
-            respond(
-                session,
-                ctx,
+            let e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_worker",
                 "no worker can take the request right now; retry shortly",
-                Some(1),
-            )
-            .await?;
+            );
+            respond(session, ctx, &e.retry_after(1)).await?;
             return Ok(true);
         }
         Ok(false)
@@ -626,7 +580,7 @@ impl ProxyHttp for FrontEnd {
             tracing::warn!(request_id = %ctx.request_id, status = status.as_u16(), error = %e, "request failed in the front end");
         }
         if !dead && session.response_written().is_none() {
-            let _ = respond(session, ctx, status, code, &message, None).await;
+            let _ = respond(session, ctx, &ApiError::new(status, code, message)).await;
         }
         FailToProxy {
             error_code: if dead { 0 } else { status.as_u16() },

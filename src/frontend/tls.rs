@@ -62,7 +62,7 @@ pub fn ensure_pair(settings: &Settings) -> Result<(), TlsError> {
         dir: dir.clone(),
         why,
     };
-    let host = hostname();
+    let host = crate::config::host_name();
     let names = vec![host, "localhost".to_string()];
     let mut params = rcgen::CertificateParams::new(names).map_err(|e| fail(e.to_string()))?;
     params.subject_alt_names.push(rcgen::SanType::IpAddress(
@@ -102,14 +102,6 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(tmp, path)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// SHA-256 of a DER certificate as colon-separated hex, as browsers show it.

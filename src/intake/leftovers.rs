@@ -1,10 +1,13 @@
 //! Files a crash leaves behind, and their removal. A worker killed mid-
 //! upload leaves its spool file (the guard that removes it never runs); a
 //! crash between a sample's rename into the quarantine and its commit
-//! leaves a quarantine file that no sample names. The recorder sweeps both
+//! leaves a quarantine file that no sample names, and a purge that dies
+//! before deleting a sample's bytes, or that ran on another node, leaves
+//! a file that only a purged sample names. The recorder sweeps them all
 //! at start and every `intake.leftover_sweep_interval`, removing what has
-//! been untouched for `intake.leftover_age`, and counts them in the
-//! scoreboard (`sandgnat_leftovers_removed_total{kind}`).
+//! been untouched for `intake.leftover_age` (the bytes of a sample purged
+//! that long ago, however recently touched: `intake::purged`), and counts
+//! them in the scoreboard (`sandgnat_leftovers_removed_total{kind}`).
 //!
 //! A quarantine file is also the dedup target of later submissions of the
 //! same bytes, which commit without writing it again: the local store
@@ -84,31 +87,52 @@ pub async fn sweep(
     age: Duration,
 ) -> Result<Swept, SweepError> {
     let mut swept = Swept::default();
+    // This node's own disk, whatever the backend.
+    let local = crate::storage::SampleStore::local_at(
+        quarantine.to_path_buf(),
+        spool.to_path_buf(),
+        crate::storage::Meter::default(),
+    );
     restore_set_aside(quarantine)?;
-    // The job runners' copies of remote samples count as spool files.
+    // The job runners' copies of remote samples (`storage::fetch_dir`,
+    // beside the spool) count as spool files.
     let mut spooled = old_files(spool, age)?;
-    spooled.extend(old_files(&spool.join(crate::storage::FETCH_DIR), age)?);
+    spooled.extend(old_files(
+        &spool.with_file_name(crate::storage::FETCH_DIR),
+        age,
+    )?);
     for path in spooled {
         if remove(&path) {
             swept.spool += 1;
         }
     }
     for dir in sample_dirs(quarantine)? {
-        let candidates: Vec<(PathBuf, String)> = old_files(&dir, age)?
+        let files: Vec<(PathBuf, String)> = files(&dir)?
             .into_iter()
             .filter_map(|p| {
                 let name = p.file_name()?.to_str()?.to_string();
                 is_sha256(&name).then_some((p, name))
             })
             .collect();
-        if candidates.is_empty() {
+        if files.is_empty() {
             continue;
         }
-        let names: Vec<String> = candidates.iter().map(|(_, n)| n.clone()).collect();
-        let named = recorded(db, &names).await?;
-        for (path, sha) in candidates {
-            if named.contains(&sha) {
-                continue;
+        let names: Vec<String> = files.iter().map(|(_, n)| n.clone()).collect();
+        let states = states(db, &names, age).await?;
+        for (path, sha) in files {
+            match states.get(&sha) {
+                Some(State::Kept | State::PurgedLately) => continue,
+                Some(State::PurgedLongAgo) => {
+                    // However fresh its time stamp (each submission of the
+                    // bytes touches it, and is refused): deleted as the
+                    // purge would have, with the row held.
+                    if super::purged::delete(db, &local, &sha).await? {
+                        swept.quarantine += 1;
+                    }
+                    continue;
+                }
+                None if !is_old(&path, age) => continue,
+                None => {}
             }
             let aside = quarantine.join(format!(".leftover-{sha}"));
             if fs::rename(&path, &aside).is_err() {
@@ -131,6 +155,45 @@ pub async fn sweep(
         }
     }
     Ok(swept)
+}
+
+/// What the database says of a quarantine file's sample.
+enum State {
+    /// Recorded, bytes kept.
+    Kept,
+    /// Purged less than `intake.leftover_age` ago: its purge deleted the
+    /// bytes, or a submission that stored them again has yet to commit.
+    PurgedLately,
+    /// Purged longer ago: any copy left is a leftover (a purge that died
+    /// before deleting, or that ran on another node).
+    PurgedLongAgo,
+}
+
+async fn states(
+    db: &PgPool,
+    shas: &[String],
+    age: Duration,
+) -> Result<std::collections::HashMap<String, State>, sqlx::Error> {
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT sha256, content_purged,
+                content_purged AND coalesce(purged_at < now() - make_interval(secs => $2), true)
+           FROM samples WHERE sha256 = ANY($1)",
+    )
+    .bind(shas)
+    .bind(age.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sha, purged, long_ago)| {
+            let state = match (purged, long_ago) {
+                (false, _) => State::Kept,
+                (true, false) => State::PurgedLately,
+                (true, true) => State::PurgedLongAgo,
+            };
+            (sha, state)
+        })
+        .collect())
 }
 
 /// Puts back what a sweep that died midway had moved aside, so this
@@ -184,18 +247,22 @@ fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
 }
 
-/// Regular files directly in `dir` untouched for at least `age`.
-fn old_files(dir: &Path, age: Duration) -> io::Result<Vec<PathBuf>> {
+/// Regular files directly in `dir`.
+fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     match fs::read_dir(dir) {
         Ok(entries) => Ok(entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .map(|e| e.path())
-            .filter(|p| is_old(p, age))
             .collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// Regular files directly in `dir` untouched for at least `age`.
+fn old_files(dir: &Path, age: Duration) -> io::Result<Vec<PathBuf>> {
+    Ok(files(dir)?.into_iter().filter(|p| is_old(p, age)).collect())
 }
 
 fn is_old(path: &Path, age: Duration) -> bool {
@@ -232,7 +299,8 @@ mod tests {
         fs::create_dir_all(&spool).unwrap();
         let named = "a".repeat(64);
         let stray = format!("ab{}", "c".repeat(62));
-        for sha in [&named, &stray] {
+        let (purged, lately) = ("d".repeat(64), "e".repeat(64));
+        for sha in [&named, &stray, &purged, &lately] {
             let p = crate::storage::local::path_for(&q, sha);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, b"x").unwrap();
@@ -244,31 +312,53 @@ mod tests {
             q.join(format!(".leftover-{named}")),
         )
         .unwrap();
-        sqlx::query(
-            "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
-             VALUES ($1, repeat('1', 40), repeat('5', 32), 1, 'data', 'x')",
-        )
-        .bind(&named)
-        .execute(&db)
-        .await
-        .unwrap();
+        // Recorded, kept; purged two hours ago (a copy a purge left,
+        // touched just now by a submission of the bytes); purged a minute
+        // ago (its purge's own deletion may be under way).
+        for (sha, purged_at) in [
+            (&named, None),
+            (&purged, Some("2 hours")),
+            (&lately, Some("1 minute")),
+        ] {
+            sqlx::query(
+                "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path,
+                                      content_purged, purged_at)
+                 VALUES ($1, repeat('1', 40), repeat('5', 32), 1, 'data', 'x',
+                         $2::text IS NOT NULL, now() - $2::interval)",
+            )
+            .bind(sha)
+            .bind(purged_at)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
 
-        // Too young: nothing goes.
+        // Too young: nothing goes, but the copy of the sample purged long
+        // ago, however fresh.
         let s = sweep(&db, &q, &spool, Duration::from_secs(3600))
             .await
             .unwrap();
-        assert_eq!(s, Swept::default());
+        assert_eq!(
+            s,
+            Swept {
+                spool: 0,
+                quarantine: 1
+            }
+        );
+        assert!(!crate::storage::local::path_for(&q, &purged).exists());
+        assert!(crate::storage::local::path_for(&q, &lately).exists());
 
         let s = sweep(&db, &q, &spool, Duration::ZERO).await.unwrap();
         assert_eq!(
             s,
             Swept {
                 spool: 1,
-                quarantine: 1
+                quarantine: 2
             }
         );
         assert!(crate::storage::local::path_for(&q, &named).exists());
         assert!(!crate::storage::local::path_for(&q, &stray).exists());
+        assert!(!crate::storage::local::path_for(&q, &lately).exists());
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
         assert!(!q.join(format!(".leftover-{stray}")).exists());
         fs::remove_dir_all(&d).unwrap();

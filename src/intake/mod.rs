@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod known;
 pub mod leftovers;
 pub mod metadata;
+pub mod purged;
 pub mod record;
 pub mod spool;
 
@@ -27,7 +28,7 @@ use crate::api_error::{unavailable, ApiError};
 use crate::auth::{allow, Caller};
 use crate::recorder::client::RecordError;
 use crate::scan::{RuleMatch, ScanData, ScanError, ScanTarget};
-use crate::storage::{Source, StoreError};
+use crate::storage::{Source, StoreError, Stored};
 use crate::worker::state::AppState;
 use metadata::Metadata;
 use spool::{Content, Digests, Held, Received, Upload, UploadError};
@@ -90,6 +91,13 @@ impl From<RecordError> for ApiError {
         match e {
             RecordError::Unavailable(why) => unavailable("the database", why),
             RecordError::Unreachable(why) => unavailable("the recorder", why),
+            RecordError::Purged => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sample_purged_meanwhile",
+                "the stored copy of these bytes was purged while they were being \
+                 submitted; nothing was recorded; send them again",
+            )
+            .retry_after(1),
             RecordError::Refused(e) => {
                 tracing::error!(error = %e, "cannot record the submission");
                 ApiError::new(
@@ -388,12 +396,13 @@ async fn process(
     let rules_digest = scan_error.is_none().then(|| app.rules.digest());
 
     let submission = record::Submission {
-        sha256: sha256_of(&stored),
+        sha256: sha256_of(&stored.location),
         sha1,
         md5,
         size,
         file_type,
-        storage_path: stored.clone(),
+        storage_path: stored.location.clone(),
+        wrote_bytes: stored.wrote,
         filename: filename.clone(),
         meta,
         key_id: caller.key_id,
@@ -429,8 +438,8 @@ async fn process(
 }
 
 /// Samples up to this size, held in memory, are hashed and scanned on
-/// the event loop: that takes less time (tens of microseconds at 4 KiB)
-/// than a hop to the blocking pool and back, two thread wake-ups. Only
+/// the event loop: that takes less time than a hop to the blocking pool
+/// and back, two thread wake-ups. Only
 /// writing a new one to the quarantine (an fsync) goes to the pool.
 /// Samples above it that are held in memory are shared with an S3
 /// upload, not copied.
@@ -462,8 +471,9 @@ struct Inspected {
 
 struct Examined {
     inspected: Inspected,
-    /// Where the store keeps the bytes.
-    stored: Result<String, StoreError>,
+    /// Where the store keeps the bytes, and whether this submission wrote
+    /// them.
+    stored: Result<Stored, StoreError>,
 }
 
 /// Hash (if not done while spooling), detect the type, and, for the local
@@ -635,9 +645,13 @@ async fn examine_small(
         cached,
     };
     if app.store.local_contains(&sha256) == Some(true) {
+        let stored = Stored {
+            location: app.store.location(&sha256),
+            wrote: false,
+        };
         return Ok(Examined {
             inspected,
-            stored: Ok(app.store.location(&sha256)),
+            stored: Ok(stored),
         });
     }
     let worker = app.clone();
@@ -651,11 +665,10 @@ async fn examine_small(
 }
 
 /// Blocking: the local store's put.
-fn local_put(app: &AppState, sha256: &str, source: &Source) -> Result<String, StoreError> {
+fn local_put(app: &AppState, sha256: &str, source: &Source) -> Result<Stored, StoreError> {
     app.store
         .local_put(sha256, source)
         .unwrap_or_else(|| Err(StoreError::Config("not a local store".into())))
-        .map(|p| p.display().to_string())
 }
 
 /// The received bytes as the store takes them; a sample in memory stays
@@ -704,7 +717,10 @@ async fn examine_remote(
             None => scan_small(app, identity, received).await?,
         };
         let stored = if identity.known {
-            Ok(app.store.location(&sha256))
+            Ok(Stored {
+                location: app.store.location(&sha256),
+                wrote: false,
+            })
         } else {
             let (source, _held) = into_source(received.content);
             app.store.put(&sha256, Arc::new(source)).await
@@ -737,7 +753,10 @@ async fn examine_remote(
     };
     let uploading = async {
         if known {
-            Ok(app.store.location(&sha256))
+            Ok(Stored {
+                location: app.store.location(&sha256),
+                wrote: false,
+            })
         } else {
             app.store.put(&sha256, source.clone()).await
         }

@@ -37,6 +37,9 @@ pub struct Submission<'a> {
     pub size: u64,
     pub file_type: String,
     pub storage_path: String,
+    /// This submission stored the bytes itself (`storage::Stored`);
+    /// false when it found them stored already.
+    pub wrote_bytes: bool,
     pub filename: String,
     pub meta: Metadata,
     pub key_id: i64,
@@ -157,6 +160,10 @@ pub struct Row {
     yara_rules_digest: Option<String>,
     #[serde(default)]
     yara_cached: bool,
+    /// The worker stored the bytes itself. False from a worker of the
+    /// previous binary, which is what every duplicate was.
+    #[serde(default)]
+    wrote_bytes: bool,
 }
 
 impl Row {
@@ -203,6 +210,7 @@ impl Row {
             response: s.idempotency_key.as_ref().map(|_| accepted(id, s)),
             yara_rules_digest: s.rules_digest.map(str::to_string),
             yara_cached: s.yara_cached,
+            wrote_bytes: s.wrote_bytes,
         }
     }
 
@@ -265,6 +273,10 @@ pub enum Failure {
     /// was lost before its answer (the commit may have happened). The
     /// submission may or may not be recorded.
     Unconfirmed,
+    /// The submission found its bytes stored and wrote none, and the
+    /// sample was purged before the statement ran (`retention::purge`):
+    /// nothing of it was written.
+    Purged,
 }
 
 /// The batcher: takes what is waiting (at least one), writes it, answers.
@@ -285,7 +297,8 @@ pub async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, deadline: Duration
                     let _ = p.done.send(w);
                 }
             }
-            Err(Failure::Unconfirmed) => {
+            // `Purged` is a row's outcome, never a batch's.
+            Err(Failure::Unconfirmed | Failure::Purged) => {
                 for p in batch {
                     let _ = p.done.send(Err(Failure::Unconfirmed));
                 }
@@ -328,7 +341,7 @@ async fn attempt(
         // connection (nothing sent: nothing recorded) is not mistaken for
         // losing one while the statement, and so its commit, was on its way.
         let mut conn = db.acquire().await.map_err(Failure::Database)?;
-        let won = write(&mut conn, rows).await.map_err(|e| {
+        let wrote = write(&mut conn, rows).await.map_err(|e| {
             if crate::store::may_have_committed(&e) {
                 tracing::warn!(error = %e, submissions = rows.len(), "the database connection failed after the submissions were sent; they may or may not be recorded");
                 Failure::Unconfirmed
@@ -336,16 +349,16 @@ async fn attempt(
                 Failure::Database(e)
             }
         })?;
-        Ok((conn, won))
+        Ok((conn, wrote))
     };
-    let (mut conn, won) = match tokio::time::timeout(deadline, written).await {
+    let (mut conn, Wrote { won, stale }) = match tokio::time::timeout(deadline, written).await {
         Ok(r) => r?,
         Err(_) => return Err(Failure::Unconfirmed),
     };
     let lost: Vec<&Row> = rows
         .iter()
         .copied()
-        .filter(|r| r.idempotency_key.is_some() && !won.contains(&r.id))
+        .filter(|r| r.idempotency_key.is_some() && !won.contains(&r.id) && !stale.contains(&r.id))
         .collect();
     let mut firsts = if lost.is_empty() {
         Ok(Vec::new())
@@ -361,6 +374,9 @@ async fn attempt(
     Ok(rows
         .iter()
         .map(|r| {
+            if stale.contains(&r.id) {
+                return Err(Failure::Purged);
+            }
             if r.idempotency_key.is_none() || won.contains(&r.id) {
                 return Ok(Written::New);
             }
@@ -413,15 +429,19 @@ async fn first_uses(
         .collect())
 }
 
+/// What one statement made of its submissions, by analysis id.
+struct Wrote {
+    /// Whose idempotency key this statement recorded.
+    won: std::collections::HashSet<Uuid>,
+    /// Left out: they relied on stored bytes that were purged meanwhile.
+    stale: std::collections::HashSet<Uuid>,
+}
+
 /// Writes submissions in one statement, so one round trip and an implicit
 /// transaction: every part of every submission commits together or not
 /// at all. Foreign keys are checked at the end of the statement, when the
-/// samples and analyses it inserts exist. Returns the analyses whose
-/// idempotency key this statement recorded.
-async fn write(
-    db: &mut sqlx::PgConnection,
-    rows: &[&Row],
-) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+/// samples and analyses it inserts exist.
+async fn write(db: &mut sqlx::PgConnection, rows: &[&Row]) -> Result<Wrote, sqlx::Error> {
     fn col<T>(rows: &[&Row], f: impl Fn(&Row) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
@@ -449,14 +469,35 @@ async fn write(
         .bind(col(rows, |r| r.idempotency_key.clone()))
         .bind(col(rows, |r| r.response.clone().map(Json)))
         .bind(col(rows, |r| r.yara_rules_digest.clone()))
-        .bind(col(rows, |r| r.yara_cached));
-    let won = queue::Batch::new(jobs).bind(query).fetch_all(db).await?;
-    won.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+        .bind(col(rows, |r| r.yara_cached))
+        .bind(col(rows, |r| r.wrote_bytes));
+    let mut wrote = Wrote {
+        won: Default::default(),
+        stale: Default::default(),
+    };
+    for row in queue::Batch::new(jobs).bind(query).fetch_all(db).await? {
+        let id: Uuid = row.try_get(0)?;
+        if row.try_get::<bool, _>(1)? {
+            wrote.stale.insert(id);
+        } else {
+            wrote.won.insert(id);
+        }
+    }
+    Ok(wrote)
 }
 
 /// Submissions as data-modifying CTEs of one statement, each table's rows
 /// from parallel arrays (one element per submission).
 ///
+/// - The samples named that exist, locked `FOR KEY SHARE` (the lock each
+///   analysis's foreign key takes on its sample anyway, and one no other
+///   submission waits for) before anything is written: a purge
+///   (`retention::purge`) takes the row `FOR UPDATE`, so it has either
+///   committed, and its mark is what this statement reads, or it waits
+///   for this commit and then sees these submissions' jobs. `stale` are
+///   the submissions that found their bytes stored and wrote none, of a
+///   sample purged meanwhile: they write nothing (not even their
+///   idempotency key) and are returned as such, to be sent again.
 /// - Idempotency keys first: `ON CONFLICT DO NOTHING` on the unique
 ///   (api key, key) index is the one arbiter between tries of one key, in
 ///   one batch (the first in the batch wins; its duplicates are left out
@@ -476,25 +517,39 @@ async fn write(
 ///   once a second (last_seen is kept to the second), so concurrent
 ///   submissions of one sample (a campaign seen by many sensors) do not
 ///   queue on it. A sample inserted by this statement is not visible to
-///   the UPDATE, and needs no update.
+///   the UPDATE, and needs no update. The same UPDATE (a row is updated
+///   once per statement) clears `content_purged` of a purged sample whose
+///   bytes a kept submission stored again.
 /// - The analyses, their jobs (`queue::Batch`, so the queue costs no round
 ///   trip of its own) and two audit rows each, `submitted` then `scanned`,
 ///   whose ids follow that order.
 static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH idem AS (
+        "WITH held AS (
+              SELECT sha256, content_purged FROM samples
+               WHERE sha256 = ANY($2) ORDER BY sha256 FOR KEY SHARE),
+         stale AS (
+              SELECT t.id FROM unnest($1::uuid[], $2::text[], $24::bool[]) AS t(id, sha256, wrote)
+                JOIN held h ON h.sha256 = t.sha256
+               WHERE h.content_purged AND NOT t.wrote),
+         idem AS (
               INSERT INTO idempotency_keys (api_key_id, key, request_sha256, analysis_id, response)
               SELECT DISTINCT ON (key_id, key) key_id, key, sha256, id, response
                 FROM unnest($1::uuid[], $2::text[], $8::int8[], $20::text[], $21::jsonb[])
                      WITH ORDINALITY AS t(id, sha256, key_id, key, response, n)
-               WHERE key IS NOT NULL
+               WHERE key IS NOT NULL AND id NOT IN (SELECT id FROM stale)
                ORDER BY key_id, key, n
               ON CONFLICT (api_key_id, key) DO NOTHING
               RETURNING analysis_id),
          kept AS (
-              SELECT id FROM unnest($1::uuid[], $20::text[]) AS t(id, key) WHERE key IS NULL
+              SELECT id FROM unnest($1::uuid[], $20::text[]) AS t(id, key)
+               WHERE key IS NULL AND id NOT IN (SELECT id FROM stale)
               UNION ALL
               SELECT analysis_id FROM idem),
+         restored AS (
+              SELECT t.sha256 FROM unnest($1::uuid[], $2::text[], $24::bool[]) AS t(id, sha256, wrote)
+               WHERE t.wrote AND t.id IN (SELECT id FROM kept)
+                 AND t.sha256 IN (SELECT sha256 FROM held WHERE content_purged)),
          sample AS (
               INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
               SELECT DISTINCT ON (sha256) sha256, sha1, md5, size, file_type, storage_path
@@ -505,8 +560,13 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                ORDER BY sha256
               ON CONFLICT (sha256) DO NOTHING),
          seen AS (
-              UPDATE samples SET last_seen = now()
-               WHERE sha256 = ANY($2) AND last_seen < now() - interval '1 second'),
+              UPDATE samples SET last_seen = now(),
+                     content_purged = content_purged AND sha256 NOT IN (SELECT sha256 FROM restored),
+                     purged_at = CASE WHEN sha256 IN (SELECT sha256 FROM restored)
+                                      THEN NULL ELSE purged_at END
+               WHERE sha256 = ANY($2)
+                 AND (last_seen < now() - interval '1 second'
+                      OR sha256 IN (SELECT sha256 FROM restored))),
          analysis AS (
               INSERT INTO analyses (id, sample_sha256, api_key_id, client_ip, filename, tags,
                                     tlp, priority, yara_matches, callback_url, request_id,
@@ -531,8 +591,10 @@ static SUBMISSIONS: LazyLock<String> = LazyLock::new(|| {
                      AS e(actor, event, details, k)
                WHERE t.id IN (SELECT id FROM kept)
                ORDER BY t.n, e.k)
-         SELECT analysis_id FROM idem",
-        queue::Batch::insert_sql_where(24, "analysis_id IN (SELECT id FROM kept)")
+         SELECT analysis_id, false FROM idem
+         UNION ALL
+         SELECT id, true FROM stale",
+        queue::Batch::insert_sql_where(25, "analysis_id IN (SELECT id FROM kept)")
     )
 });
 
@@ -553,6 +615,7 @@ mod tests {
             size: 4,
             file_type: "data".into(),
             storage_path: format!("/q/{sha_byte}"),
+            wrote_bytes: true,
             filename: filename.into(),
             meta: Metadata {
                 tags: vec!["apt".into(), "loader".into()],
@@ -775,7 +838,7 @@ mod tests {
                 &db,
                 "SELECT count(*) FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND query LIKE 'WITH idem AS%'",
+                    AND query LIKE 'WITH held AS%'",
             )
             .await;
             if waiting as usize == TRIES {
@@ -848,7 +911,7 @@ mod tests {
             let waiting: Option<i32> = sqlx::query_scalar(
                 "SELECT pid FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND query LIKE 'WITH idem AS%'",
+                    AND query LIKE 'WITH held AS%'",
             )
             .fetch_optional(&db)
             .await
@@ -882,5 +945,66 @@ mod tests {
         run(db.clone(), rx, Duration::from_secs(30)).await;
         let r = answer.await.unwrap();
         assert!(matches!(r, Err(Failure::Database(_))), "{r:?}");
+    }
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_purged_sample_is_stored_again_only_by_a_submission_that_wrote_it(db: PgPool) {
+        let k = key(&db).await;
+        let q = crate::config::Queue::default();
+        let first = [submission(k, 'a', "first", &q)];
+        let rows: Vec<Row> = first.iter().map(|s| Row::new(Uuid::now_v7(), s)).collect();
+        outcomes(&db, &rows).await;
+        sqlx::query("UPDATE samples SET content_purged = true, purged_at = now()")
+            .execute(&db)
+            .await
+            .unwrap();
+
+        // Found the bytes stored, wrote none: they may be the purged
+        // sample's, on their way out. Nothing of it is written, not even
+        // its idempotency key; a submission of other bytes in the same
+        // batch is not held back.
+        let relied = Submission {
+            wrote_bytes: false,
+            ..keyed(k, 'a', "relied", &q)
+        };
+        let other = submission(k, 'b', "other", &q);
+        let rows = [
+            Row::new(Uuid::now_v7(), &relied),
+            Row::new(Uuid::now_v7(), &other),
+        ];
+        let written = match attempt(
+            &db,
+            &rows.iter().collect::<Vec<_>>(),
+            Duration::from_secs(30),
+        )
+        .await
+        {
+            Ok(w) => w,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert!(
+            matches!(written[0], Err(Failure::Purged)),
+            "{:?}",
+            written[0]
+        );
+        assert!(matches!(written[1], Ok(Written::New)), "{:?}", written[1]);
+        assert_eq!(count(&db, "SELECT count(*) FROM analyses").await, 2);
+        assert_eq!(count(&db, "SELECT count(*) FROM idempotency_keys").await, 0);
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM samples WHERE content_purged").await,
+            1
+        );
+
+        // Stored again by this submission: the sample's bytes are kept.
+        let again = [submission(k, 'a', "again", &q)];
+        let rows: Vec<Row> = again.iter().map(|s| Row::new(Uuid::now_v7(), s)).collect();
+        assert!(outcomes(&db, &rows).await[0].1);
+        let (purged, at): (bool, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+            "SELECT content_purged, purged_at FROM samples WHERE sha256 = repeat('a', 64)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert!(!purged && at.is_none());
     }
 }

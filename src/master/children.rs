@@ -15,7 +15,8 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use super::roster::{Child, Retire, Role};
-use super::{spawn, Arbiter, Phase, ABORT_GRACE, EXIT_BOOT_ERROR};
+use super::{spawn, Arbiter, Phase, ABORT_GRACE};
+use crate::child::EXIT_BOOT_ERROR;
 use crate::scoreboard::{
     monotonic_ms, SlotState, ROLE_FRONTEND, ROLE_METRICS, ROLE_RECORDER, ROLE_RUNNER, ROLE_WORKER,
 };

@@ -33,8 +33,6 @@ use roster::{Child, Retire, Role};
 use signals::SignalPipe;
 use upgrade::Upgrade;
 
-/// Exit code when workers cannot boot (gunicorn's `WORKER_BOOT_ERROR`).
-pub const EXIT_BOOT_ERROR: u8 = 3;
 /// How long an aborted worker gets before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// How long a fast stop waits before SIGKILL.

@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::scoreboard::{Scoreboard, SlotState};
-use crate::sockets::{backlog, FIRST_LISTENER_FD, SCOREBOARD_FD, WORKERS};
+use crate::scoreboard::Scoreboard;
+use crate::sockets::{backlog, FIRST_LISTENER_FD, WORKERS};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
@@ -35,30 +35,15 @@ struct Watched {
 }
 
 pub fn run(args: MetricsArgs) -> ExitCode {
-    // SAFETY: descriptors placed by the master for exactly these uses.
-    let board = match Scoreboard::attach(unsafe { OwnedFd::from_raw_fd(SCOREBOARD_FD) }) {
-        Ok(b) => Arc::new(b),
-        Err(e) => {
-            eprintln!("sandgnat metrics-listener: {e}");
-            return ExitCode::from(3);
-        }
+    let child = match crate::child::start("metrics-listener", "metrics", args.slot, None) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let settings = match crate::handover::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sandgnat metrics-listener: cannot read settings: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    let _log = crate::logging::init(&settings.log, "metrics");
-    // A missing account fails the boot: it must never fall back to root.
-    let isolated = crate::isolation::service_account(&settings)
-        .and_then(|account| crate::isolation::restrict(account, args.master_pid));
-    if let Err(e) = isolated {
-        tracing::error!(error = %e, "metrics listener cannot isolate itself");
-        return ExitCode::from(3);
+    if let Err(code) = child.restrict(args.master_pid) {
+        return code;
     }
-    // SAFETY: as above.
+    let (board, settings) = (&child.board, &child.settings);
+    // SAFETY: descriptors placed by the master for exactly these uses.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST_LISTENER_FD) };
     let watched: Vec<Watched> = args
         .listeners
@@ -73,68 +58,49 @@ pub fn run(args: MetricsArgs) -> ExitCode {
         .collect();
     let watched = Arc::new(watched);
     let queue_metrics = queue::QueueMetrics::default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let node_info: Arc<str> = render::node_info(&settings.node.name).into();
+    let rt = match child.event_loop() {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the event loop");
-            return ExitCode::from(3);
-        }
+        Err(code) => return code,
     };
-    rt.block_on(async move {
-        if let Err(e) = listener.set_nonblocking(true) {
-            tracing::error!(error = %e, "cannot use the metrics socket");
-            return ExitCode::from(3);
-        }
-        let listener = match tokio::net::TcpListener::from_std(listener) {
+    rt.block_on(async {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
             Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot use the metrics socket");
-                return ExitCode::from(3);
-            }
+            Err(e) => return child.fail(format!("cannot use the metrics socket: {e}")),
         };
-        let slot = board.slot(args.slot);
-        slot.pid
-            .store(std::process::id(), std::sync::atomic::Ordering::Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
+        // The heartbeat asks for a stop once the master is gone.
+        let (trigger, mut orphaned) = crate::shutdown::channel();
+        crate::child::ready(board, args.slot, args.master_pid, trigger, None);
         tokio::spawn(queue_metrics.clone().refresh(settings.clone()));
-        let beat_board = board.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                beat_board.slot(args.slot).beat();
-                if std::os::unix::process::parent_id() != args.master_pid {
-                    std::process::exit(0);
-                }
-            }
-        });
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return ExitCode::from(3),
+                Err(e) => return child.fail(format!("cannot watch signals: {e}")),
             };
         loop {
             let stream = tokio::select! {
                 r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 _ = term.recv() => return ExitCode::SUCCESS,
+                _ = orphaned.requested() => return ExitCode::SUCCESS,
             };
             let board = board.clone();
             let watched = watched.clone();
             let queue_metrics = queue_metrics.clone();
+            let node_info = node_info.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let board = board.clone();
                     let watched = watched.clone();
                     let queue_text = queue_metrics.text();
+                    let node_info = node_info.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(answer(
                             &board,
                             &watched,
-                            &queue_text,
+                            &[&node_info, &queue_text],
                             req,
                         ))
                     }
@@ -149,19 +115,22 @@ pub fn run(args: MetricsArgs) -> ExitCode {
     })
 }
 
+/// `/metrics`: the scoreboard's and the kernel's figures, then the texts
+/// kept apart (the node's name, the cached queue figures).
 fn answer(
     board: &Scoreboard,
     watched: &[Watched],
-    queue_text: &str,
+    more: &[&str],
     req: Request<Incoming>,
 ) -> Response<Body> {
     if req.uri().path() != "/metrics" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                r#"{"error":"not_found","message":"metrics are at /metrics"}"#,
-            ))
+            .body(Body::from(crate::api_error::body(
+                "not_found",
+                "metrics are at /metrics",
+            )))
             .unwrap_or_default();
     }
     let pending: Vec<render::Pending<'_>> = watched
@@ -173,6 +142,6 @@ fn answer(
         .collect();
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(Body::from(render::render(board, &pending) + queue_text))
+        .body(Body::from(render::render(board, &pending) + &more.concat()))
         .unwrap_or_default()
 }

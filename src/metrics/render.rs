@@ -29,6 +29,21 @@ fn status_label(i: usize) -> String {
         .unwrap_or_else(|| "other".to_string())
 }
 
+/// `sandgnat_node_info{node="..."} 1`: which node these figures are
+/// from, to join on when several nodes are scraped (the name needs no
+/// escaping: `config::is_node_name`).
+pub fn node_info(node: &str) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "sandgnat_node_info",
+        "gauge",
+        "The node these metrics come from (node.name), always 1.",
+    );
+    let _ = writeln!(out, "sandgnat_node_info{{node=\"{node}\"}} 1");
+    out
+}
+
 pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     let mut out = String::with_capacity(8192);
 
@@ -240,6 +255,13 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
     }
     header(
         &mut out,
+        "sandgnat_cluster_lead",
+        "gauge",
+        "1 while a process of this node runs the cluster's run-once work (queue maintenance, retention).",
+    );
+    let _ = writeln!(out, "sandgnat_cluster_lead {}", u8::from(leads(board)));
+    header(
+        &mut out,
         "sandgnat_database_durable",
         "gauge",
         "1 when the database syncs every commit (fsync and synchronous_commit on); absent until read.",
@@ -291,6 +313,18 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
         board.header().ratelimit_fallbacks.load(Relaxed)
     );
     out
+}
+
+/// Whether the process the scoreboard names as holding the lead is one of
+/// this node's live children (one that died holding it lost it with its
+/// database session).
+fn leads(board: &Scoreboard) -> bool {
+    let pid = board.header().lead_pid.load(Relaxed);
+    pid != 0
+        && board.child_slots().any(|i| {
+            let s = board.slot(i);
+            s.state() != SlotState::Free && s.pid.load(Relaxed) == pid
+        })
 }
 
 /// The job runners, apart from the workers: they serve no request, so

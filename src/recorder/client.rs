@@ -26,6 +26,10 @@ pub enum RecordError {
     Unavailable(String),
     #[error("the database refused the record: {0}")]
     Refused(String),
+    /// The submission found the bytes stored, and they were purged before
+    /// it committed: nothing was recorded.
+    #[error("the sample's stored bytes were purged meanwhile")]
+    Purged,
     /// The row was sent and its answer never came: it may have committed.
     #[error("the recorder's connection closed before it confirmed the record")]
     Lost,
@@ -96,6 +100,7 @@ impl Recorder {
             Ok(Ok(Outcome::Existing(prior))) => Ok(Recorded::Existing(prior)),
             Ok(Ok(Outcome::Unavailable(why))) => Err(RecordError::Unavailable(why)),
             Ok(Ok(Outcome::Refused(why))) => Err(RecordError::Refused(why)),
+            Ok(Ok(Outcome::Purged)) => Err(RecordError::Purged),
             Ok(Ok(Outcome::Unconfirmed)) => Err(RecordError::Unconfirmed(self.0.deadline)),
         }
     }

@@ -23,10 +23,8 @@ mod wire;
 
 use std::os::fd::FromRawFd;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::scoreboard::SlotState;
 use crate::shutdown;
 use crate::sockets::FIRST_LISTENER_FD;
 
@@ -69,17 +67,7 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             trigger.clone(),
             "TERM: telling the workers to go away; answering what is in hand",
         ));
-        let slot = board.slot(args.slot);
-        slot.pid.store(std::process::id(), Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
-        tokio::spawn(crate::child::heartbeat(
-            board.clone(),
-            args.slot,
-            args.master_pid,
-            trigger,
-            None,
-        ));
+        crate::child::ready(&board, args.slot, args.master_pid, trigger, None);
         tokio::spawn(crate::store::durability::check_until_known(
             db.clone(),
             board.clone(),
@@ -93,6 +81,14 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             crate::intake::spool::spool_dir(&settings),
             Duration::from_secs(settings.intake.leftover_age),
             Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),
+        ));
+        // One process per node contends for the work that runs once
+        // across the cluster; the recorder is the one of which there is
+        // exactly one.
+        tokio::spawn(crate::duties::run(
+            db.clone(),
+            settings.clone(),
+            board.clone(),
         ));
         tracing::info!(slot = args.slot, "recorder ready");
         let deadline = Duration::from_millis(settings.database.record_timeout_ms);

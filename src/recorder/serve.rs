@@ -93,6 +93,7 @@ async fn connection(stream: UnixStream, rows: mpsc::Sender<Pending>, told: watch
                 Ok(Ok(Written::New)) => Outcome::Committed,
                 Ok(Ok(Written::Existing(prior))) => Outcome::Existing(prior),
                 Ok(Err(Failure::Unconfirmed)) => Outcome::Unconfirmed,
+                Ok(Err(Failure::Purged)) => Outcome::Purged,
                 Ok(Err(Failure::Database(e))) if crate::store::is_unavailable(&e) => {
                     Outcome::Unavailable(e.to_string())
                 }

@@ -46,6 +46,9 @@ pub enum Outcome {
     Refused(String),
     /// The statement did not finish in time: it may still commit.
     Unconfirmed,
+    /// The row relied on stored bytes that were purged meanwhile: nothing
+    /// was recorded.
+    Purged,
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {

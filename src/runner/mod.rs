@@ -22,10 +22,9 @@
 mod work;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use crate::scoreboard::SlotState;
 use crate::shutdown;
 
 /// What the master tells a runner on its command line.
@@ -72,17 +71,13 @@ pub fn run(args: RunnerArgs) -> ExitCode {
             "TERM: no new jobs; finishing the one in hand",
         ));
         let frozen = Arc::new(AtomicU32::new(0));
-        let slot = board.slot(args.slot);
-        slot.pid.store(std::process::id(), Relaxed);
-        slot.beat();
-        slot.set_state(SlotState::Ready);
-        tokio::spawn(crate::child::heartbeat(
-            board.clone(),
+        crate::child::ready(
+            &board,
             args.slot,
             args.master_pid,
             trigger,
             Some(frozen.clone()),
-        ));
+        );
         if settings.queue.webhook_secret.is_none() {
             tracing::warn!("queue.webhook_secret is not set: webhooks are sent unsigned");
         }

@@ -72,7 +72,9 @@ impl Runner {
             hosts: webhook::hostrate::HostLimiter::new(settings.queue.webhook_per_host),
             notifier: Notifier::new(db.clone()),
             wakeups: Wakeups::new(db.clone()),
-            holder: format!("runner:{}", std::process::id()),
+            // Which runner, on which node: in the job's lease, its audit
+            // rows and a reclaimed lease's error.
+            holder: format!("runner:{}@{}", std::process::id(), settings.node.name),
             settings,
             db,
             store,

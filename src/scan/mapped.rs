@@ -7,7 +7,7 @@
 //! would go unmatched, so the whole file is mapped. Every page of a file
 //! mapping the scanner touches counts in the process's RSS until it is
 //! unmapped, although it is page cache the kernel shares and can reclaim:
-//! left alone, a 128 MiB sample shows as 128 MiB more worker RSS. While
+//! left alone, a sample shows as its whole size more worker RSS. While
 //! the scan runs, a helper thread drops the mapping's page-table entries
 //! every [`TRIM_EVERY`] (`madvise(MADV_DONTNEED)`). The mapping is
 //! read-only, so no page of it was ever private and nothing is lost: a
@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-/// How often the resident pages are dropped during a scan. At a scan rate
-/// of about 200 MB/s this keeps a few MiB of the sample mapped.
+/// How often the resident pages are dropped during a scan: what stays
+/// mapped is what the scanner read since the last trim.
 pub const TRIM_EVERY: Duration = Duration::from_millis(10);
 
 /// The helper only sleeps and calls madvise.

@@ -50,6 +50,10 @@ impl Quarantine {
         }
     }
 
+    pub fn at(root: PathBuf, spool: PathBuf) -> Self {
+        Quarantine { root, spool }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -72,7 +76,7 @@ impl Quarantine {
     /// already stored. A sample held in memory is first written to a new
     /// file in the spool. Blocking.
     pub fn store(&self, sha256: &str, source: &Source) -> io::Result<Stored> {
-        store_synced(&self.root, &self.spool, sha256, source)
+        store_synced(&self.root, &self.spool, sha256, source).map(|(stored, _)| stored)
     }
 
     /// Opens the sample (a regular file, not through a link) and streams
@@ -100,10 +104,9 @@ impl Quarantine {
         })
     }
 
-    /// Removes the sample's file. Blocking.
-    pub fn delete(&self, sha256: &str) -> Result<(), StoreError> {
-        fs::remove_file(self.path_for(sha256))?;
-        Ok(())
+    /// Removes the sample's file; whether there was one. Blocking.
+    pub fn delete(&self, sha256: &str) -> Result<bool, StoreError> {
+        Ok(remove(&self.root, sha256)?)
     }
 
     /// Whether a file can be made in the quarantine now.
@@ -136,22 +139,24 @@ fn chunks(file: tokio::fs::File, size: u64) -> impl futures_util::Stream<Item = 
     })
 }
 
-/// What [`Quarantine::store`] did: the stored path, whether it wrote the
-/// bytes (not when they were there already), and every directory it
-/// synced, in the order synced.
+/// Where a sample is stored, and whether this submission wrote it.
 #[derive(Debug)]
 pub struct Stored {
     pub path: PathBuf,
-    pub new: bool,
-    pub synced: Vec<PathBuf>,
+    /// False when the same bytes were found stored: the submission then
+    /// relies on a copy that a purge may be deleting (`intake::record`
+    /// refuses it if the sample was purged meanwhile).
+    pub wrote: bool,
 }
 
+/// [`Quarantine::store`], also saying every directory it synced, in the
+/// order synced.
 fn store_synced(
     root: &Path,
     spool_dir: &Path,
     sha256: &str,
     source: &Source,
-) -> io::Result<Stored> {
+) -> io::Result<(Stored, Vec<PathBuf>)> {
     let target = path_for(root, sha256);
     let dir = target.parent().unwrap_or(root).to_path_buf();
     let mut synced = make_dirs(&dir)?;
@@ -160,11 +165,11 @@ fn store_synced(
     // submission's commit will make it no longer be) leaves it alone;
     // if the sweep moved it aside already, store our own copy.
     if touch(&target).is_ok() {
-        return Ok(Stored {
+        let stored = Stored {
             path: target,
-            new: false,
-            synced,
-        });
+            wrote: false,
+        };
+        return Ok((stored, synced));
     }
     let written;
     let spooled = match source {
@@ -183,11 +188,11 @@ fn store_synced(
     // The rename is durable only once the directory is synced.
     fs::File::open(&dir)?.sync_all()?;
     synced.push(dir);
-    Ok(Stored {
+    let stored = Stored {
         path: target,
-        new: true,
-        synced,
-    })
+        wrote: true,
+    };
+    Ok((stored, synced))
 }
 
 /// Makes `dir` and any missing parents (0750), then syncs the parent of
@@ -220,6 +225,24 @@ fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(synced)
+}
+
+/// Deletes a sample's bytes: the one place they are deleted on purpose
+/// (`crate::intake::purged`, which holds the sample's row, marked purged,
+/// meanwhile). Whether there was a file; a name that is not a sha256 is
+/// refused.
+pub fn remove(root: &Path, sha256: &str) -> io::Result<bool> {
+    if !super::is_sha256(sha256) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a sample is named by its sha256",
+        ));
+    }
+    match fs::remove_file(path_for(root, sha256)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn touch(path: &Path) -> io::Result<()> {
@@ -260,11 +283,12 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let spool = d.join("spool");
         let a = format!("abcd{}", "0".repeat(60));
-        let s = store_synced(&root, &spool, &a, &spooled(&spool, b"one")).unwrap();
+        let (s, synced) = store_synced(&root, &spool, &a, &spooled(&spool, b"one")).unwrap();
         assert_eq!(s.path, root.join("ab/cd").join(&a));
+        assert!(s.wrote);
         // Both new directories' entries, deepest first, then the file's.
         assert_eq!(
-            s.synced,
+            synced,
             vec![root.join("ab"), root.clone(), root.join("ab/cd")]
         );
         assert_eq!(fs::read(&s.path).unwrap(), b"one");
@@ -274,13 +298,20 @@ mod tests {
         // A sibling under an existing `ab/`: only the new `ef/` is synced
         // to `ab/`, then the file's own directory.
         let b = format!("abef{}", "1".repeat(60));
-        let s = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
-        assert_eq!(s.synced, vec![root.join("ab"), root.join("ab/ef")]);
+        let (_, synced) = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
+        assert_eq!(synced, vec![root.join("ab"), root.join("ab/ef")]);
 
         // A duplicate makes nothing and names nothing new.
-        let s = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
-        assert!(s.synced.is_empty(), "{:?}", s.synced);
+        let (s, synced) = store_synced(&root, &spool, &b, &spooled(&spool, b"two")).unwrap();
+        assert!(synced.is_empty(), "{synced:?}");
+        assert!(!s.wrote);
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "spool file left");
+
+        // Removed once; a name that is not a hash is refused.
+        assert!(remove(&root, &b).unwrap());
+        assert!(!s.path.exists());
+        assert!(!remove(&root, &b).unwrap());
+        assert!(remove(&root, "../../etc/passwd").is_err());
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -104,6 +104,17 @@ impl Source {
     }
 }
 
+/// Where a put left a sample's bytes, and whether it wrote them.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// As the sample's row records it (a path, or `s3://bucket/key`).
+    pub location: String,
+    /// False when the same bytes were found stored: the submission then
+    /// relies on a copy that a purge may be deleting (`intake::record`
+    /// refuses it if the sample was purged meanwhile).
+    pub wrote: bool,
+}
+
 /// A stored sample opened for reading: its size, when it was stored and
 /// its bytes as a stream of chunks. The stream yields exactly `size`
 /// bytes or ends in an error, never in a short body that looks whole.
@@ -184,6 +195,15 @@ pub struct SampleStore {
 }
 
 impl SampleStore {
+    /// The local quarantine at `root`, with its spool at `spool`: what a
+    /// node's sweep for leftovers looks after, whatever its backend.
+    pub fn local_at(root: PathBuf, spool: PathBuf, meter: Meter) -> Self {
+        SampleStore {
+            backend: Arc::new(Backend::Local(local::Quarantine::at(root, spool))),
+            meter,
+        }
+    }
+
     /// The store `settings` describe, with S3 credentials from the
     /// environment. Makes no request: a store that is down now is found
     /// out by the first operation (and `/readyz`).
@@ -235,17 +255,20 @@ impl SampleStore {
     /// Blocking, local backend only (`None` otherwise): puts the sample
     /// in the quarantine (a spool file is moved there) unless the same
     /// bytes are there already; returns the stored path.
-    pub fn local_put(&self, sha256: &str, source: &Source) -> Option<Result<PathBuf, StoreError>> {
+    pub fn local_put(&self, sha256: &str, source: &Source) -> Option<Result<Stored, StoreError>> {
         let Backend::Local(q) = &*self.backend else {
             return None;
         };
         let result = q.store(sha256, source).map_err(StoreError::from);
         self.meter.count(Op::Put, &result);
-        if matches!(&result, Ok(s) if s.new) {
+        if matches!(&result, Ok(s) if s.wrote) {
             self.meter
                 .bytes(Direction::Written, source.len().unwrap_or(0));
         }
-        Some(result.map(|s| s.path))
+        Some(result.map(|s| Stored {
+            location: s.path.display().to_string(),
+            wrote: s.wrote,
+        }))
     }
 
     pub fn meter(&self) -> &Meter {
@@ -290,15 +313,14 @@ impl SampleStore {
     /// very bytes), durably, unless the same bytes are stored already.
     /// Returns the location. The S3 backend reads a spool file and leaves
     /// it; the local one moves it, on the blocking pool.
-    pub async fn put(&self, sha256: &str, source: Arc<Source>) -> Result<String, StoreError> {
+    pub async fn put(&self, sha256: &str, source: Arc<Source>) -> Result<Stored, StoreError> {
         let Backend::S3(b) = &*self.backend else {
             let store = self.clone();
             let sha = sha256.to_string();
             return tokio::task::spawn_blocking(move || store.local_put(&sha, &source))
                 .await
                 .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?
-                .unwrap_or_else(|| Err(StoreError::Config("not a local store".into())))
-                .map(|p| p.display().to_string());
+                .unwrap_or_else(|| Err(StoreError::Config("not a local store".into())));
         };
         let size = source.len().map_err(StoreError::from)?;
         let result = b.put(sha256, &source, size).await;
@@ -306,7 +328,10 @@ impl SampleStore {
         if result.is_ok() {
             self.meter.bytes(Direction::Written, size);
         }
-        result.map(|()| b.location(sha256))
+        result.map(|()| Stored {
+            location: b.location(sha256),
+            wrote: true,
+        })
     }
 
     /// Opens a stored sample for reading, streamed.
@@ -319,17 +344,29 @@ impl SampleStore {
         result.map(|o| self.counted(o))
     }
 
-    /// Removes a sample's bytes; one already gone is not an error.
-    pub async fn delete(&self, sha256: &str) -> Result<(), StoreError> {
+    /// Removes a sample's bytes; whether there were any (one already
+    /// gone is not an error). The one caller is `intake::purged`, which
+    /// holds the sample's row, marked purged, meanwhile.
+    pub async fn delete(&self, sha256: &str) -> Result<bool, StoreError> {
+        if !is_sha256(sha256) {
+            return Err(StoreError::Config(format!("{sha256:?} is not a sha256")));
+        }
         let result = match &*self.backend {
-            Backend::Local(q) => q.delete(sha256),
-            Backend::S3(b) => b.delete(sha256).await,
+            Backend::Local(q) => {
+                let (q, sha) = (q.clone(), sha256.to_string());
+                tokio::task::spawn_blocking(move || q.delete(&sha))
+                    .await
+                    .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
+                    .and_then(|r| r)
+            }
+            Backend::S3(b) => match b.head(sha256).await {
+                Ok(_) => b.delete(sha256).await.map(|()| true),
+                Err(StoreError::Missing) => Ok(false),
+                Err(e) => Err(e),
+            },
         };
         self.meter.count(Op::Delete, &result);
-        match result {
-            Err(StoreError::Missing) => Ok(()),
-            other => other,
-        }
+        result
     }
 
     /// Whether a submission could be stored now: the quarantine is
@@ -394,13 +431,13 @@ pub fn spool_dir(settings: &Settings) -> PathBuf {
 }
 
 /// Where job runners copy a remote store's samples for their parsers: a
-/// directory of its own (below the spool), so a runner, confined to it,
+/// directory of its own beside the spool, so a runner, confined to it,
 /// can touch no upload in progress.
 pub fn fetch_dir(settings: &Settings) -> PathBuf {
-    spool_dir(settings).join(FETCH_DIR)
+    settings.paths.state_dir.join(FETCH_DIR)
 }
 
-/// The name of [`fetch_dir`] within the spool.
+/// The name of [`fetch_dir`] in the state directory.
 pub const FETCH_DIR: &str = "fetch";
 
 #[cfg(test)]

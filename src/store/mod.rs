@@ -3,8 +3,16 @@
 //! connection quickly, so a database outage turns into a fast 503, never a
 //! hung request. The service connects with `database.url`, migrations
 //! with `database.migrate_url` (the schema's owner; see [`role`]).
+//!
+//! Every session says which node opened it: `sandgnat.node` (which the
+//! `node` columns of analyses and audit rows default to) and the
+//! application name `sandgnat@<node>` (`pg_stat_activity`). And every
+//! session asks the server to probe its TCP peer within seconds, so the
+//! sessions of a node that vanished (power, network) end, and the locks
+//! they held are let go, long before the system's two-hour default.
 
 pub mod durability;
+pub mod lead;
 pub mod role;
 
 use std::time::Duration;
@@ -36,7 +44,9 @@ pub fn lazy_pool(settings: &Settings) -> Result<PgPool, StoreError> {
 
 fn lazy_pool_at(settings: &Settings, url: &str) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(StoreError::Url)?;
-    let options = options.application_name("sandgnat");
+    let options = options
+        .application_name(&format!("sandgnat@{}", settings.node.name))
+        .options(session_settings(&settings.node.name));
     Ok(PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .min_connections(0)
@@ -49,6 +59,24 @@ fn lazy_pool_at(settings: &Settings, url: &str) -> Result<PgPool, StoreError> {
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))
 }
+
+/// What every session of the node sets at its start. The node's name is
+/// checked (`config::is_node_name`) to need no quoting here.
+fn session_settings(node: &str) -> [(&'static str, String); 4] {
+    [
+        ("sandgnat.node", node.to_string()),
+        ("tcp_keepalives_idle", KEEPALIVE_IDLE_S.to_string()),
+        ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_S.to_string()),
+        ("tcp_keepalives_count", KEEPALIVE_COUNT.to_string()),
+    ]
+}
+
+/// The server probes a silent client after this many seconds, then every
+/// `KEEPALIVE_INTERVAL_S`, and ends the session after `KEEPALIVE_COUNT`
+/// unanswered probes.
+pub const KEEPALIVE_IDLE_S: u32 = 10;
+pub const KEEPALIVE_INTERVAL_S: u32 = 5;
+pub const KEEPALIVE_COUNT: u32 = 3;
 
 /// Connects now (for commands and the master), failing with the reason.
 pub async fn connect(settings: &Settings) -> Result<PgPool, StoreError> {
@@ -152,4 +180,75 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed
     ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn every_session_says_its_node_on_what_it_writes(db: PgPool) {
+        let o = db.connect_options();
+        let mut settings = Settings::default();
+        settings.node.name = "node-x".into();
+        settings.database.url = format!(
+            "postgres://{}@{}:{}/{}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or_default()
+        );
+        let pool = lazy_pool(&settings).unwrap();
+        let (app, idle): (String, String) = sqlx::query_as(
+            "SELECT application_name, current_setting('tcp_keepalives_idle')
+               FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(app, "sandgnat@node-x");
+        assert_eq!(idle, KEEPALIVE_IDLE_S.to_string());
+
+        // Written through the node's pool: its name, without naming it.
+        let sha = "a".repeat(64);
+        sqlx::query(
+            "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+             VALUES ($1, repeat('b', 40), repeat('c', 32), 1, 'data', '/q/x')",
+        )
+        .bind(&sha)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (via, id) in [(&pool, uuid::Uuid::now_v7()), (&db, uuid::Uuid::now_v7())] {
+            sqlx::query("INSERT INTO analyses (id, sample_sha256) VALUES ($1, $2)")
+                .bind(id)
+                .bind(&sha)
+                .execute(via)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO analysis_audit_log (analysis_id, actor, event) VALUES ($1, 't', 'e')",
+            )
+            .bind(id)
+            .execute(via)
+            .await
+            .unwrap();
+        }
+        let nodes: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT a.node, l.node FROM analyses a JOIN analysis_audit_log l ON l.analysis_id = a.id
+              ORDER BY a.id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        // A session that does not say (psql, the test's own) writes none.
+        assert_eq!(
+            nodes,
+            [
+                (Some("node-x".to_string()), Some("node-x".to_string())),
+                (None, None)
+            ]
+        );
+        pool.close().await;
+    }
 }

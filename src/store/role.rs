@@ -151,6 +151,7 @@ mod tests {
             ("jobs", rows),
             ("idempotency_keys", rows),
             ("status_sessions", rows),
+            ("cluster_duties", rows),
         ];
         let tables: Vec<(String, String)> = sqlx::query_as(
             "SELECT tablename::text, tableowner::text FROM pg_tables

@@ -26,13 +26,11 @@ pub const SLACK: u64 = 1;
 /// How long a waiting connection is left to a less loaded worker.
 pub const DEFER: Duration = Duration::from_millis(1);
 
-/// A peer whose heartbeat is older than this takes no part: a worker that
-/// stopped beating is not taking connections either.
-const LIVE_MS: u64 = 2_000;
-
 /// Whether the worker in slot `me` should leave the next connection to a
-/// less loaded peer.
-pub fn should_defer(board: &Scoreboard, me: usize) -> bool {
+/// less loaded peer. A peer that is not live (`scoreboard::live_within_ms`)
+/// takes no part: a worker that stopped beating is not taking connections
+/// either.
+pub fn should_defer(board: &Scoreboard, me: usize, live_within_ms: u64) -> bool {
     let mine = board.slot(me).active_connections.load(Relaxed);
     if mine <= SLACK {
         return false;
@@ -45,7 +43,7 @@ pub fn should_defer(board: &Scoreboard, me: usize) -> bool {
         .filter(|s| {
             s.role.load(Relaxed) == ROLE_WORKER
                 && s.state() == SlotState::Ready
-                && now.saturating_sub(s.heartbeat_ms.load(Relaxed)) < LIVE_MS
+                && s.is_live(now, live_within_ms)
         })
         .filter_map(|s| {
             // Loaded once: the count the comparison and the minimum use.
@@ -59,6 +57,8 @@ pub fn should_defer(board: &Scoreboard, me: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIVE: u64 = 1_500;
 
     fn worker(board: &Scoreboard, slot: usize, active: u64) {
         assert_eq!(
@@ -79,11 +79,11 @@ mod tests {
         let board = Scoreboard::create().unwrap();
         worker(&board, 1, 5);
         worker(&board, 2, 1);
-        assert!(should_defer(&board, 1));
-        assert!(!should_defer(&board, 2));
+        assert!(should_defer(&board, 1, LIVE));
+        assert!(!should_defer(&board, 2, LIVE));
         // Within the slack, nobody defers.
         board.slot(2).active_connections.store(4, Relaxed);
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
     }
 
     #[test]
@@ -91,25 +91,25 @@ mod tests {
         let board = Scoreboard::create().unwrap();
         worker(&board, 1, 5);
         // Alone: nobody to leave it to.
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
         // A peer that stopped beating.
         worker(&board, 2, 0);
         board.slot(2).heartbeat_ms.store(0, Relaxed);
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
         // A peer that is draining.
         worker(&board, 3, 0);
         board.slot(3).set_state(SlotState::Recycling);
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
         // A peer at its worker_connections limit.
         worker(&board, 4, 2);
         board.slot(4).max_connections.store(2, Relaxed);
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
         // A slot that is not a worker (the front end, a runner).
         worker(&board, 5, 0);
         board
             .slot(5)
             .role
             .store(crate::scoreboard::ROLE_FRONTEND, Relaxed);
-        assert!(!should_defer(&board, 1));
+        assert!(!should_defer(&board, 1, LIVE));
     }
 }

@@ -25,7 +25,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::auth::KeyRing;
-use crate::config::Settings;
 use crate::scan::RuleSet;
 use crate::sockets::{FIRST_LISTENER_FD, RULES_FD};
 use state::{AppState, Inner};
@@ -43,38 +42,28 @@ pub struct WorkerArgs {
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
-    // The scoreboard comes first, so every later failure can be reported.
-    let board = match crate::child::attach("worker") {
-        Ok(b) => b,
+    let child = match crate::child::start(
+        "worker",
+        "worker",
+        args.slot,
+        Some(crate::confine::Role::Worker),
+    ) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let fail = |why: String| crate::child::failed(&board, args.slot, "worker", why);
-    let settings = match crate::handover::inherited_settings() {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot read settings from the master: {e}")),
-    };
-    // Before the log writers start: confinement binds the threads started
-    // after it.
-    let confined = match crate::child::confine_self(crate::confine::Role::Worker, &settings) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let _log = match crate::logging::init(&settings.log, "worker") {
-        Ok(g) => g,
-        Err(e) => return fail(format!("cannot open log files: {e}")),
-    };
-    crate::confine::log_applied(crate::confine::Role::Worker, &confined);
-    if let Err(e) = boot(&settings, &args) {
-        return fail(e);
+    if let Err(code) = child.restrict(args.master_pid) {
+        return code;
     }
+    if child.settings.debug.fail_worker_boot {
+        return child.fail("debug.fail_worker_boot is set".into());
+    }
+    let fail = |why: String| child.fail(why);
+    let (board, settings) = (&child.board, &child.settings);
     // SAFETY: descriptor 5 is the workers' socket, placed by the master.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(FIRST_LISTENER_FD) };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match child.event_loop() {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the event loop: {e}")),
+        Err(code) => return code,
     };
     let rules = match crate::handover::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
@@ -96,26 +85,26 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         workers_socket: crate::sockets::backlog::inode(std::os::fd::AsFd::as_fd(&listener)).ok(),
     };
     let store = match crate::storage::SampleStore::from_settings(
-        &settings,
+        settings,
         crate::storage::Meter::new(board.clone()),
     ) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
     let served = runtime.block_on(async {
-        let db = crate::store::lazy_pool(&settings).map_err(|e| e.to_string())?;
+        let db = crate::store::lazy_pool(settings).map_err(|e| e.to_string())?;
         let state = AppState::new(Inner {
             settings: settings.clone(),
             db: db.clone(),
             keys: KeyRing::default(),
             store,
-            spool: crate::intake::spool::spool_dir(&settings),
+            spool: crate::intake::spool::spool_dir(settings),
             memory: crate::intake::spool::MemoryBudget::new(
                 settings.intake.memory_sample_bytes,
                 settings.intake.memory_budget_bytes,
             ),
             recorder: crate::recorder::client::Recorder::new(
-                crate::sockets::recorder_socket_path(&settings),
+                crate::sockets::recorder_socket_path(settings),
                 std::time::Duration::from_millis(settings.database.record_timeout_ms),
             ),
             rules,
@@ -129,12 +118,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // now is retried by the refresher.
         let _ = state.keys.refresh(&db).await;
         tokio::spawn(state.keys.clone().keep_fresh(db.clone()));
-        tokio::spawn(crate::analyses::upkeep::run(
-            db,
-            settings.queue.clone(),
-            state.notifier.clone(),
-        ));
-        server::Worker::new(settings, board.clone(), args.clone(), state)
+        server::Worker::new(settings.clone(), board.clone(), args.clone(), state)
             .serve(listener)
             .await
     });
@@ -142,14 +126,4 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
-}
-
-/// Everything a worker does to itself before serving.
-fn boot(settings: &Settings, args: &WorkerArgs) -> Result<(), String> {
-    let account = crate::isolation::service_account(settings).map_err(|e| e.to_string())?;
-    crate::isolation::restrict(account, args.master_pid).map_err(|e| e.to_string())?;
-    if settings.debug.fail_worker_boot {
-        return Err("debug.fail_worker_boot is set".into());
-    }
-    Ok(())
 }

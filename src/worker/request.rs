@@ -24,6 +24,7 @@ use super::shared::Shared;
 use super::unread::Leftover;
 use crate::accesslog::AccessRecord;
 use crate::api_error::ApiError;
+use crate::frontend::limits::{check_decoded, HeaderLimits};
 use crate::logging::ACCESS_TARGET;
 use crate::scoreboard::{Slot, SlotState};
 
@@ -34,7 +35,7 @@ pub async fn handle(
     let started = Instant::now();
     let slot = shared.slot();
     let seq = shared.seq.fetch_add(1, Relaxed) + 1;
-    let request_id = request_id(&req);
+    let request_id = crate::request_id::of(req.headers()).unwrap_or_else(crate::request_id::fresh);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -54,7 +55,7 @@ pub async fn handle(
 
     let leftover = Leftover::default();
     let req = req.map(|b| leftover.wrap(b));
-    let mut resp = match check_limits(&shared, &req) {
+    let mut resp = match check_limits(&shared.settings.server, &req) {
         Err(e) => {
             drop(req);
             e.into_response()
@@ -111,49 +112,14 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// The id the front end assigned, or a fresh one.
-fn request_id<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
-}
-
 /// Gunicorn's request line and header limits, for clients that reach a
-/// worker directly.
-fn check_limits<B>(shared: &Shared, req: &Request<B>) -> Result<(), ApiError> {
+/// worker directly: the front end's rule for decoded fields, with its
+/// answers.
+fn check_limits<B>(server: &crate::config::Server, req: &Request<B>) -> Result<(), ApiError> {
     check_host(req)?;
-    let srv = &shared.settings.server;
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + 10;
-    if srv.limit_request_line > 0 && line > srv.limit_request_line as usize {
-        return Err(ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "request_line_too_long",
-            format!(
-                "the request line is {line} bytes; the limit is {}",
-                srv.limit_request_line
-            ),
-        ));
-    }
-    if srv.limit_request_field_size > 0 {
-        let max = srv.limit_request_field_size as usize;
-        if let Some((name, _)) = req
-            .headers()
-            .iter()
-            .find(|(n, v)| n.as_str().len() + v.len() + 2 > max)
-        {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header_too_large",
-                format!("header {name} is over the {max}-byte limit"),
-            ));
-        }
-    }
-    Ok(())
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let limits = HeaderLimits::of(server);
+    check_decoded(req.method().as_str(), target, req.headers(), limits).map_err(ApiError::from)
 }
 
 /// RFC 9112 §3.2, as the front end checks it (`frontend::limits`): one
@@ -250,6 +216,34 @@ mod tests {
             b = b.header("host", *h);
         }
         b.body(()).unwrap()
+    }
+
+    /// The worker answered a field over `limit_request_field_size` with
+    /// 431 and never counted fields; the front end answers 400 and counts
+    /// them (431 over `limit_request_fields`), as the README says. The
+    /// worker now answers as the front end does.
+    #[test]
+    fn limits_are_the_front_ends() {
+        let server = crate::config::Server {
+            limit_request_line: 40,
+            limit_request_fields: 3,
+            limit_request_field_size: 20,
+            ..Default::default()
+        };
+        let with = |fields: &[(&str, &str)], path: &str| {
+            let mut b = Request::builder().uri(path).header("host", "a");
+            for (n, v) in fields {
+                b = b.header(*n, *v);
+            }
+            check_limits(&server, &b.body(()).unwrap())
+        };
+        with(&[("x-a", "0123456789abcde")], "/").unwrap();
+        let e = with(&[("x-a", "0123456789abcdef")], "/").unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"));
+        let e = with(&[("x-a", "1"), ("x-b", "2"), ("x-c", "3")], "/").unwrap_err();
+        assert_eq!(e.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let e = with(&[], &format!("/{}", "a".repeat(40))).unwrap_err();
+        assert_eq!(e.status, StatusCode::URI_TOO_LONG);
     }
 
     #[test]

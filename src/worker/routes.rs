@@ -16,7 +16,7 @@ use super::openapi;
 use super::state::AppState;
 use crate::api_error::ApiError;
 use crate::export::taxii;
-use crate::{analyses, bridge, export, intake};
+use crate::{analyses, bridge, export, intake, retention};
 
 /// Every label a request can be counted under; index 0 is for requests
 /// that matched no route. At most `scoreboard::ROUTES` entries.
@@ -148,6 +148,11 @@ pub fn operations() -> Vec<Operation> {
             M::GET,
             "/v1/samples/{sha256}/content",
             export::download::sample_content,
+        ),
+        op(
+            M::DELETE,
+            "/v1/samples/{sha256}/content",
+            retention::route::purge_content,
         ),
         // Any hash: the segment is named as the content route's, which
         // the router requires of one position.

@@ -19,7 +19,7 @@ use super::shared::Shared;
 use super::{balance, WorkerArgs};
 use crate::accesslog::AccessLogFormat;
 use crate::config::Settings;
-use crate::scoreboard::{Scoreboard, SlotState};
+use crate::scoreboard::Scoreboard;
 use crate::shutdown::{self, Shutdown};
 
 pub struct Worker {
@@ -41,6 +41,7 @@ impl Worker {
                 .expect("default format parses")
         });
         let router = super::routes::router(state);
+        let live_within_ms = crate::scoreboard::live_within_ms(&settings.server);
         Worker {
             shared: Arc::new(Shared {
                 settings,
@@ -52,6 +53,7 @@ impl Worker {
                 max_requests: args.max_requests,
                 trigger,
                 pid: std::process::id(),
+                live_within_ms,
             }),
             shutdown,
         }
@@ -66,14 +68,6 @@ impl Worker {
         let listener = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
             .map_err(|e| format!("cannot use the workers' socket: {e}"))?;
         let shared = self.shared.clone();
-        let master_pid = std::os::unix::process::parent_id();
-        tokio::spawn(crate::child::heartbeat(
-            shared.board.clone(),
-            shared.slot_index,
-            master_pid,
-            shared.trigger.clone(),
-            None,
-        ));
         // Registered before announcing readiness, so no TERM is missed.
         let signals =
             shutdown::Signals::register().map_err(|e| format!("cannot watch signals: {e}"))?;
@@ -81,14 +75,17 @@ impl Worker {
 
         let limit = shared.settings.server.worker_connections as usize;
         let permits = Arc::new(Semaphore::new(limit));
-        let slot = shared.slot();
-        slot.max_connections.store(limit as u64, Relaxed);
-        slot.pid.store(shared.pid, Relaxed);
-        slot.beat();
+        shared.slot().max_connections.store(limit as u64, Relaxed);
         // Booted, and no request has come yet (so no scan is mapping a
         // sample): what ran only to get here leaves the worker's RSS.
         let dropped = crate::residency::drop_boot_pages();
-        slot.set_state(SlotState::Ready);
+        crate::child::ready(
+            &shared.board,
+            shared.slot_index,
+            std::os::unix::process::parent_id(),
+            shared.trigger.clone(),
+            None,
+        );
         tracing::info!(
             slot = shared.slot_index,
             boot_pages_dropped_kib = dropped,
@@ -148,7 +145,7 @@ async fn accept(
 ) -> std::io::Result<UnixStream> {
     loop {
         let mut ready = listener.readable().await?;
-        if balance::should_defer(&shared.board, shared.slot_index) {
+        if balance::should_defer(&shared.board, shared.slot_index, shared.live_within_ms) {
             tokio::time::sleep(balance::DEFER).await;
         }
         match ready.try_io(|l| l.get_ref().accept()) {

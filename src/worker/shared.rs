@@ -21,6 +21,9 @@ pub struct Shared {
     pub max_requests: u64,
     pub trigger: Trigger,
     pub pid: u32,
+    /// How recent a peer's beat must be for it to take part in spreading
+    /// connections (`scoreboard::live_within_ms`).
+    pub live_within_ms: u64,
 }
 
 impl Shared {

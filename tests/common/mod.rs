@@ -5,8 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod db;
 pub mod py;
+pub mod redis;
 pub mod s3;
 
 use std::io::{Read, Write};

@@ -1,0 +1,570 @@
+//! Several nodes on one database and one Redis (`common::cluster`), each
+//! sample kept on the disk of the node that took it (the local backend):
+//! what one node does is seen by the others (a revoked key, rate limits),
+//! every row says which node wrote it, the run-once work moves to another
+//! node when its holder dies or freezes, and retention deletes old bytes
+//! while the record stays.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::cluster::{Cluster, Spec};
+use common::{request_unix, Appliance, Response};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn cluster(tag: &str, count: usize, spec: Spec) -> Option<Cluster> {
+    let c = Cluster::start(tag, count, spec);
+    if c.is_none() {
+        eprintln!("SKIPPED: no redis-server on this machine");
+    }
+    c
+}
+
+/// `n` requests for `/healthz` with `key` to a node's front end over
+/// plain HTTP, on kept-alive connections (a new one after an answer that
+/// closes its connection, as a 429 does); their statuses.
+fn burst(node: &Appliance, key: &str, n: usize) -> Vec<u16> {
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut statuses = Vec::new();
+    while statuses.len() < n {
+        let (out, input) = conn.get_or_insert_with(|| {
+            let stream = TcpStream::connect(&node.plain).unwrap();
+            stream.set_read_timeout(Some(10 * SEC)).unwrap();
+            (stream.try_clone().unwrap(), BufReader::new(stream))
+        });
+        write!(
+            out,
+            "GET /healthz HTTP/1.1\r\nHost: sandgnat\r\nX-API-Key: {key}\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap();
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let (mut length, mut close) = (0usize, false);
+        loop {
+            let mut header = String::new();
+            input.read_line(&mut header).unwrap();
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap();
+                }
+                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        input.read_exact(&mut body).unwrap();
+        statuses.push(status);
+        if close {
+            conn = None;
+        }
+    }
+    statuses
+}
+
+/// Sleeps until just after the next wall-clock second starts: the shared
+/// counters are per second of the clock.
+fn at_the_next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(
+        SEC - Duration::from_nanos(now.subsec_nanos() as u64) + 20 * Duration::from_millis(1),
+    );
+}
+
+fn audit(node: &Appliance, admin: &str, analysis: &str) -> Vec<Value> {
+    let r = node.get_with_key(&format!("/v1/audit?analysis_id={analysis}"), admin);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["entries"].as_array().unwrap().clone()
+}
+
+#[test]
+fn nodes_share_keys_and_rate_limits_and_say_who_wrote_what() {
+    let spec = Spec {
+        server: "workers = 1\n".into(),
+        proxy: "rate_limit_per_key = 10\n".into(),
+        // No static analysis: a sample's bytes are on the disk of the node
+        // that took it, and a runner of the other one could not read them.
+        // Webhooks (to a refused loopback address) need no bytes.
+        shared: "[intake]\nstatic_analysis_enabled = false\n[queue]\nrunners = 1\n".into(),
+        ..Spec::default()
+    };
+    let Some(c) = cluster("cl_share", 2, spec) else {
+        return;
+    };
+    let (a, b) = (c.node(0), c.node(1));
+    let (name_a, name_b) = (c.name(0), c.name(1));
+
+    // A key made on A works on B; revoked on A, B refuses it within 5 s.
+    let admin = a.new_key("admin");
+    let reader = a.new_key("reader");
+    assert_eq!(b.get_with_key("/v1/analyses?limit=1", &reader).status, 200);
+    // The only reader key of this cluster's database.
+    let name = c.scalar("SELECT name FROM api_keys WHERE role = 'reader'");
+    let revoked = a.keys(&["revoke", &name]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let since = Instant::now();
+    b.wait_until("the revoked key refused on B", 5 * SEC, |b| {
+        b.get_with_key("/v1/analyses?limit=1", &reader).status == 401
+    });
+    eprintln!("revoked key refused on B after {:?}", since.elapsed());
+    assert_eq!(a.get_with_key("/v1/analyses?limit=1", &reader).status, 401);
+
+    // Rate limits: 8 + 8 requests with one key in one second, over a
+    // limit of 10 only when the nodes count together.
+    let key = format!("sgk_burst_{}", std::process::id());
+    let mut refused = 0;
+    for _ in 0..3 {
+        at_the_next_second();
+        let on_a = burst(a, &key, 8);
+        let on_b = burst(b, &key, 8);
+        assert!(
+            on_a.iter().all(|&s| s == 200),
+            "A alone is under the limit: {on_a:?}"
+        );
+        refused = on_b.iter().filter(|&&s| s == 429).count();
+        if refused > 0 {
+            break;
+        }
+        // The burst may have crossed a second: only then try again.
+    }
+    assert!(refused >= 6, "B saw A's requests: {refused} of 8 refused");
+    let keys = c.redis.cli(&["--scan", "--pattern", "sandgnat:rl:key:*"]);
+    assert!(!keys.trim().is_empty(), "no shared counter in Redis");
+    for node in [a, b] {
+        assert_eq!(
+            node.metric("sandgnat_ratelimit_redis_fallbacks_total"),
+            Some(0.0)
+        );
+    }
+
+    // Every row says which node wrote it: the analysis, its audit rows,
+    // and a runner's job, claimed under its node's name.
+    let submitter = a.new_key("submitter");
+    let bridge = a.new_key("bridge");
+    let mut by_node = Vec::new();
+    for (node, name) in [(a, &name_a), (b, &name_b)] {
+        let body = format!("cluster sample from {name}");
+        let sub = node.accepted(
+            &submitter,
+            "callback_url=http%3A%2F%2F127.0.0.1%3A9%2Fhook",
+            body.as_bytes(),
+            &[],
+        );
+        let id = sub["analysis_id"].as_str().unwrap().to_string();
+        let seen = node
+            .get_with_key(&format!("/v1/analyses/{id}"), &admin)
+            .json();
+        assert_eq!(seen["node"], json!(name), "{seen}");
+        by_node.push((id, name.clone()));
+    }
+    // The bridge finishes both detonations, through either node; then each
+    // analysis's webhook goes to a runner.
+    for job in 0..2 {
+        let via = if job == 0 { a } else { b };
+        let r = via.post_json(
+            &bridge,
+            "/v1/queues/analysis/claim",
+            json!({"max_jobs": 1, "lease_seconds": 60}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let claimed = r.json()["jobs"][0].clone();
+        let done = via.post_json(
+            &bridge,
+            &format!("/v1/jobs/{}/complete", claimed["id"].as_str().unwrap()),
+            json!({"lease_token": claimed["lease_token"], "result": {}}),
+        );
+        assert_eq!(done.status, 200, "{}", done.body);
+    }
+    for (id, name) in &by_node {
+        // Seen from the other node too: one database.
+        let other = if name == &name_a { b } else { a };
+        let seen = other
+            .get_with_key(&format!("/v1/analyses/{id}"), &admin)
+            .json();
+        assert_eq!(seen["node"], json!(name), "{seen}");
+        let mut rows = Vec::new();
+        let by_runner = |e: &Value| {
+            e["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("runner:"))
+                && e["details"]["kind"] == "webhook"
+        };
+        other.wait_until("a runner ran the webhook", 30 * SEC, |n| {
+            rows = audit(n, &admin, id);
+            rows.iter().any(by_runner)
+        });
+        for e in rows
+            .iter()
+            .filter(|e| e["event"] == "submitted" || e["event"] == "scanned")
+        {
+            assert_eq!(e["node"], json!(name), "{e}");
+        }
+        // The runner says its node in its name, and its rows carry it.
+        let ran = rows.iter().find(|e| by_runner(e)).unwrap();
+        let actor = ran["actor"].as_str().unwrap();
+        let runner_node = actor.rsplit_once('@').map(|(_, n)| n).unwrap_or("");
+        assert!(runner_node == name_a || runner_node == name_b, "{ran}");
+        assert_eq!(ran["node"], json!(runner_node), "{ran}");
+    }
+    let nodes = c.scalar("SELECT string_agg(DISTINCT node, ',' ORDER BY node) FROM analyses");
+    assert_eq!(nodes, format!("{name_a},{name_b}"));
+
+    // Logs and metrics say the node too, for every role.
+    for (node, name) in [(a, &name_a), (b, &name_b)] {
+        let mut roles = BTreeSet::new();
+        for line in node.log_text().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            assert_eq!(v["node"], json!(name), "{line}");
+            roles.insert(v["role"].as_str().unwrap_or("").to_string());
+        }
+        for role in ["master", "worker", "recorder", "runner", "frontend"] {
+            assert!(roles.contains(role), "no {role} line on {name}: {roles:?}");
+        }
+        assert_eq!(
+            node.metric(&format!("sandgnat_node_info{{node=\"{name}\"}}")),
+            Some(1.0)
+        );
+    }
+    // One of them runs the run-once work.
+    c.leader(&[0, 1], 10 * SEC);
+}
+
+/// Submits distinct samples to `node` until it stops answering; the
+/// analysis ids of every 202.
+fn submit_until_gone(node: &Appliance, key: &str) -> Vec<String> {
+    let mut accepted = Vec::new();
+    for i in 0u64.. {
+        let body = format!("sample {i} of a node about to die {}", std::process::id());
+        match common::request_unix_body(
+            &node.socket,
+            "POST",
+            "/v1/submit",
+            &[
+                ("X-API-Key", key),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            Some(body.as_bytes()),
+        ) {
+            Ok(r) if r.status == 202 => {
+                accepted.push(r.json()["analysis_id"].as_str().unwrap().to_string());
+            }
+            Ok(r) if r.status >= 500 => break,
+            Ok(r) => panic!("{} {}", r.status, r.body),
+            Err(_) => break,
+        }
+    }
+    accepted
+}
+
+#[test]
+fn the_run_once_work_moves_when_its_node_dies_or_freezes() {
+    const INTERVAL: u64 = 2;
+    let spec = Spec {
+        server: "workers = 1\n".into(),
+        proxy: String::new(),
+        shared: format!("[queue]\nrunners = 0\nmaintenance_interval = {INTERVAL}\n"),
+        ..Spec::default()
+    };
+    let Some(mut c) = cluster("cl_moves", 1, spec) else {
+        return;
+    };
+    // A leads (it is alone), then B joins and waits.
+    assert_eq!(c.leader(&[0], 10 * SEC), 0);
+    c.add_node();
+    let (name_a, name_b) = (c.name(0), c.name(1));
+    let ran_by =
+        |c: &Cluster| c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'");
+    c.node(0)
+        .wait_until("A runs the maintenance", 10 * SEC, |_| ran_by(&c) == name_a);
+    assert_eq!(c.node(1).metric("sandgnat_cluster_lead"), Some(0.0));
+
+    // A dies mid-run, with submissions in flight.
+    let submitter = c.node(0).new_key("submitter");
+    let admin = c.node(0).new_key("admin");
+    let accepted = std::thread::scope(|s| {
+        let node = c.node(0);
+        let writer = s.spawn(|| submit_until_gone(node, &submitter));
+        let started = Instant::now();
+        while c
+            .scalar("SELECT count(*) FROM analyses")
+            .parse::<u32>()
+            .unwrap()
+            < 20
+        {
+            assert!(started.elapsed() < 30 * SEC, "submissions too slow");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on the node's process group (as `Cluster::kill`,
+        // which needs the node mutably while it is borrowed here).
+        unsafe { libc::kill(-node.pid(), libc::SIGKILL) };
+        writer.join().unwrap()
+    });
+    let killed_at = c.scalar("SELECT extract(epoch FROM now())");
+    c.kill(0);
+    assert!(accepted.len() >= 20, "{}", accepted.len());
+
+    // Every 202 A gave is whole in the database: analysis, sample, its
+    // two audit rows and its job, all A's.
+    let ids = accepted
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let whole = c.scalar(&format!(
+        "SELECT count(*) FROM analyses a JOIN samples s ON s.sha256 = a.sample_sha256
+          WHERE a.id IN ({ids}) AND a.node = '{name_a}'
+            AND (SELECT count(*) FROM analysis_audit_log l
+                  WHERE l.analysis_id = a.id AND l.node = '{name_a}'
+                    AND l.event IN ('submitted', 'scanned')) = 2
+            AND EXISTS (SELECT 1 FROM jobs j WHERE j.analysis_id = a.id AND j.kind = 'detonate')"
+    ));
+    assert_eq!(whole, accepted.len().to_string());
+
+    // B takes the work over within one interval of A's death.
+    let b = c.node(1);
+    b.wait_until(
+        "B runs the maintenance",
+        Duration::from_secs(INTERVAL + 10),
+        |_| ran_by(&c) == name_b,
+    );
+    let gap: f64 = c
+        .scalar(&format!(
+            "SELECT extract(epoch FROM at) - {killed_at} FROM cluster_duties
+              WHERE duty = 'queue_maintenance'"
+        ))
+        .parse()
+        .unwrap();
+    eprintln!("maintenance ran on B {gap:.2} s after A was killed");
+    assert!(gap <= INTERVAL as f64 + 1.5, "{gap:.2} s after A's death");
+    assert_eq!(c.leader(&[1], 5 * SEC), 1);
+    // And B carries on taking samples, seen with A's.
+    b.accepted(&submitter, "", b"after A died", &[]);
+    assert_eq!(
+        b.get_with_key(&format!("/v1/analyses/{}", accepted[0]), &admin)
+            .status,
+        200
+    );
+
+    // B freezes: its socket to the database stays open and silent. The
+    // server ends its session, and C takes the work over.
+    c.add_node();
+    let name_c = c.name(2);
+    c.freeze(1);
+    let frozen = Instant::now();
+    c.node(2)
+        .wait_until("C runs the maintenance", 20 * SEC, |_| ran_by(&c) == name_c);
+    eprintln!(
+        "maintenance moved off the frozen node after {:?}",
+        frozen.elapsed()
+    );
+    c.thaw(1);
+    // Thawed, B finds its lead gone and does not take it back.
+    c.node(1)
+        .wait_until("B knows it lost the lead", 10 * SEC, |b| {
+            b.log_text().contains("lost the cluster's lead")
+        });
+    assert_eq!(c.leader(&[1, 2], 10 * SEC), 2);
+}
+
+fn delete(node: &Appliance, path: &str, key: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    request_unix(&node.socket, "DELETE", path, &headers).unwrap()
+}
+
+/// What the bridge does with every detonation waiting: claim and complete.
+fn detonate_all(node: &Appliance, bridge: &str) {
+    let r = node.post_json(
+        bridge,
+        "/v1/queues/analysis/claim",
+        json!({"max_jobs": 100, "lease_seconds": 60}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for job in r.json()["jobs"].as_array().unwrap() {
+        let done = node.post_json(
+            bridge,
+            &format!("/v1/jobs/{}/complete", job["id"].as_str().unwrap()),
+            json!({"lease_token": job["lease_token"], "result": {"verdict": "clean"}}),
+        );
+        assert_eq!(done.status, 200, "{}", done.body);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn retention_deletes_old_bytes_and_keeps_the_record() {
+    let spec = Spec {
+        server: "workers = 1\n".into(),
+        proxy: String::new(),
+        shared: "[intake]\nstatic_analysis_enabled = false\n\
+                 [queue]\nrunners = 0\nmaintenance_interval = 1\n\
+                 [retention]\nsample_days = 1\ninterval = 1\n"
+            .into(),
+        ..Spec::default()
+    };
+    let Some(c) = cluster("cl_retain", 2, spec) else {
+        return;
+    };
+    // Each node keeps what it took on its own disk: work on the one that
+    // runs retention.
+    let l = c.leader(&[0, 1], 10 * SEC);
+    let node = c.node(l);
+    let name = c.name(l);
+    let admin = node.new_key("admin");
+    let bridge = node.new_key("bridge");
+    let submitter = node.new_key("submitter");
+    let reader = node.new_key("reader");
+    let (one, two) = (
+        b"kept, then purged on request".as_slice(),
+        b"purged when old".as_slice(),
+    );
+    let (sha_one, sha_two) = (sha256_hex(one), sha256_hex(two));
+    let first = node.accepted(&submitter, "", one, &[]);
+    node.accepted(&submitter, "", two, &[]);
+    let stored = |sha: &str| {
+        node.dir
+            .join("quarantine")
+            .join(&sha[..2])
+            .join(&sha[2..4])
+            .join(sha)
+            .exists()
+    };
+    assert!(stored(&sha_one) && stored(&sha_two));
+    let content = |sha: &str| format!("/v1/samples/{sha}/content");
+
+    // Only admin keys may purge; bad and unknown names are refused.
+    for key in [&reader, &submitter, &bridge] {
+        let r = delete(node, &content(&sha_one), Some(key));
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert_eq!(r.json()["error"], "forbidden", "{}", r.body);
+    }
+    assert_eq!(delete(node, &content(&sha_one), None).status, 401);
+    let r = delete(node, "/v1/samples/NOT-A-HASH/content", Some(&admin));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_sha256"))
+    );
+    let r = delete(node, &content(&"0".repeat(64)), Some(&admin));
+    assert_eq!(r.status, 404, "{}", r.body);
+    // A detonation still waits for the bytes.
+    let r = delete(node, &content(&sha_one), Some(&admin));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (409, json!("sample_in_use")),
+        "{}",
+        r.body
+    );
+    assert!(stored(&sha_one));
+
+    detonate_all(node, &bridge);
+    let r = delete(node, &content(&sha_one), Some(&admin));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let purged = r.json();
+    assert_eq!(purged["content_purged"], true);
+    assert_eq!(purged["purged_now"], true);
+    assert!(!stored(&sha_one), "the bytes are gone");
+    let again = delete(node, &content(&sha_one), Some(&admin)).json();
+    assert_eq!(again["purged_now"], false);
+    assert_eq!(again["purged_at"], purged["purged_at"]);
+
+    // Downloads are gone; the record and its trail stay, on either node.
+    for n in [c.node(0), c.node(1)] {
+        let r = n.get_with_key(&content(&sha_one), &admin);
+        assert_eq!(r.status, 410, "{}", r.body);
+        assert_eq!(r.json()["error"], "content_purged");
+        let lookup = n
+            .get_with_key(&format!("/v1/samples/{sha_one}"), &admin)
+            .json();
+        assert_eq!(lookup["content_purged"], true, "{lookup}");
+        assert_eq!(lookup["analyses"].as_array().unwrap().len(), 1);
+    }
+    let id = first["analysis_id"].as_str().unwrap();
+    let trail = audit(node, &admin, id);
+    let purge_row = trail
+        .iter()
+        .find(|e| e["event"] == "sample_content_purged")
+        .unwrap_or_else(|| panic!("{trail:?}"));
+    assert!(
+        purge_row["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("key:admin-"),
+        "{purge_row}"
+    );
+    assert_eq!(purge_row["details"]["reason"], "request");
+    assert_eq!(purge_row["node"], json!(name));
+    assert!(trail.iter().any(|e| e["event"] == "submitted"));
+
+    // The same bytes again: stored again, no longer purged.
+    node.accepted(&submitter, "", one, &[]);
+    assert!(stored(&sha_one));
+    let lookup = node
+        .get_with_key(&format!("/v1/samples/{sha_one}"), &admin)
+        .json();
+    assert_eq!(lookup["content_purged"], false, "{lookup}");
+    let r = node.get_with_key(&content(&sha_one), &admin);
+    assert_eq!((r.status, r.body.as_bytes()), (200, one));
+
+    // Retention: the other sample, last seen three days ago, goes by
+    // itself; the one just submitted again stays.
+    detonate_all(node, &bridge);
+    c.db.scalar(&format!(
+        "UPDATE samples SET last_seen = now() - interval '3 days' WHERE sha256 = '{sha_two}'"
+    ));
+    node.wait_until("retention purges the old sample", 15 * SEC, |_| {
+        c.scalar(&format!(
+            "SELECT content_purged FROM samples WHERE sha256 = '{sha_two}'"
+        )) == "t"
+    });
+    assert!(!stored(&sha_two));
+    assert!(stored(&sha_one));
+    let by_retention = c.scalar(&format!(
+        "SELECT actor || ' ' || (details->>'reason') || ' ' || node FROM analysis_audit_log
+          WHERE event = 'sample_content_purged' AND details->>'sha256' = '{sha_two}'"
+    ));
+    assert_eq!(by_retention, format!("sandgnat retention {name}"));
+
+    // The operator's command on the node: the same purge, as the operator.
+    let purge = |sha: &str| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["samples", "purge", sha, "--config"])
+            .arg(node.dir.join("sandgnat.toml"));
+        common::clean_env(&mut cmd);
+        cmd.output().unwrap()
+    };
+    let out = purge(&sha_one);
+    assert!(out.status.success(), "{out:?}");
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["purged_now"], true, "{said}");
+    assert!(!stored(&sha_one));
+    let actor = c.scalar(&format!(
+        "SELECT actor FROM analysis_audit_log WHERE event = 'sample_content_purged'
+          AND details->>'sha256' = '{sha_one}' ORDER BY id DESC LIMIT 1"
+    ));
+    assert!(actor.starts_with("cli:"), "{actor}");
+    assert_eq!(purge(&"0".repeat(64)).status.code(), Some(1));
+    assert_eq!(purge("not-a-hash").status.code(), Some(2));
+}
