@@ -4,9 +4,11 @@
 //! its content address, when the 202 comes; the same bytes are not sent
 //! twice; another node serves the bridge's download, the analyst's zip
 //! and the static analysis from the bucket with nothing in its own
-//! quarantine; a store that goes away answers 503 with `Retry-After`,
-//! records nothing half, and comes back without a restart; and
-//! `check-config` never shows the credentials.
+//! quarantine, and never serves an object whose bytes are not its name;
+//! a store that goes away answers 503 with `Retry-After`, records nothing
+//! half, and comes back without a restart; a purge deletes the object and
+//! the same bytes store it again; and `check-config` never shows the
+//! credentials.
 
 mod common;
 
@@ -530,4 +532,55 @@ fn check_config_never_shows_the_credentials() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_http"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_purge_deletes_the_object_and_the_same_bytes_store_it_again() {
+    let garage = Garage::start("purge");
+    let db = TestDb::create("storage_purge");
+    // No jobs: nothing holds the bytes, so they may be purged at once.
+    let app = start(
+        "storage-purge",
+        &db,
+        &garage,
+        "[queue]\nrunners = 0\n[debug]\nno_enqueue = true\nfault_injection = true\n",
+    );
+    let (submitter, admin) = (app.new_key("submitter"), app.new_key("admin"));
+    let data = sample(300 << 10, 11);
+    let sha = app.accepted(&submitter, "", &data, &[])["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = sample_key(PREFIX, &sha);
+    assert_eq!(garage.head(&key), Some(data.len() as u64));
+
+    let content = format!("/v1/samples/{sha}/content");
+    let r =
+        common::request_unix(&app.socket, "DELETE", &content, &[("X-API-Key", &admin)]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["purged_now"], true);
+    assert_eq!(garage.head(&key), None, "the object is still in the bucket");
+    assert_eq!(store_ops(&app, "delete", "ok"), 1.0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT content_purged FROM samples WHERE sha256 = '{sha}'"
+        )),
+        "t"
+    );
+    let (status, _, _) = get_bytes(&app, &content, &admin);
+    assert_eq!(status, 410);
+
+    // Submitted again: uploaded again (a HEAD finds nothing), and kept.
+    let puts = store_ops(&app, "put", "ok");
+    app.accepted(&submitter, "", &data, &[]);
+    assert_eq!(store_ops(&app, "put", "ok"), puts + 1.0);
+    assert!(garage.get(&key).as_deref() == Some(&data[..]));
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT content_purged FROM samples WHERE sha256 = '{sha}'"
+        )),
+        "f"
+    );
+    let (status, _, body) = get_bytes(&app, &content, &admin);
+    assert!(status == 200 && body == data);
 }
