@@ -9,12 +9,15 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use common::cluster::{Cluster, Spec};
+use common::s3::Garage;
 use common::{request_unix, Appliance, Response};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -567,4 +570,178 @@ fn retention_deletes_old_bytes_and_keeps_the_record() {
     assert!(actor.starts_with("cli:"), "{actor}");
     assert_eq!(purge(&"0".repeat(64)).status.code(), Some(1));
     assert_eq!(purge("not-a-hash").status.code(), Some(2));
+}
+
+// With the S3 store (`common::s3`, a Garage on loopback): one bucket for
+// every node, so any node serves any sample.
+
+const PREFIX: &str = "samples";
+
+/// The settings every node of an S3 cluster shares: `garage`'s bucket,
+/// then `more`.
+fn s3_spec(garage: &Garage, more: &str) -> Spec {
+    Spec {
+        server: "workers = 1\n".into(),
+        proxy: String::new(),
+        shared: format!("{}{more}", garage.storage_toml(PREFIX)),
+        env: garage.env(),
+    }
+}
+
+/// A GET on a node's workers' socket with the body kept as bytes.
+fn get_bytes(node: &Appliance, path: &str, key: &str) -> (u16, Vec<u8>) {
+    let mut s = UnixStream::connect(&node.socket).unwrap();
+    s.set_read_timeout(Some(60 * SEC)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: sandgnat\r\nConnection: close\r\nX-API-Key: {key}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+/// A webhook receiver on loopback that answers 200 to every request and
+/// hands each body to the test.
+fn receiver() -> (String, mpsc::Receiver<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(10 * SEC)).unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn with_s3_a_sample_taken_by_one_node_is_claimed_downloaded_and_analysed_through_the_other() {
+    let garage = Garage::start("cl-flow");
+    // Both nodes run a job runner: the static analysis goes to whichever
+    // claims it first.
+    let spec = s3_spec(
+        &garage,
+        "[queue]\nrunners = 1\nwebhook_allow_private = true\n",
+    );
+    let Some(c) = cluster("cl_s3flow", 2, spec) else {
+        return;
+    };
+    let (a, b) = (c.node(0), c.node(1));
+    let (submitter, bridge, reader) = (
+        a.new_key("submitter"),
+        a.new_key("bridge"),
+        a.new_key("reader"),
+    );
+    let (hook, deliveries) = receiver();
+    let callback: String =
+        form_urlencoded::byte_serialize(format!("http://{hook}/sandgnat").as_bytes()).collect();
+
+    // Submitted through A: in the bucket, at its content address, at 202.
+    let exe = std::fs::read("/bin/true").unwrap();
+    let sub = a.accepted(
+        &submitter,
+        &format!("callback_url={callback}"),
+        &exe,
+        &[("X-Filename", "true")],
+    );
+    let id = sub["analysis_id"].as_str().unwrap().to_string();
+    let sha = sub["sha256"].as_str().unwrap().to_string();
+    assert!(garage.get(&common::s3::sample_key(PREFIX, &sha)).as_deref() == Some(&exe[..]));
+
+    // Claimed through B by the bridge, and its sample downloaded through
+    // B: the bytes A took.
+    let r = b.post_json(
+        &bridge,
+        "/v1/queues/analysis/claim",
+        json!({"max_jobs": 1, "lease_seconds": 60}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let job = r.json()["jobs"][0].clone();
+    assert_eq!(job["analysis_id"], json!(id), "{job}");
+    assert_eq!(job["payload"]["sha256"], json!(sha), "{job}");
+    let url = job["payload"]["sample_url"].as_str().unwrap();
+    let (status, body) = get_bytes(b, url, &bridge);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body == exe, "{} bytes downloaded through B", body.len());
+    let reads = b.metric(r#"sandgnat_storage_operations_total{operation="get",outcome="ok"}"#);
+    assert!(reads.unwrap_or(0.0) >= 1.0, "{reads:?}");
+    let done = b.post_json(
+        &bridge,
+        &format!("/v1/jobs/{}/complete", job["id"].as_str().unwrap()),
+        json!({"lease_token": job["lease_token"], "result": {"verdict": "clean"}}),
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    // The static analysis, by whichever node's runner claimed it, from
+    // the bucket; its job says which.
+    let mut seen = Value::Null;
+    b.wait_until("the static result", 60 * SEC, |n| {
+        seen = n
+            .get_with_key(&format!("/v1/analyses/{id}"), &reader)
+            .json();
+        seen["results"]["static"].is_object()
+    });
+    assert_eq!(seen["results"]["static"]["size"], exe.len() as u64);
+    assert_eq!(seen["results"]["static"]["file_type"], "elf");
+    let holder = c.scalar(&format!(
+        "SELECT lease_holder FROM jobs WHERE analysis_id = '{id}' AND kind = 'static'"
+    ));
+    let ran_on = holder
+        .strip_prefix("runner:")
+        .and_then(|h| h.split_once('@'))
+        .map(|(_, node)| node.to_string())
+        .unwrap_or_default();
+    assert!(ran_on == c.name(0) || ran_on == c.name(1), "{holder}");
+    eprintln!("the static analysis ran on {ran_on}");
+
+    // The webhook fires once, when the analysis is complete.
+    let first = deliveries.recv_timeout(30 * SEC).expect("the webhook");
+    assert_eq!(first["analysis_id"], json!(id), "{first}");
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(first["sha256"], json!(sha), "{first}");
+    a.wait_until("the webhook job completed", 10 * SEC, |n| {
+        let seen = n
+            .get_with_key(&format!("/v1/analyses/{id}"), &reader)
+            .json();
+        seen["results"]["webhook"]["http_status"] == 200
+    });
+    assert_eq!(
+        c.scalar(&format!(
+            "SELECT count(*) || ' ' || min(state) || ' ' || min(attempt) FROM jobs
+              WHERE analysis_id = '{id}' AND kind = 'webhook'"
+        )),
+        "1 completed 1"
+    );
+    // Both runners keep polling; no second delivery comes.
+    assert!(
+        deliveries.recv_timeout(3 * SEC).is_err(),
+        "a second delivery"
+    );
 }
