@@ -745,3 +745,85 @@ fn with_s3_a_sample_taken_by_one_node_is_claimed_downloaded_and_analysed_through
         "a second delivery"
     );
 }
+
+#[test]
+fn with_s3_the_lead_purges_old_objects_from_the_bucket_and_the_trail_stays() {
+    let garage = Garage::start("cl-retain");
+    let spec = s3_spec(
+        &garage,
+        "[intake]\nstatic_analysis_enabled = false\n\
+         [queue]\nrunners = 0\nmaintenance_interval = 1\n\
+         [retention]\nsample_days = 1\ninterval = 1\n",
+    );
+    let Some(c) = cluster("cl_s3retain", 2, spec) else {
+        return;
+    };
+    let l = c.leader(&[0, 1], 10 * SEC);
+    let (lead, other) = (c.node(l), c.node(1 - l));
+    let (admin, bridge, submitter) = (
+        lead.new_key("admin"),
+        lead.new_key("bridge"),
+        lead.new_key("submitter"),
+    );
+    // The old sample is taken by the node that does not lead: the lead
+    // deletes an object it never wrote. The new one stays.
+    let (old, new) = (
+        b"taken by the other node, old by now".as_slice(),
+        b"taken by the lead, still new".as_slice(),
+    );
+    let sub = other.accepted(&submitter, "", old, &[]);
+    let id = sub["analysis_id"].as_str().unwrap().to_string();
+    lead.accepted(&submitter, "", new, &[]);
+    let (sha_old, sha_new) = (sha256_hex(old), sha256_hex(new));
+    let (key_old, key_new) = (
+        common::s3::sample_key(PREFIX, &sha_old),
+        common::s3::sample_key(PREFIX, &sha_new),
+    );
+    assert_eq!(garage.head(&key_old), Some(old.len() as u64));
+    detonate_all(other, &bridge);
+    c.db.scalar(&format!(
+        "UPDATE samples SET last_seen = now() - interval '3 days' WHERE sha256 = '{sha_old}'"
+    ));
+    lead.wait_until("retention purges the old sample", 15 * SEC, |_| {
+        c.scalar(&format!(
+            "SELECT content_purged FROM samples WHERE sha256 = '{sha_old}'"
+        )) == "t"
+    });
+    // Deleted from the bucket by the lead, as the lead's metrics say.
+    lead.wait_until("the object deleted", 10 * SEC, |_| {
+        garage.head(&key_old).is_none()
+    });
+    assert!(garage.get(&key_new).as_deref() == Some(new));
+    let deletes = |n: &Appliance| {
+        n.metric(r#"sandgnat_storage_operations_total{operation="delete",outcome="ok"}"#)
+    };
+    assert_eq!(deletes(lead), Some(1.0));
+    assert_eq!(deletes(other), Some(0.0));
+
+    // The trail stays: the purge's audit row, by retention on the lead,
+    // the submission's own rows, the sample marked.
+    let by_retention = c.scalar(&format!(
+        "SELECT actor || ' ' || (details->>'reason') || ' ' || node FROM analysis_audit_log
+          WHERE event = 'sample_content_purged' AND details->>'sha256' = '{sha_old}'"
+    ));
+    assert_eq!(by_retention, format!("sandgnat retention {}", c.name(l)));
+    let trail = audit(other, &admin, &id);
+    assert!(trail.iter().any(|e| e["event"] == "submitted"), "{trail:?}");
+    assert!(
+        trail.iter().any(|e| e["event"] == "sample_content_purged"),
+        "{trail:?}"
+    );
+    // Either node answers 410 for the bytes, and still knows the sample.
+    for n in [lead, other] {
+        let r = n.get_with_key(&format!("/v1/samples/{sha_old}/content"), &admin);
+        assert_eq!(r.status, 410, "{}", r.body);
+        assert_eq!(r.json()["error"], "content_purged");
+        let lookup = n
+            .get_with_key(&format!("/v1/samples/{sha_old}"), &admin)
+            .json();
+        assert_eq!(lookup["content_purged"], true, "{lookup}");
+        assert_eq!(lookup["analyses"].as_array().unwrap().len(), 1);
+        let (status, body) = get_bytes(n, &format!("/v1/samples/{sha_new}/content"), &admin);
+        assert!(status == 200 && body == new, "{status}");
+    }
+}
