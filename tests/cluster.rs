@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -826,4 +827,177 @@ fn with_s3_the_lead_purges_old_objects_from_the_bucket_and_the_trail_stays() {
         let (status, body) = get_bytes(n, &format!("/v1/samples/{sha_new}/content"), &admin);
         assert!(status == 200 && body == new, "{status}");
     }
+}
+
+/// What one submission of the SIGKILL test got: its bytes, and the
+/// analysis of a 202 (None for anything else: a refusal, or a
+/// connection the node's death cut).
+struct Sent {
+    bytes: Vec<u8>,
+    accepted: Option<String>,
+}
+
+/// Submits distinct samples (a few KiB each) to `node` until `stop`, or
+/// until it stops answering; what each got.
+fn submit_while(node: &Appliance, key: &str, tag: &str, stop: &AtomicBool) -> Vec<Sent> {
+    let mut sent = Vec::new();
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let bytes = format!("{tag} {i} {}\n", std::process::id())
+            .repeat(200)
+            .into_bytes();
+        let r = common::request_unix_body(
+            &node.socket,
+            "POST",
+            "/v1/submit",
+            &[
+                ("X-API-Key", key),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            Some(&bytes),
+        );
+        let (accepted, gone) = match r {
+            Ok(r) if r.status == 202 => (
+                Some(r.json()["analysis_id"].as_str().unwrap().to_string()),
+                false,
+            ),
+            Ok(r) if r.status >= 500 => (None, true),
+            Ok(r) => panic!("{} {}", r.status, r.body),
+            Err(_) => (None, true),
+        };
+        sent.push(Sent { bytes, accepted });
+        if gone {
+            break;
+        }
+    }
+    sent
+}
+
+#[test]
+fn with_s3_a_node_killed_mid_run_loses_nothing_it_acknowledged() {
+    const INTERVAL: u64 = 2;
+    let garage = Garage::start("cl-kill");
+    let spec = s3_spec(
+        &garage,
+        &format!(
+            "[intake]\nstatic_analysis_enabled = false\n\
+             [queue]\nrunners = 0\nmaintenance_interval = {INTERVAL}\n"
+        ),
+    );
+    let Some(mut c) = cluster("cl_s3kill", 1, spec) else {
+        return;
+    };
+    // A leads (it is alone), then B joins.
+    assert_eq!(c.leader(&[0], 10 * SEC), 0);
+    c.add_node();
+    let (name_a, name_b) = (c.name(0), c.name(1));
+    let ran_by =
+        |c: &Cluster| c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'");
+    c.node(0)
+        .wait_until("A runs the maintenance", 10 * SEC, |_| ran_by(&c) == name_a);
+    let submitter = c.node(0).new_key("submitter");
+
+    // Clients submit to A and to B; A dies under them.
+    let stop_b = AtomicBool::new(false);
+    let (on_a, on_b, killed_at) = std::thread::scope(|s| {
+        let (a, b) = (c.node(0), c.node(1));
+        let to_a = s.spawn(|| submit_while(a, &submitter, "to A", &AtomicBool::new(false)));
+        let to_b = s.spawn(|| submit_while(b, &submitter, "to B", &stop_b));
+        let count = |node: &str| {
+            c.scalar(&format!(
+                "SELECT count(*) FROM analyses WHERE node = '{node}'"
+            ))
+            .parse::<u32>()
+            .unwrap()
+        };
+        let started = Instant::now();
+        while count(&name_a) < 20 || count(&name_b) < 5 {
+            assert!(started.elapsed() < 30 * SEC, "submissions too slow");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on node A's process group (as `Cluster::kill`,
+        // which needs the cluster mutably while it is borrowed here).
+        unsafe { libc::kill(-a.pid(), libc::SIGKILL) };
+        let killed_at = c.scalar("SELECT extract(epoch FROM now())");
+        let on_a = to_a.join().unwrap();
+        // B keeps taking samples after A's death.
+        let before = count(&name_b);
+        b.wait_until("B takes more samples", 10 * SEC, |_| {
+            count(&name_b) >= before + 5
+        });
+        stop_b.store(true, Ordering::Relaxed);
+        (on_a, to_b.join().unwrap(), killed_at)
+    });
+    c.kill(0);
+
+    // Every 202 A gave: its object at its content address with its bytes,
+    // and its analysis, job and audit rows, all A's.
+    let accepted: Vec<(&String, &Vec<u8>)> = on_a
+        .iter()
+        .filter_map(|s| s.accepted.as_ref().map(|id| (id, &s.bytes)))
+        .collect();
+    assert!(accepted.len() >= 20, "{}", accepted.len());
+    eprintln!(
+        "A acknowledged {} of {} submissions; B {}",
+        accepted.len(),
+        on_a.len(),
+        on_b.len()
+    );
+    for (id, bytes) in &accepted {
+        let sha = sha256_hex(bytes);
+        let stored = garage.get(&common::s3::sample_key(PREFIX, &sha));
+        assert!(
+            stored.as_deref() == Some(&bytes[..]),
+            "{id}: {sha} not in the bucket"
+        );
+    }
+    let ids = accepted
+        .iter()
+        .map(|(id, _)| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let whole = c.scalar(&format!(
+        "SELECT count(*) FROM analyses a JOIN samples s ON s.sha256 = a.sample_sha256
+          WHERE a.id IN ({ids}) AND a.node = '{name_a}'
+            AND s.storage_path LIKE 's3://%'
+            AND (SELECT count(*) FROM analysis_audit_log l
+                  WHERE l.analysis_id = a.id AND l.node = '{name_a}'
+                    AND l.event IN ('submitted', 'scanned')) = 2
+            AND EXISTS (SELECT 1 FROM jobs j WHERE j.analysis_id = a.id AND j.kind = 'detonate')"
+    ));
+    assert_eq!(whole, accepted.len().to_string());
+    // Each of them once: the sha256 each 202 named is its bytes'.
+    let shas = c.scalar(&format!(
+        "SELECT count(DISTINCT sample_sha256) FROM analyses WHERE id IN ({ids})"
+    ));
+    assert_eq!(shas, accepted.len().to_string());
+
+    // B never refused anything.
+    assert!(on_b.len() >= 10, "{}", on_b.len());
+    assert!(
+        on_b.iter().all(|s| s.accepted.is_some()),
+        "B refused {} of {}",
+        on_b.iter().filter(|s| s.accepted.is_none()).count(),
+        on_b.len()
+    );
+
+    // The run-once work moves to B within one interval of A's death.
+    let b = c.node(1);
+    b.wait_until(
+        "B runs the maintenance",
+        Duration::from_secs(INTERVAL + 10),
+        |_| ran_by(&c) == name_b,
+    );
+    let gap: f64 = c
+        .scalar(&format!(
+            "SELECT extract(epoch FROM at) - {killed_at} FROM cluster_duties
+              WHERE duty = 'queue_maintenance'"
+        ))
+        .parse()
+        .unwrap();
+    eprintln!("maintenance ran on B {gap:.2} s after A was killed");
+    assert!(gap <= INTERVAL as f64 + 1.5, "{gap:.2} s after A's death");
+    assert_eq!(c.leader(&[1], 5 * SEC), 1);
 }
