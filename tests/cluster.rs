@@ -1,9 +1,14 @@
-//! Several nodes on one database and one Redis (`common::cluster`), each
-//! sample kept on the disk of the node that took it (the local backend):
-//! what one node does is seen by the others (a revoked key, rate limits),
+//! Several nodes on one database and one Redis (`common::cluster`): what
+//! one node does is seen by the others (a revoked key, rate limits),
 //! every row says which node wrote it, the run-once work moves to another
 //! node when its holder dies or freezes, and retention deletes old bytes
-//! while the record stays.
+//! while the record stays. The first tests keep each sample on the disk of
+//! the node that took it (the local backend); the `with_s3_` ones share
+//! one bucket (`common::s3`, a Garage on loopback), so any node serves any
+//! sample: submitted through one node, claimed, downloaded and analysed
+//! through the other, the webhook once; a node killed mid-run loses none
+//! of the samples it acknowledged; the lead's retention empties the bucket
+//! of old bytes.
 
 mod common;
 

@@ -9,13 +9,9 @@
 //! issue 21 goes there: with `tests/common/s3.rs`'s Garage harness, a
 //! scenario passes `Garage::storage_toml` as `shared` and `Garage::env`
 //! (the credentials, as the environment file holds them) as `env`, and
-//! every node reads and writes the one bucket; the scenarios "submit via
-//! A, claim and download via B, static analysis on whichever runner
-//! claims, the webhook fires once" and "the store stopped under
-//! submissions" are then `Cluster::start` with that section, `node(0)`
-//! and `node(1)` for the two sides, and the store harness's stop and
-//! start for the outage. Without it each node keeps its samples on its
-//! own disk (the local backend), which is what the tests here use.
+//! every node reads and writes the one bucket (`tests/cluster.rs`'s
+//! `with_s3_` tests). Without it each node keeps its samples on its own
+//! disk (the local backend).
 
 #![allow(dead_code)]
 
