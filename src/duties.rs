@@ -1,6 +1,8 @@
 //! Work that must run once across the cluster, whichever nodes share the
-//! database: queue maintenance (expired leases, pruning; `analyses::upkeep`)
-//! and sample retention (`crate::retention`). Every node's recorder (one
+//! database: queue maintenance (expired leases, pruning; `analyses::upkeep`),
+//! sample retention (`crate::retention`) and, with an S3 store, the sweep
+//! of the shared bucket for objects no sample names
+//! (`intake::store_leftovers`). Every node's recorder (one
 //! process per node) contends for the cluster's lead (`store::lead`); the
 //! one that holds it runs each duty when it falls due, as the table
 //! `cluster_duties` says (who ran it last, when, with what outcome), so a
@@ -42,6 +44,8 @@ pub struct Context {
     /// Where retention deletes bytes; `None` when the settings describe
     /// no usable store (said at start; retention then fails each pass).
     pub store: Option<crate::storage::SampleStore>,
+    /// Where the sweep of the bucket counts what it removed.
+    pub board: Option<Arc<Scoreboard>>,
 }
 
 /// The duties these settings ask for.
@@ -51,6 +55,13 @@ pub fn list(settings: &Settings) -> Vec<Duty> {
         every: Duration::from_secs(settings.queue.maintenance_interval),
         run: |cx| Box::pin(queue_maintenance(cx)),
     }];
+    if settings.storage.backend == "s3" {
+        duties.push(Duty {
+            name: "store_leftovers",
+            every: Duration::from_secs(settings.intake.leftover_sweep_interval.max(1)),
+            run: |cx| Box::pin(store_leftovers(cx)),
+        });
+    }
     if settings.retention.sample_days > 0 {
         duties.push(Duty {
             name: "retention",
@@ -83,6 +94,40 @@ async fn retention(cx: &Context) -> Result<Value, String> {
     Ok(json!({ "purged": done.purged, "skipped": done.skipped }))
 }
 
+async fn store_leftovers(cx: &Context) -> Result<Value, String> {
+    let store = cx
+        .store
+        .as_ref()
+        .ok_or("no sample store: see the error logged at start")?;
+    let age = Duration::from_secs(cx.settings.intake.leftover_age);
+    let swept = crate::intake::store_leftovers::sweep(&cx.db, store, age)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(board) = &cx.board {
+        board.header().leftovers_removed[STORE_LEFTOVERS].fetch_add(swept.removed, Relaxed);
+    }
+    if swept != Default::default() {
+        tracing::info!(
+            set_aside = swept.set_aside,
+            restored = swept.restored,
+            removed = swept.removed,
+            "swept objects of the bucket that no sample names"
+        );
+    }
+    Ok(json!({
+        "set_aside": swept.set_aside,
+        "restored": swept.restored,
+        "removed": swept.removed,
+    }))
+}
+
+/// `sandgnat_leftovers_removed_total{kind="store"}`.
+const STORE_LEFTOVERS: usize = 2;
+const _: () = assert!(matches!(
+    crate::scoreboard::LEFTOVER_KINDS[STORE_LEFTOVERS].as_bytes(),
+    b"store"
+));
+
 /// How often a process without the lead tries to take it.
 fn retry(settings: &Settings) -> Duration {
     Duration::from_secs(settings.queue.maintenance_interval).min(Duration::from_secs(5))
@@ -102,6 +147,7 @@ pub async fn run(db: PgPool, settings: Settings, board: Arc<Scoreboard>) {
         db,
         settings,
         store,
+        board: Some(board.clone()),
     };
     let duties = list(&cx.settings);
     let retry = retry(&cx.settings);

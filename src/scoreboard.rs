@@ -198,8 +198,11 @@ pub struct Header {
     pub lead_pid: AtomicU32,
 }
 
-/// The kinds of leftovers, as the metric labels them.
-pub const LEFTOVER_KINDS: [&str; 2] = ["spool", "quarantine"];
+/// The kinds of leftovers, as the metric labels them: this node's spool
+/// and quarantine files (`intake::leftovers`), and objects of the shared
+/// bucket no sample names (`intake::store_leftovers`, counted by the node
+/// whose lead removed them).
+pub const LEFTOVER_KINDS: [&str; 3] = ["spool", "quarantine", "store"];
 
 /// Sample-store operations, how they ended, and which way bytes went,
 /// as `sandgnat_storage_*` label them.

@@ -158,7 +158,7 @@ pub async fn sweep(
 }
 
 /// What the database says of a quarantine file's sample.
-enum State {
+pub(super) enum State {
     /// Recorded, bytes kept.
     Kept,
     /// Purged less than `intake.leftover_age` ago: its purge deleted the
@@ -169,7 +169,7 @@ enum State {
     PurgedLongAgo,
 }
 
-async fn states(
+pub(super) async fn states(
     db: &PgPool,
     shas: &[String],
     age: Duration,
@@ -218,7 +218,7 @@ fn restore_set_aside(quarantine: &Path) -> io::Result<()> {
 }
 
 /// Which of `shas` a committed sample names.
-async fn recorded(db: &PgPool, shas: &[String]) -> Result<Vec<String>, sqlx::Error> {
+pub(super) async fn recorded(db: &PgPool, shas: &[String]) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT sha256 FROM samples WHERE sha256 = ANY($1)")
         .bind(shas)
         .fetch_all(db)

@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod purged;
 pub mod record;
 pub mod spool;
+pub mod store_leftovers;
 
 use std::sync::Arc;
 

@@ -369,6 +369,21 @@ impl SampleStore {
         result
     }
 
+    /// The bucket, when it is the backend: the sweep for its leftovers
+    /// (`intake::store_leftovers`) lists it and moves objects aside.
+    pub fn bucket(&self) -> Option<&s3::Bucket> {
+        match &*self.backend {
+            Backend::S3(b) => Some(b),
+            Backend::Local(_) => None,
+        }
+    }
+
+    /// Counts a deletion done outside [`Self::delete`] (an object set
+    /// aside, or dropped, by the sweep for leftovers).
+    pub fn count_delete<T>(&self, result: &Result<T, StoreError>) {
+        self.meter.count(Op::Delete, result);
+    }
+
     /// Whether a submission could be stored now: the quarantine is
     /// writable, or the bucket takes a write with this node's
     /// credentials. Bounded in time.

@@ -17,6 +17,11 @@
 //! bucket is shared, and writable by every node) fails its read before
 //! the last byte goes out.
 //!
+//! Leftovers (`intake::store_leftovers`): the bucket is listed for the
+//! samples' objects, and one that no kept sample names is moved aside to
+//! `<prefix>/leftovers/<sha256>` (a server-side copy, then a delete) and
+//! copied back if a sample turns out to name it after all.
+//!
 //! Time: one request may take [`REQUEST_TIMEOUT`], connecting
 //! [`CONNECT_TIMEOUT`], and the client retries a failed request briefly
 //! ([`retry`]): a store that is away for longer makes the operation fail
@@ -29,10 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::{BackoffConfig, ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 
 use super::{Object, Source, StoreError};
 use crate::config::Storage;
@@ -259,6 +267,62 @@ impl Bucket {
             .map_err(classify)
     }
 
+    fn aside_key(&self, sha256: &str) -> Key {
+        self.key(&format!("{ASIDE_DIR}/{sha256}"))
+    }
+
+    /// Every object below the prefix that is a sample's or one set
+    /// aside, with when it was written; anything else there is left out.
+    pub fn listing(&self) -> BoxStream<'static, Result<Listed, StoreError>> {
+        let prefix = (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        self.control
+            .list(prefix.as_ref())
+            .filter_map(move |meta| {
+                let listed = match meta {
+                    Err(e) => Some(Err(classify(e))),
+                    Ok(meta) => {
+                        let key = meta.location.to_string();
+                        key.strip_prefix(&strip).and_then(|rest| {
+                            let what = kind(rest)?;
+                            Some(Ok(Listed {
+                                what,
+                                modified: meta.last_modified,
+                            }))
+                        })
+                    }
+                };
+                std::future::ready(listed)
+            })
+            .boxed()
+    }
+
+    /// Moves a sample's object aside: copied to its place among the
+    /// leftovers, then deleted from its content address.
+    pub async fn set_aside(&self, sha256: &str) -> Result<(), StoreError> {
+        let (home, aside) = (self.sample_key(sha256), self.aside_key(sha256));
+        self.control.copy(&home, &aside).await.map_err(classify)?;
+        self.control.delete(&home).await.map_err(classify)
+    }
+
+    /// Copies an object set aside back to its content address.
+    pub async fn restore(&self, sha256: &str) -> Result<(), StoreError> {
+        let (home, aside) = (self.sample_key(sha256), self.aside_key(sha256));
+        self.control.copy(&aside, &home).await.map_err(classify)
+    }
+
+    /// Deletes an object set aside.
+    pub async fn drop_aside(&self, sha256: &str) -> Result<(), StoreError> {
+        self.control
+            .delete(&self.aside_key(sha256))
+            .await
+            .map_err(classify)
+    }
+
     /// Writes the probe object: the store is reached, takes this node's
     /// credentials and writes to the bucket.
     pub async fn probe(&self) -> Result<(), StoreError> {
@@ -286,6 +350,41 @@ impl Bucket {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// Where the sweep sets objects aside, below the prefix.
+const ASIDE_DIR: &str = "leftovers";
+
+/// An object of the bucket, as the sweep for leftovers sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// At a content address (`aa/bb/<sha256>`).
+    Sample(String),
+    /// Set aside (`leftovers/<sha256>`).
+    Aside(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub what: Kind,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a key below the prefix is, if the sweep has anything to do
+/// with it.
+fn kind(rest: &str) -> Option<Kind> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [a, b, sha]
+            if super::is_sha256(sha) && sha.get(..2) == Some(*a) && sha.get(2..4) == Some(*b) =>
+        {
+            Some(Kind::Sample(sha.to_string()))
+        }
+        [dir, sha] if *dir == ASIDE_DIR && super::is_sha256(sha) => {
+            Some(Kind::Aside(sha.to_string()))
+        }
+        _ => None,
     }
 }
 
@@ -450,6 +549,30 @@ mod tests {
                 e.contains(ACCESS_KEY_VAR) && e.contains("/etc/sandgnat/env"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn the_sweep_knows_sample_and_aside_keys_only() {
+        let sha = format!("abcd{}", "0".repeat(60));
+        assert_eq!(
+            kind(&format!("ab/cd/{sha}")),
+            Some(Kind::Sample(sha.clone()))
+        );
+        assert_eq!(
+            kind(&format!("leftovers/{sha}")),
+            Some(Kind::Aside(sha.clone()))
+        );
+        for other in [
+            format!("ab/ce/{sha}"),
+            format!("ac/cd/{sha}"),
+            format!("x/ab/cd/{sha}"),
+            format!("ab/cd/{}", sha.to_uppercase()),
+            "readyz-probe".to_string(),
+            format!("leftovers/{sha}/x"),
+            format!("other/{sha}"),
+        ] {
+            assert_eq!(kind(&other), None, "{other}");
         }
     }
 
