@@ -1006,3 +1006,89 @@ fn with_s3_a_node_killed_mid_run_loses_nothing_it_acknowledged() {
     assert!(gap <= INTERVAL as f64 + 1.5, "{gap:.2} s after A's death");
     assert_eq!(c.leader(&[1], 5 * SEC), 1);
 }
+
+#[test]
+fn with_s3_objects_no_sample_names_are_swept_by_the_lead_after_a_safety_age() {
+    const AGE: u64 = 2;
+    let garage = Garage::start("cl-orphans");
+    let spec = s3_spec(
+        &garage,
+        &format!(
+            "[intake]\nstatic_analysis_enabled = false\nleftover_age = {AGE}\n\
+             leftover_sweep_interval = 1\n[queue]\nrunners = 0\n"
+        ),
+    );
+    let Some(c) = cluster("cl_s3orphans", 2, spec) else {
+        return;
+    };
+    let l = c.leader(&[0, 1], 10 * SEC);
+    let (lead, other) = (c.node(l), c.node(1 - l));
+    let submitter = other.new_key("submitter");
+    let key = |bytes: &[u8]| common::s3::sample_key(PREFIX, &sha256_hex(bytes));
+    let aside = |bytes: &[u8]| format!("{PREFIX}/leftovers/{}", sha256_hex(bytes));
+
+    // Recorded: stays. Left by an upload whose commit failed: swept.
+    // Written by someone, then found by a submission of the same bytes
+    // before the safety age: recorded, stays. Not a sample's: stays.
+    let kept = b"a recorded sample".as_slice();
+    other.accepted(&submitter, "", kept, &[]);
+    let orphan = b"uploaded, never committed".as_slice();
+    garage.put(&key(orphan), orphan.to_vec());
+    let found = b"uploaded, then found by a submission".as_slice();
+    garage.put(&key(found), found.to_vec());
+    other.accepted(&submitter, "", found, &[]);
+    let note = format!("{PREFIX}/notes/readme.txt");
+    garage.put(&note, b"not a sample".to_vec());
+    // Set aside, then named by a sample (as a submission that found it
+    // just before the move and committed just after would): copied back.
+    let late = b"set aside, then named".as_slice();
+    garage.put(&key(late), late.to_vec());
+
+    let since = Instant::now();
+    lead.wait_until("the orphan set aside", 20 * SEC, |_| {
+        garage.head(&key(orphan)).is_none() && garage.head(&key(late)).is_none()
+    });
+    eprintln!("set aside after {:?}", since.elapsed());
+    assert!(garage.head(&aside(late)).is_some(), "{:?}", garage.keys());
+    c.db.scalar(&format!(
+        "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path)
+         VALUES ('{}', repeat('1', 40), repeat('5', 32), {}, 'data', 's3://x') RETURNING 1",
+        sha256_hex(late),
+        late.len()
+    ));
+    lead.wait_until("the orphan removed, the named one back", 20 * SEC, |n| {
+        garage.head(&aside(orphan)).is_none()
+            && garage.head(&aside(late)).is_none()
+            && garage.head(&key(late)).is_some()
+            && n.metric(r#"sandgnat_leftovers_removed_total{kind="store"}"#) == Some(1.0)
+    });
+    eprintln!("swept after {:?}", since.elapsed());
+    assert!(garage.get(&key(late)).as_deref() == Some(late));
+    assert!(garage.get(&key(kept)).as_deref() == Some(kept));
+    assert!(garage.get(&key(found)).as_deref() == Some(found));
+    assert!(garage.head(&note).is_some());
+    assert_eq!(garage.head(&key(orphan)), None);
+    // Swept by the lead only, and no more than that: a few passes later,
+    // nothing else has gone.
+    assert_eq!(
+        other.metric(r#"sandgnat_leftovers_removed_total{kind="store"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        c.scalar("SELECT node FROM cluster_duties WHERE duty = 'store_leftovers'"),
+        c.name(l)
+    );
+    std::thread::sleep(Duration::from_secs(AGE + 1));
+    let left: Vec<String> = garage
+        .keys()
+        .into_iter()
+        .filter(|k| !k.ends_with("readyz-probe"))
+        .collect();
+    let mut want = vec![key(kept), key(found), key(late), note];
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(
+        lead.metric(r#"sandgnat_leftovers_removed_total{kind="store"}"#),
+        Some(1.0)
+    );
+}
