@@ -105,13 +105,14 @@ impl FrontEnd {
         }
     }
 
-    /// True when some worker is alive, recent and has room for a request.
+    /// True when some worker is alive, recent and has room for a request
+    /// (one past `max_requests` serves until its replacement is ready).
     fn worker_available(&self) -> bool {
         let now = monotonic_ms();
         self.board.child_slots().any(|i| {
             let slot = self.board.slot(i);
             slot.role.load(Relaxed) == ROLE_WORKER
-                && slot.state() == SlotState::Ready
+                && matches!(slot.state(), SlotState::Ready | SlotState::Recycling)
                 && slot.is_live(now, self.live_within_ms)
                 && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
         })
