@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod db;
+pub mod keepalive;
 pub mod py;
 pub mod redis;
 pub mod s3;
