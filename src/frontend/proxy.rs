@@ -23,6 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
+use super::whole::{self, Held};
 use crate::api_error::ApiError;
 use crate::config::Settings;
 use crate::scoreboard::{live_within_ms, monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
@@ -142,6 +143,8 @@ pub struct Ctx {
     continued: bool,
     /// The whole response has been handed to the client's connection.
     answered: bool,
+    /// An early answer to an HTTP/2 client, held until it can go whole.
+    held: Option<Held>,
     _live: Live,
 }
 
@@ -188,6 +191,10 @@ async fn respond(session: &mut Session, ctx: &Ctx, e: &ApiError) -> Result<()> {
         resp.insert_header("retry-after", s.to_string())?;
     }
     session.set_keepalive(None);
+    if whole::is_h2(session) {
+        whole::send_whole(session, Box::new(resp), body);
+        return Ok(());
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
@@ -246,6 +253,7 @@ impl ProxyHttp for FrontEnd {
             body_seen: 0,
             continued: false,
             answered: false,
+            held: None,
             _live: Live::new(),
         }
     }
@@ -481,16 +489,27 @@ impl ProxyHttp for FrontEnd {
         if draining() {
             session.set_keepalive(None);
         }
+        ctx.held = Held::take(session, resp);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(held) = ctx.held.as_mut() {
+            if !held.gather(body, end_of_stream) {
+                return Ok(None);
+            }
+            if let Some(held) = ctx.held.take() {
+                held.send(session);
+            }
+            ctx.answered = true;
+            return Ok(None);
+        }
         ctx.answered |= end_of_stream;
         Ok(None)
     }
