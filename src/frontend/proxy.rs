@@ -233,6 +233,13 @@ impl Unread for Session {
     }
 }
 
+/// Whether the peer reset the connection.
+fn reset(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -402,19 +409,26 @@ impl ProxyHttp for FrontEnd {
         Ok(Box::new(peer))
     }
 
-    /// A pooled connection that a worker closed while it sat idle (a worker
-    /// retiring on HUP, its keep-alive running out) fails the write of the
-    /// next request before the worker has read a byte of it; sending that
-    /// request again on a fresh connection is safe for any method, as long
-    /// as its body is still in the retry buffer. Errors on the client's
-    /// side are never retried; other errors keep pingora's rule: only
-    /// idempotent requests on reused connections.
+    /// Two failures leave a request that no worker acted on, which is then
+    /// sent again on a fresh connection, for any method, as long as its
+    /// body is still in the retry buffer and nothing of an answer has gone
+    /// to the client:
+    /// - a pooled connection that a worker closed while it sat idle (its
+    ///   keep-alive running out) fails the write of the next request
+    ///   before the worker has read a byte of it;
+    /// - a worker that died (a crash, a kill) with bytes of the request
+    ///   still unread resets the connection before any answer: the kernel
+    ///   resets a Unix socket closed with unread bytes, and a worker acts
+    ///   on a request only once it has read it whole (`worker::unread`).
+    ///
+    /// Errors on the client's side are never retried; other errors keep
+    /// pingora's rule: only idempotent requests on reused connections.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -422,11 +436,14 @@ impl ProxyHttp for FrontEnd {
         // never retried: a new attempt could only send a worker the part
         // of the body that was good, and end it.
         let client_side = e.esource() == &pingora_core::ErrorSource::Downstream;
-        let intact = !session.as_ref().retry_buffer_truncated();
+        let intact = !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && ctx.held.is_none();
         let idempotent = session.req_header().method.is_idempotent();
-        let unsent = client_reused
-            && *e.etype() == ErrorType::WriteError
-            && e.esource() == &pingora_core::ErrorSource::Upstream;
+        let upstream = e.esource() == &pingora_core::ErrorSource::Upstream;
+        let unsent = upstream
+            && ((client_reused && *e.etype() == ErrorType::WriteError)
+                || (*e.etype() == ErrorType::ReadError && reset(&e)));
         if client_side || !intact || !(idempotent || unsent) {
             e.set_retry(false);
         } else if unsent {
