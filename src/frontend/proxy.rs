@@ -412,14 +412,15 @@ impl ProxyHttp for FrontEnd {
     /// Two failures leave a request that no worker acted on, which is then
     /// sent again on a fresh connection, for any method, as long as its
     /// body is still in the retry buffer and nothing of an answer has gone
-    /// to the client:
-    /// - a pooled connection that a worker closed while it sat idle (its
-    ///   keep-alive running out) fails the write of the next request
-    ///   before the worker has read a byte of it;
-    /// - a worker that died (a crash, a kill) with bytes of the request
-    ///   still unread resets the connection before any answer: the kernel
-    ///   resets a Unix socket closed with unread bytes, and a worker acts
-    ///   on a request only once it has read it whole (`worker::unread`).
+    /// to the client. Both mean the worker did not get the whole request,
+    /// and a worker acts on a request only once it has read it whole
+    /// (`worker::unread` reads what a handler left):
+    /// - the request could not be written: a pooled connection that a
+    ///   worker closed while it sat idle (its keep-alive running out), or
+    ///   a worker that died while the request was being sent;
+    /// - the worker reset the connection before any answer: the kernel
+    ///   resets a Unix socket closed with bytes unread, as when a worker
+    ///   dies (a crash, a kill) with the request in its socket.
     ///
     /// Errors on the client's side are never retried; other errors keep
     /// pingora's rule: only idempotent requests on reused connections.
@@ -442,7 +443,7 @@ impl ProxyHttp for FrontEnd {
         let idempotent = session.req_header().method.is_idempotent();
         let upstream = e.esource() == &pingora_core::ErrorSource::Upstream;
         let unsent = upstream
-            && ((client_reused && *e.etype() == ErrorType::WriteError)
+            && (*e.etype() == ErrorType::WriteError
                 || (*e.etype() == ErrorType::ReadError && reset(&e)));
         if client_side || !intact || !(idempotent || unsent) {
             e.set_retry(false);
