@@ -227,8 +227,13 @@ impl Client {
         tls
     }
 
+    /// A new sample of up to 64 KiB: a body that takes a while to send
+    /// keeps a request in flight on its connection for longer.
     fn sample(&self, i: u64) -> Bytes {
-        Bytes::from(format!("keep-alive sample {} {i}", self.tag))
+        let mut bytes = format!("keep-alive sample {} {i}\n", self.tag).into_bytes();
+        let len = bytes.len() + rand::random::<usize>() % (64 << 10);
+        bytes.resize(len, b'.');
+        Bytes::from(bytes)
     }
 
     async fn run_h1(&self, stop: &AtomicBool) -> Tally {
