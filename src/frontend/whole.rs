@@ -73,7 +73,8 @@ impl Held {
             return None;
         }
         let expected = should_hold(session, resp)?;
-        let placeholder = ResponseHeader::build(103, Some(0)).ok()?;
+        // Never sent: pingora's HTTP/2 session drops informational heads.
+        let placeholder = ResponseHeader::build(StatusCode::EARLY_HINTS, Some(0)).ok()?;
         let header = Box::new(std::mem::replace(resp, placeholder));
         Some(Held {
             header,
@@ -98,6 +99,7 @@ impl Held {
     }
 }
 
+/// Whether the client speaks HTTP/2 on this session.
 pub fn is_h2(session: &Session) -> bool {
     matches!(session.downstream_session.as_ref(), ServerSession::H2(_))
 }
