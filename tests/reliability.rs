@@ -164,3 +164,123 @@ fn leftovers_of_a_killed_upload_and_an_unrecorded_sample_are_swept() {
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(kept.exists());
 }
+
+// ---------------------------------------------------------------------
+// Nothing a client sends on a kept-alive connection is lost to a change
+// of processes: a reload (HUP), a smaller pool (TTOU), a worker recycled
+// after `max_requests`, a binary upgrade (USR2). Each runs under keep-alive
+// clients posting samples through the TLS front end over HTTP/1.1 and
+// HTTP/2 (tests/common/keepalive.rs says what counts as failed).
+
+use common::keepalive::{self, Proto};
+
+const BOTH: [Proto; 2] = [Proto::Http1, Proto::Http2];
+/// Clients per protocol.
+const CLIENTS: usize = 4;
+
+fn posting_app(tag: &str, db: &TestDb, server: &str) -> (Appliance, String) {
+    let app = Appliance::start_with(
+        tag,
+        server,
+        "rate_limit_per_ip = 0\nrate_limit_per_key = 0\n",
+        &format!("[database]\nurl = \"{}\"\n[queue]\nrunners = 0\n", db.url()),
+    );
+    let key = app.new_key("submitter");
+    (app, key)
+}
+
+fn front_ends(app: &Appliance) -> usize {
+    app.role_pids("front-end").len()
+}
+
+/// Reloads, 0.75 s apart (an operator's pace is slower).
+const HUPS: usize = 12;
+
+#[test]
+fn reloads_under_keep_alive_clients_fail_no_request() {
+    let db = TestDb::create("ka_hup");
+    let (app, key) = posting_app("ka-hup", &db, "workers = 2\n");
+    let first = app.worker_pids();
+    let posters = keepalive::start(&app, &key, &BOTH, CLIENTS);
+    for _ in 0..HUPS {
+        app.signal(libc::SIGHUP);
+        app.expect_notify("RELOADING=1", 10 * SEC);
+        app.expect_notify("READY=1", 20 * SEC);
+        // An operator's pace: the load goes on between reloads.
+        std::thread::sleep(Duration::from_millis(750));
+    }
+    posters.wait_for(50);
+    // Until every retired process has left, its last connections too.
+    app.wait_until("retired processes gone", 30 * SEC, |a| {
+        front_ends(a) == 1 && a.role_pids("worker").len() == 2
+    });
+    let tallies = posters.stop();
+    keepalive::assert_none_failed("reloads", &tallies, 50);
+    assert!(app.worker_pids().iter().all(|p| !first.contains(p)));
+}
+
+#[test]
+fn a_shrinking_pool_fails_no_request() {
+    let db = TestDb::create("ka_ttou");
+    let (app, key) = posting_app("ka-ttou", &db, "workers = 2\n");
+    let posters = keepalive::start(&app, &key, &BOTH, CLIENTS);
+    for _ in 0..6 {
+        app.signal(libc::SIGTTIN);
+        app.wait_until("3 workers", 20 * SEC, |a| a.role_pids("worker").len() == 3);
+        posters.wait_for(50);
+        // The oldest worker leaves, with connections the front end holds.
+        app.signal(libc::SIGTTOU);
+        app.wait_until("2 workers", 20 * SEC, |a| a.role_pids("worker").len() == 2);
+        posters.wait_for(50);
+    }
+    let tallies = posters.stop();
+    keepalive::assert_none_failed("6 TTIN and TTOU", &tallies, 50);
+}
+
+#[test]
+fn recycling_after_max_requests_fails_no_request() {
+    let db = TestDb::create("ka_maxreq");
+    let (app, key) = posting_app(
+        "ka-maxreq",
+        &db,
+        "workers = 2\nmax_requests = 60\nmax_requests_jitter = 30\n",
+    );
+    let posters = keepalive::start(&app, &key, &BOTH, CLIENTS);
+    app.wait_until("6 workers recycled", 60 * SEC, |a| {
+        a.metric(r#"sandgnat_worker_restarts_total{reason="max_requests"}"#)
+            .is_some_and(|n| n >= 6.0)
+    });
+    let tallies = posters.stop();
+    keepalive::assert_none_failed("max_requests", &tallies, 50);
+}
+
+#[test]
+fn a_binary_upgrade_fails_no_request() {
+    common::become_subreaper();
+    let db = TestDb::create("ka_usr2");
+    let (mut app, key) = posting_app("ka-usr2", &db, "workers = 2\n");
+    let old_master = app.pid();
+    let posters = keepalive::start(&app, &key, &BOTH, CLIENTS);
+    posters.wait_for(50);
+    app.signal(libc::SIGUSR2);
+    let msg = app.expect_notify("READY=1", 30 * SEC);
+    let new_master: i32 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("MAINPID in the new master's READY");
+    assert_ne!(new_master, old_master);
+    assert_eq!(app.wait_exit(60 * SEC).code(), Some(0));
+    // The new master serves alone for a while.
+    posters.wait_for(100);
+    let tallies = posters.stop();
+    // SAFETY: kill(2) and waitpid(2) on the re-parented new master (this
+    // process is its subreaper).
+    unsafe { libc::kill(new_master, libc::SIGTERM) };
+    let mut status = 0;
+    assert_eq!(
+        unsafe { libc::waitpid(new_master, &mut status, 0) },
+        new_master
+    );
+    keepalive::assert_none_failed("USR2", &tallies, 50);
+}

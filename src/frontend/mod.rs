@@ -28,6 +28,7 @@ pub mod limits;
 pub mod proxy;
 pub mod ratelimit;
 pub mod tls;
+pub mod whole;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;

@@ -23,6 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use super::answer::{linger, KeptAlive, Unread};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::ratelimit::{RateLimiter, SharedCounts};
+use super::whole::{self, Held};
 use crate::api_error::ApiError;
 use crate::config::Settings;
 use crate::scoreboard::{live_within_ms, monotonic_ms, Scoreboard, SlotState, ROLE_WORKER};
@@ -105,13 +106,14 @@ impl FrontEnd {
         }
     }
 
-    /// True when some worker is alive, recent and has room for a request.
+    /// True when some worker is alive, recent and has room for a request
+    /// (one past `max_requests` serves until its replacement is ready).
     fn worker_available(&self) -> bool {
         let now = monotonic_ms();
         self.board.child_slots().any(|i| {
             let slot = self.board.slot(i);
             slot.role.load(Relaxed) == ROLE_WORKER
-                && slot.state() == SlotState::Ready
+                && matches!(slot.state(), SlotState::Ready | SlotState::Recycling)
                 && slot.is_live(now, self.live_within_ms)
                 && slot.active_connections.load(Relaxed) < slot.max_connections.load(Relaxed)
         })
@@ -141,6 +143,8 @@ pub struct Ctx {
     continued: bool,
     /// The whole response has been handed to the client's connection.
     answered: bool,
+    /// An early answer to an HTTP/2 client, held until it can go whole.
+    held: Option<Held>,
     _live: Live,
 }
 
@@ -187,6 +191,10 @@ async fn respond(session: &mut Session, ctx: &Ctx, e: &ApiError) -> Result<()> {
         resp.insert_header("retry-after", s.to_string())?;
     }
     session.set_keepalive(None);
+    if whole::is_h2(session) {
+        whole::send_whole(session, Box::new(resp), body);
+        return Ok(());
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
@@ -225,6 +233,13 @@ impl Unread for Session {
     }
 }
 
+/// Whether the peer reset the connection.
+fn reset(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -245,6 +260,7 @@ impl ProxyHttp for FrontEnd {
             body_seen: 0,
             continued: false,
             answered: false,
+            held: None,
             _live: Live::new(),
         }
     }
@@ -393,19 +409,27 @@ impl ProxyHttp for FrontEnd {
         Ok(Box::new(peer))
     }
 
-    /// A pooled connection that a worker closed while it sat idle (a worker
-    /// retiring on HUP, its keep-alive running out) fails the write of the
-    /// next request before the worker has read a byte of it; sending that
-    /// request again on a fresh connection is safe for any method, as long
-    /// as its body is still in the retry buffer. Errors on the client's
-    /// side are never retried; other errors keep pingora's rule: only
-    /// idempotent requests on reused connections.
+    /// Two failures leave a request that no worker acted on, which is then
+    /// sent again on a fresh connection, for any method, as long as its
+    /// body is still in the retry buffer and nothing of an answer has gone
+    /// to the client. Both mean the worker did not get the whole request,
+    /// and a worker acts on a request only once it has read it whole
+    /// (`worker::unread` reads what a handler left):
+    /// - the request could not be written: a pooled connection that a
+    ///   worker closed while it sat idle (its keep-alive running out), or
+    ///   a worker that died while the request was being sent;
+    /// - the worker reset the connection before any answer: the kernel
+    ///   resets a Unix socket closed with bytes unread, as when a worker
+    ///   dies (a crash, a kill) with the request in its socket.
+    ///
+    /// Errors on the client's side are never retried; other errors keep
+    /// pingora's rule: only idempotent requests on reused connections.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -413,11 +437,14 @@ impl ProxyHttp for FrontEnd {
         // never retried: a new attempt could only send a worker the part
         // of the body that was good, and end it.
         let client_side = e.esource() == &pingora_core::ErrorSource::Downstream;
-        let intact = !session.as_ref().retry_buffer_truncated();
+        let intact = !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && ctx.held.is_none();
         let idempotent = session.req_header().method.is_idempotent();
-        let unsent = client_reused
-            && *e.etype() == ErrorType::WriteError
-            && e.esource() == &pingora_core::ErrorSource::Upstream;
+        let upstream = e.esource() == &pingora_core::ErrorSource::Upstream;
+        let unsent = upstream
+            && (*e.etype() == ErrorType::WriteError
+                || (*e.etype() == ErrorType::ReadError && reset(&e)));
         if client_side || !intact || !(idempotent || unsent) {
             e.set_retry(false);
         } else if unsent {
@@ -480,16 +507,27 @@ impl ProxyHttp for FrontEnd {
         if draining() {
             session.set_keepalive(None);
         }
+        ctx.held = Held::take(session, resp);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(held) = ctx.held.as_mut() {
+            if !held.gather(body, end_of_stream) {
+                return Ok(None);
+            }
+            if let Some(held) = ctx.held.take() {
+                held.send(session);
+            }
+            ctx.answered = true;
+            return Ok(None);
+        }
         ctx.answered |= end_of_stream;
         Ok(None)
     }

@@ -167,6 +167,7 @@ impl Arbiter {
         let reason = match (child.retiring, state) {
             (Some(Retire::Timeout), _) => Some("timeout"),
             (Some(Retire::Reload), _) => Some("reload"),
+            (Some(Retire::Recycle | Retire::Recycled), _) => Some("max_requests"),
             (Some(Retire::Shrink), _) => None,
             (None, _) if matches!(self.phase, Phase::Stopping { .. }) => None,
             (None, SlotState::Recycling) => Some("max_requests"),
@@ -314,6 +315,40 @@ impl Arbiter {
         }
     }
 
+    /// A worker past `max_requests` says so in its slot and goes on
+    /// serving: it no longer counts towards the pool, so its replacement
+    /// starts at once, and it is asked to leave (it then drains) only once
+    /// the pool is whole without it. Leaving first would leave the pool
+    /// short for the replacement's boot, empty if it was the only worker.
+    fn replace_recycling_workers(&mut self) {
+        let board = &self.board;
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.role == Role::Worker && c.retiring.is_none())
+        {
+            if board.slot(c.slot).state() == SlotState::Recycling {
+                tracing::info!(
+                    pid = c.pid.as_raw(),
+                    "worker past max_requests; starting its replacement"
+                );
+                c.retiring = Some(Retire::Recycle);
+            }
+        }
+        let ready = self.current_workers().filter(|c| c.ready_seen).count() as u32;
+        if ready < self.target {
+            return;
+        }
+        for c in self
+            .children
+            .iter_mut()
+            .filter(|c| c.retiring == Some(Retire::Recycle))
+        {
+            c.retiring = Some(Retire::Recycled);
+            c.kill(Signal::SIGTERM);
+        }
+    }
+
     fn wants_frontend(&self) -> bool {
         self.listeners.public().next().is_some()
     }
@@ -358,6 +393,7 @@ impl Arbiter {
 
     /// Spawns or retires children to reach the target.
     pub(super) fn manage_workers(&mut self) {
+        self.replace_recycling_workers();
         let live = self.current_workers().count() as u32;
         if live > self.target {
             // Retire the oldest first, as gunicorn does on TTOU.

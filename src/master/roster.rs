@@ -29,6 +29,11 @@ pub enum Retire {
     Shrink,
     /// Silent past `timeout`: aborted.
     Timeout,
+    /// Past `max_requests`: replaced, and serving until the replacement
+    /// is ready.
+    Recycle,
+    /// Past `max_requests`, replaced, and asked to leave.
+    Recycled,
 }
 
 pub struct Child {

@@ -109,6 +109,15 @@ pub async fn handle(
     span.in_scope(|| tracing::info!(target: ACCESS_TARGET, "{line}"));
 
     recycle_if_due(&shared, slot);
+    // A worker that is leaving serves no further request on this
+    // connection: saying so lets the front end take its next request
+    // elsewhere instead of sending it on a connection about to close.
+    if shared.trigger.is_stopping() {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     Ok(resp)
 }
 
@@ -150,12 +159,15 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// After `max_requests`, stop taking connections and leave once drained;
-/// the master starts a replacement when this process exits.
+/// After `max_requests`, asks to be replaced: the slot says so, the
+/// master starts a successor and, once it is ready, stops this worker,
+/// which then drains and leaves. It serves on until then, so recycling
+/// never leaves the pool short.
 fn recycle_if_due(shared: &Shared, slot: &Slot) {
     if shared.max_requests == 0
         || slot.handled.load(Relaxed) < shared.max_requests
         || shared.trigger.is_stopping()
+        || slot.state() == SlotState::Recycling
     {
         return;
     }
@@ -164,7 +176,6 @@ fn recycle_if_due(shared: &Shared, slot: &Slot) {
         "autorestarting worker after max_requests"
     );
     slot.set_state(SlotState::Recycling);
-    shared.trigger.graceful();
 }
 
 /// Counts the request as in flight until it is answered or dropped.

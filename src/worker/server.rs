@@ -115,7 +115,6 @@ impl Worker {
                 stream,
                 permit,
                 Active::new(shared.clone()),
-                self.shutdown.clone(),
             ));
         }
         // Stop taking connections; the socket stays open in the master and
@@ -178,17 +177,11 @@ impl Drop for Active {
     }
 }
 
-/// How long a connection accepted just before a graceful stop may take
-/// to send its first request: the client already saw its connect succeed,
-/// so closing it unread would fail a request.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
-
 async fn connection(
     shared: Arc<Shared>,
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
     _active: Active,
-    mut stop: Shutdown,
 ) {
     let srv = &shared.settings.server;
     let mut builder = http1::Builder::new();
@@ -197,33 +190,22 @@ async fn connection(
         .keep_alive(srv.keepalive > 0)
         .header_read_timeout(Duration::from_secs(srv.keepalive.max(1)))
         .max_headers(srv.limit_request_fields as usize);
-    let first_request = Arc::new(tokio::sync::Notify::new());
-    let seen = first_request.clone();
     let svc_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| {
-        seen.notify_one();
-        super::request::handle(svc_shared.clone(), req)
-    });
+    let service =
+        hyper::service::service_fn(move |req| super::request::handle(svc_shared.clone(), req));
+    // A stop does not close the connection. The request in progress, and
+    // any that comes on it from now on, is answered with `Connection:
+    // close` (`request::handle`), after which hyper closes it. One that is
+    // idle is left open: its last answer said keep-alive, so the front
+    // end may be sending a request on it at this very moment, and a
+    // request that meets a connection closing under it is lost in a way
+    // the front end cannot tell from one the worker took and failed, so
+    // it may not send it again. It ends on its own instead: the front end
+    // lets go of an idle connection before `server.keepalive` (its pool's
+    // idle time is shorter), and hyper's header timeout ends it then at
+    // the latest. The accept loop bounds it all by `graceful_timeout`.
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        _ = stop.requested() => {}
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
-    // A connection that has not sent its first request yet gets a moment
-    // to do so; `notify_one` keeps a permit if the request already came.
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = first_request.notified() => {}
-        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
-    }
-    // Finish the request in progress, answer it with `Connection: close`,
-    // and close an idle keep-alive connection at once.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }

@@ -7,6 +7,8 @@
 
 pub mod cluster;
 pub mod db;
+pub mod keepalive;
+pub mod pg;
 pub mod py;
 pub mod redis;
 pub mod s3;
@@ -290,6 +292,18 @@ impl Appliance {
             "no {what:?} notification within {within:?}; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// Reads and drops every notification waiting. The socket holds only
+    /// a few (`net.unix.max_dgram_qlen`), and a master whose notification
+    /// finds it full blocks until one is read, as it would under a
+    /// systemd that stopped reading: a test that sends signals without
+    /// waiting for each notification must drain them.
+    pub fn drain_notifications(&self) {
+        self.notify.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while self.notify.recv(&mut buf).is_ok() {}
+        self.notify.set_nonblocking(false).unwrap();
     }
 
     pub fn signal(&self, sig: i32) {
