@@ -5,7 +5,8 @@
 #     serving worker's memory growth (peak PSS sampled every 50 ms, and
 #     VmHWM, which counts RSS) during that request;
 #   - list with a hash filter: latency under 16 connections through the
-#     TLS front end (wrk, each request a different sha256);
+#     TLS front end (wrk at saturation; oha at fixed offered rates; each
+#     request a different sha256);
 #   - the plan of every list filter (EXPLAIN ANALYZE), to show each is an
 #     index scan at this size.
 # Usage: bash benches/export.sh [ANALYSES] [SECONDS]   (default 1000000 10)
@@ -79,6 +80,17 @@ psql "$db" -qtAc "SELECT 'http://x/v1/analyses?sha256=' || encode(sha256(i::text
 command -v oha >/dev/null || cargo install oha --locked >&2
 u=$(oha_json -c 16 -z "${secs}s" --unix-socket "$run/workers.sock" -H "X-API-Key: $admin" --urls-from-file "$BENCH_DIR/list-urls.txt")
 emit "{\"case\":\"list ?sha256= (unique hashes), unix socket, 16 connections\",\"oha\":$u}"
+
+# The same TLS route at fixed offered rates (oha, 16 connections, latency
+# corrected for coordinated omission): the p99 a client sees when the
+# machine is not saturated. At saturation (above) the load generator, the
+# front end, the workers and Postgres queue behind each other on two cores,
+# and the tail is that queue, not the route.
+psql "$db" -qtAc "SELECT 'https://127.0.0.1:$tls_port/v1/analyses?sha256=' || encode(sha256(i::text::bytea), 'hex') FROM generate_series(1, $n, greatest($n / 20000, 1)) i" > "$BENCH_DIR/list-urls-tls.txt"
+for rate in ${LIST_RATES:-1000 2000 4000}; do
+  u=$(oha_json -c 16 -q "$rate" --latency-correction -z "${secs}s" --insecure -H "X-API-Key: $admin" --urls-from-file "$BENCH_DIR/list-urls-tls.txt")
+  emit "{\"case\":\"list ?sha256= (unique hashes), TLS, 16 connections, offered $rate req/s\",\"oha\":$u}"
+done
 
 # Plans of every filter, as the route builds them (a newest-first page of
 # 101 cut from analyses, then joined to samples).
