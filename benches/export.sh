@@ -19,7 +19,7 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 build_release
 mkdir -p "$BENCH_DIR"
 [ -d "$BENCH_DIR/rules" ] || python3 "$shared/bench/gen_rules.py" "$BENCH_DIR" >&2
-out=$repo/benches/results/export-$(date +%F)
+out=$repo/benches/results/export-$(date +%Y%m%dT%H%M%S)
 mkdir -p "$repo/benches/results"
 : > "$out.jsonl"
 emit() { echo "$1" | tee -a "$out.jsonl"; }
