@@ -173,6 +173,9 @@ pub struct Header {
     /// Connections the front end refused at a cap (`frontend::conncap`),
     /// by cap.
     pub connections_refused: [AtomicU64; CONNECTION_REFUSALS.len()],
+    /// Request heads the front end closed to stay within
+    /// `proxy.head_budget_bytes` (`frontend::headbudget`).
+    pub heads_evicted: AtomicU64,
 }
 
 /// The kinds of leftovers, as the metric labels them.

@@ -25,6 +25,7 @@
 pub mod answer;
 pub mod conncap;
 pub mod head;
+pub mod headbudget;
 pub mod limits;
 pub mod proxy;
 pub mod ratelimit;
@@ -118,7 +119,7 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut service = Service::new(
         "sandgnat front end".to_string(),
         conncap::Capped::new(
-            head::HeadGuard::new(proxy, head::HeadRules::new(&settings)),
+            head::HeadGuard::new(proxy, &settings, board.clone()),
             &settings,
             board.clone(),
         ),
