@@ -14,6 +14,7 @@ pub mod config;
 pub mod confine;
 pub mod export;
 pub mod frontend;
+pub mod fuzz;
 pub mod handover;
 pub mod intake;
 pub mod isolation;

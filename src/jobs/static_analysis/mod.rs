@@ -18,10 +18,10 @@
 //! appliance cannot link, and the `ssdeep` crate wraps the C library
 //! (GPL too).
 
-mod entropy;
-mod executable;
+pub(crate) mod entropy;
+pub(crate) mod executable;
 mod imphash;
-mod strings;
+pub(crate) mod strings;
 
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
