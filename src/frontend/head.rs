@@ -1,6 +1,8 @@
 //! Every HTTP/1 request head, read and checked before pingora parses it:
 //! one total deadline for the head (`proxy.header_timeout`, answered 408),
-//! and the appliance's JSON error for every head that is refused.
+//! a share of the front end's budget for heads in progress while it is
+//! unfinished (`headbudget`, answered 503 when evicted), and the
+//! appliance's JSON error for every head that is refused.
 //!
 //! Why a wrapper around pingora's `HttpProxy`: pingora reads and parses a
 //! head before any `ProxyHttp` hook runs, and answers a head it cannot
