@@ -9,11 +9,12 @@
 #
 # usage: benches/fuzz.sh [SECONDS=300] [TARGET...]
 #
-# Needs `cargo install cargo-fuzz`. cargo-fuzz asks for a nightly compiler
-# for its `-Z` flags; on a stable toolchain RUSTC_BOOTSTRAP=1 (set here
-# unless FUZZ_BOOTSTRAP=0) lets stable rustc take them. No sanitizer
-# (`--sanitizer none`): the appliance's own code is safe Rust, and the C
-# it links (libyara) is not reached by these targets. Runs at nice 19.
+# Needs `cargo install cargo-fuzz` (0.13). Stable Rust is enough: with
+# `--sanitizer none` cargo-fuzz passes only stable flags (sancov passes,
+# `--cfg fuzzing`); no sanitizer because the appliance's own code is safe
+# Rust and the C it links (libyara) is not reached by these targets.
+# Builds into $FUZZ_DIR/target (a release build of every dependency with
+# coverage instrumentation: long the first time). Runs at nice 19.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-300}
@@ -22,7 +23,6 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request_head multipart settings executable)
 work=${FUZZ_DIR:-/var/tmp/sandgnat-fuzz}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$work/target}
-[ "${FUZZ_BOOTSTRAP:-1}" = 0 ] || export RUSTC_BOOTSTRAP=1
 mkdir -p "$repo/benches/results"
 out=$repo/benches/results/fuzz-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 cd "$repo/fuzz"
