@@ -149,8 +149,10 @@ pub fn settings(data: &[u8]) {
 }
 
 /// A sample as the `static` job sees it: its type from its magic bytes,
-/// then the ELF / PE / Mach-O parser with nothing to catch a panic (the
-/// job catches them; a fuzzer should see them), entropy and strings.
+/// then the ELF / PE / Mach-O parser without the job's outer guard (which
+/// would hide every panic; a fuzzer should see them), entropy and strings.
+/// The fuzz target lets the panics the parser contains itself (around
+/// goblin readers known to panic) pass: `tolerate_caught_panics`.
 pub fn executable(data: &[u8]) {
     use crate::jobs::static_analysis::{entropy, executable, strings};
     let file_type = crate::intake::filetype::from_magic(&data[..data.len().min(512)]);
@@ -163,6 +165,25 @@ pub fn executable(data: &[u8]) {
     s.update(data);
     let (total, shown) = s.finish();
     assert!(shown.len() as u64 <= total);
+}
+
+/// libFuzzer's Rust glue aborts on any panic, even one the code catches
+/// (its panic hook runs first); the static analysis contains the panics
+/// goblin is known to raise, so a target that wants them to pass installs
+/// this hook, which only prints (the first few): a panic that escapes still
+/// ends the run as a crash, where the glue catches it. For fuzz targets
+/// only (it replaces the process's panic hook).
+pub fn tolerate_caught_panics() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let shown = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(move |info| {
+            if shown.fetch_add(1, Relaxed) < 20 {
+                eprintln!("panic (caught by the parser's guard, or the crash below): {info}");
+            }
+        }));
+    });
 }
 
 #[cfg(test)]

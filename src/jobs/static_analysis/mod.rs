@@ -256,6 +256,33 @@ mod tests {
         assert_eq!(x["imphash"], want.as_str());
     }
 
+    /// Found by `fuzz/` (target `executable`): a Mach-O whose bind opcodes
+    /// name a segment it does not have made goblin panic inside the import
+    /// reader, which cost every header field. Now only the imports are
+    /// lost, and said so.
+    #[test]
+    fn a_mach_o_binding_to_a_missing_segment_keeps_its_other_fields() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-bind-segment-index"),
+        )
+        .unwrap();
+        assert_eq!(crate::intake::filetype::from_magic(&data), "macho");
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert_eq!(headers["format"], "macho", "{headers}");
+        assert!(headers["arch"].is_string(), "{headers}");
+        assert!(
+            headers["imports_error"].as_str().unwrap().contains("bind"),
+            "{headers}"
+        );
+        assert!(headers["libraries"].is_array(), "{headers}");
+        let r = analyse(&write("macho-bind", &data), 1 << 20).unwrap();
+        assert!(r["parse_error"].is_null(), "{r}");
+        assert_eq!(r["executable"]["format"], "macho", "{r}");
+    }
+
     #[test]
     fn malformed_headers_are_a_field_not_a_failure() {
         let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
