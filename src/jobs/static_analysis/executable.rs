@@ -30,7 +30,7 @@ pub fn parse(file_type: &str, data: &[u8]) -> Option<Result<Value, String>> {
             opts.parse_mode = goblin::options::ParseMode::Permissive;
             PE::parse_with_opts(data, &opts).map(|p| pe(&p, data))
         }
-        "macho" => Mach::parse(data).map(|m| mach(&m)),
+        "macho" => Mach::parse(data).map(|m| mach(&m, data)),
         _ => return None,
     };
     Some(parsed.map_err(|e| e.to_string()))
@@ -275,7 +275,8 @@ fn macho_arch(cputype: u32) -> String {
     }
 }
 
-fn macho(m: &MachO<'_>) -> Value {
+/// One Mach-O, parsed from `data` (its own bytes: a fat file's slice).
+fn macho(m: &MachO<'_>, data: &[u8]) -> Value {
     let segments: Vec<Value> = m
         .segments
         .iter()
@@ -287,18 +288,33 @@ fn macho(m: &MachO<'_>) -> Value {
             })
         })
         .collect();
-    let (imports, import_error) = match contained(|| m.imports()) {
-        Some(Ok(list)) => (
-            list.iter()
-                .map(|i| format!("{}!{}", i.dylib, i.name))
-                .collect::<Vec<_>>(),
-            None,
-        ),
-        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+    let bindings = super::machbind::count(m, data);
+    let imports = if bindings > super::machbind::MAX_BINDINGS {
+        None
+    } else {
+        Some(contained(|| m.imports()))
+    };
+    let (imports, import_error) = match imports {
         None => (
             Vec::new(),
-            Some("the bind information is malformed (the parser panicked)".to_string()),
+            Some(format!(
+                "over {} bindings: imports not read",
+                super::machbind::MAX_BINDINGS
+            )),
         ),
+        Some(read) => match read {
+            Some(Ok(list)) => (
+                list.iter()
+                    .map(|i| format!("{}!{}", i.dylib, i.name))
+                    .collect::<Vec<_>>(),
+                None,
+            ),
+            Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+            None => (
+                Vec::new(),
+                Some("the bind information is malformed (the parser panicked)".to_string()),
+            ),
+        },
     };
     let exports: Vec<String> = contained(|| m.exports())
         .and_then(Result::ok)
@@ -321,14 +337,23 @@ fn macho(m: &MachO<'_>) -> Value {
     })
 }
 
-pub fn mach(m: &Mach<'_>) -> Value {
+/// A Mach-O or a fat file of them, parsed from `data`.
+pub fn mach(m: &Mach<'_>, data: &[u8]) -> Value {
     match m {
-        Mach::Binary(b) => macho(b),
+        Mach::Binary(b) => macho(b, data),
         Mach::Fat(fat) => {
             let arches = fat.narches;
             let slices: Vec<Value> = (0..arches.min(MAX_SLICES))
                 .map(|i| match fat.get(i) {
-                    Ok(SingleArch::MachO(b)) => macho(&b),
+                    Ok(SingleArch::MachO(b)) => {
+                        // goblin parsed the slice from its own bytes.
+                        let slice = fat
+                            .iter_arches()
+                            .nth(i)
+                            .and_then(Result::ok)
+                            .map_or(&[][..], |a| a.slice(data));
+                        macho(&b, slice)
+                    }
                     Ok(SingleArch::Archive(_)) => json!({ "format": "archive" }),
                     Err(e) => json!({ "error": e.to_string() }),
                 })

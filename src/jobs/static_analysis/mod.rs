@@ -21,6 +21,7 @@
 pub(crate) mod entropy;
 pub(crate) mod executable;
 mod imphash;
+mod machbind;
 pub(crate) mod strings;
 
 use std::io::{self, Read};
@@ -281,6 +282,31 @@ mod tests {
         let r = analyse(&write("macho-bind", &data), 1 << 20).unwrap();
         assert!(r["parse_error"].is_null(), "{r}");
         assert_eq!(r["executable"]["format"], "macho", "{r}");
+    }
+
+    /// Found by `fuzz/` (target `executable`): a Mach-O of 1,187 bytes
+    /// whose bind opcodes ask for 2^n imports made goblin allocate
+    /// gigabytes and run for seconds. The bindings are counted first; past
+    /// the limit the imports are not read, and the rest stands.
+    #[test]
+    fn a_mach_o_asking_for_billions_of_imports_is_not_expanded() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-bind-repeat-count"),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(headers["format"], "macho", "{headers}");
+        let why = headers["imports_error"].as_str().unwrap();
+        assert!(why.contains("bindings"), "{headers}");
     }
 
     #[test]
