@@ -288,8 +288,8 @@ fn macho(m: &MachO<'_>, data: &[u8]) -> Value {
             })
         })
         .collect();
-    let bindings = super::machbind::count(m, data);
-    let imports = if bindings > super::machbind::MAX_BINDINGS {
+    let bindings = super::machscan::count(m, data);
+    let imports = if bindings > super::machscan::MAX_BINDINGS {
         None
     } else {
         Some(contained(|| m.imports()))
@@ -299,7 +299,7 @@ fn macho(m: &MachO<'_>, data: &[u8]) -> Value {
             Vec::new(),
             Some(format!(
                 "over {} bindings: imports not read",
-                super::machbind::MAX_BINDINGS
+                super::machscan::MAX_BINDINGS
             )),
         ),
         Some(read) => match read {
@@ -316,10 +316,17 @@ fn macho(m: &MachO<'_>, data: &[u8]) -> Value {
             ),
         },
     };
-    let exports: Vec<String> = contained(|| m.exports())
-        .and_then(Result::ok)
-        .map(|l| l.into_iter().map(|e| e.name).collect())
-        .unwrap_or_default();
+    let (exports, export_error) = match super::machscan::export_trie(m, data) {
+        Err(why) => (Vec::new(), Some(why)),
+        Ok(()) => match contained(|| m.exports()) {
+            Some(Ok(list)) => (list.into_iter().map(|e| e.name).collect(), None),
+            Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+            None => (
+                Vec::new(),
+                Some("the export trie is malformed (the parser panicked)".to_string()),
+            ),
+        },
+    };
     let (segments, segments_total) = capped(segments, MAX_SECTIONS);
     let (libraries, libraries_total) = capped(m.libs.clone(), MAX_LIBRARIES);
     let (imports, imports_total) = capped(imports, MAX_IMPORTS);
@@ -332,7 +339,7 @@ fn macho(m: &MachO<'_>, data: &[u8]) -> Value {
         "entry": format!("{:#x}", m.entry),
         "libraries": libraries, "libraries_total": libraries_total,
         "imports": imports, "imports_total": imports_total, "imports_error": import_error,
-        "exports": exports, "exports_total": exports_total,
+        "exports": exports, "exports_total": exports_total, "exports_error": export_error,
         "segments": segments, "segments_total": segments_total,
     })
 }

@@ -21,7 +21,7 @@
 pub(crate) mod entropy;
 pub(crate) mod executable;
 mod imphash;
-mod machbind;
+mod machscan;
 pub(crate) mod strings;
 
 use std::io::{self, Read};
@@ -307,6 +307,26 @@ mod tests {
         assert_eq!(headers["format"], "macho", "{headers}");
         let why = headers["imports_error"].as_str().unwrap();
         assert!(why.contains("bindings"), "{headers}");
+    }
+
+    /// Found by `fuzz/` (target `executable`): a Mach-O whose export trie
+    /// has a node among its own descendants made goblin recurse until the
+    /// stack overflowed, which kills the whole runner (no `catch_unwind`
+    /// survives it), on every retry of the job. The trie is walked first
+    /// and refused.
+    #[test]
+    fn a_mach_o_whose_export_trie_loops_is_refused_not_walked() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-export-trie-cycle"),
+        )
+        .unwrap();
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert_eq!(headers["format"], "macho", "{headers}");
+        let why = headers["exports_error"].as_str().unwrap();
+        assert!(why.contains("export trie"), "{headers}");
     }
 
     #[test]
