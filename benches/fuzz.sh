@@ -9,6 +9,12 @@
 #
 # usage: benches/fuzz.sh [SECONDS=300] [TARGET...]
 #
+# A target that dies of SIGSEGV with no artifact has most likely overflowed
+# its stack (libFuzzer cannot report that); run it under gdb to see where
+# and to dump the input (frame fuzzer::Fuzzer::ExecuteCallback, Data/Size):
+#   gdb -ex run -ex bt --args $FUZZ_DIR/target/x86_64-unknown-linux-gnu/release/TARGET \
+#     $FUZZ_DIR/corpus/TARGET fuzz/seeds/TARGET
+#
 # Needs `cargo install cargo-fuzz` (0.13). Stable Rust is enough: with
 # `--sanitizer none` cargo-fuzz passes only stable flags (sancov passes,
 # `--cfg fuzzing`); no sanitizer because the appliance's own code is safe
