@@ -5,11 +5,16 @@
 #   trickle: a request line and a few fields, then one byte a second;
 #   big:     a request line and 32 KiB of fields at once, then one byte a
 #            second (what a head in progress holds in the front end).
+# Each shape gets a front end of its own (a fresh appliance), so what the
+# allocator kept from one shape is not in the next one's figures.
 # For each: the front end's PSS (/proc/PID/smaps_rollup) before, with all
 # connections held (all connected and their first bytes sent, plus 2 s),
-# and after they are closed; the difference per connection. The per-IP
-# connection cap is lifted for the run (every connection comes from
-# 127.0.0.1); the total cap stays at its default (10000).
+# and after they are closed; the difference per connection; how many of
+# them the front end evicted to keep unfinished heads within
+# proxy.head_budget_bytes (null for a binary without the budget); the
+# load average at the measurement. The per-IP connection cap is lifted for
+# the run (every connection comes from 127.0.0.1); the total cap and the
+# head budget stay at their defaults (10000, 32 MiB).
 #
 # usage: benches/slowheads.sh [CONNS=2000]
 # (SANDGNAT_BIN=path runs that binary instead of building a release one.)
@@ -18,17 +23,19 @@ conns=${1:-2000}
 build_release
 [ -d "$BENCH_DIR/rules" ] || python3 "$shared/bench/gen_rules.py" "$BENCH_DIR" >&2
 export SANDGNAT_PROXY__MAX_CONNECTIONS_PER_IP=0
-start_sandgnat 1
 trap stop_sandgnat EXIT
-fe=$(front_end_pid)
 pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+evicted() { curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '/^sandgnat_frontend_heads_evicted_total / {print $2}'; }
 mkdir -p "$repo/benches/results"
 out=$repo/benches/results/slowheads-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 
 for port_kind in plain tls; do
-  port=$plain_port; [ "$port_kind" = tls ] && port=$tls_port
   for shape in trickle big; do
+    start_sandgnat 1
+    port=$plain_port; [ "$port_kind" = tls ] && port=$tls_port
+    fe=$(front_end_pid)
     before=$(pss_kib "$fe")
+    evicted_before=$(evicted)
     fifo=$run/slow.ready; rm -f "$fifo"; mkfifo "$fifo"
     python3 - "$port" "$port_kind" "$shape" "$conns" "$fifo" <<'PY' &
 import asyncio, ssl, sys
@@ -82,18 +89,23 @@ PY
     read -r held failed < "$fifo"
     during=$(pss_kib "$fe")
     rss_during=$(rss_kib "$fe")
+    evicted_during=$(evicted)
+    load=$(cut -d' ' -f1 /proc/loadavg)
     echo stop > "$fifo.stop"
     wait "$client" || true
     sleep 3
     after=$(pss_kib "$fe")
     rm -f "$fifo" "$fifo.stop"
     line=$(python3 -c 'import json,sys
-k,s,n,f,b,d,a,r=sys.argv[1:]
+k,s,n,f,b,d,a,r,e0,e1,load,binary=sys.argv[1:]
 n,f,b,d,a,r=int(n),int(f),int(b),int(d),int(a),int(r)
-print(json.dumps({"listener":k,"shape":s,"held":n,"failed":f,"pss_before_kib":b,"pss_held_kib":d,
-  "rss_held_kib":r,"pss_after_kib":a,"kib_per_conn":round((d-b)/max(n,1),1)}))' \
-      "$port_kind" "$shape" "$held" "$failed" "$before" "$during" "$after" "$rss_during")
+ev=int(e1)-int(e0) if e0 and e1 else None
+print(json.dumps({"binary":binary,"listener":k,"shape":s,"held":n,"failed":f,"evicted":ev,"pss_before_kib":b,"pss_held_kib":d,
+  "rss_held_kib":r,"pss_after_kib":a,"kib_per_conn":round((d-b)/max(n,1),1),"load":float(load)}))' \
+      "$port_kind" "$shape" "$held" "$failed" "$before" "$during" "$after" "$rss_during" \
+      "$evicted_before" "$evicted_during" "$load" "$(basename "$bin")")
     echo "$line" | tee -a "$out"
+    stop_sandgnat
   done
 done
 echo "raw: $out" >&2

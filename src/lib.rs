@@ -15,6 +15,7 @@ pub mod confine;
 pub mod duties;
 pub mod export;
 pub mod frontend;
+pub mod fuzz;
 pub mod handover;
 pub mod intake;
 pub mod isolation;

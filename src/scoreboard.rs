@@ -196,6 +196,9 @@ pub struct Header {
     /// The pid of this node's process that holds the cluster's lead
     /// (`crate::duties`), 0 when none does.
     pub lead_pid: AtomicU32,
+    /// Request heads the front end closed to stay within
+    /// `proxy.head_budget_bytes` (`frontend::headbudget`).
+    pub heads_evicted: AtomicU64,
 }
 
 /// The kinds of leftovers, as the metric labels them: this node's spool

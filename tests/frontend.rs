@@ -1584,6 +1584,94 @@ fn connections_over_a_cap_get_503_until_one_closes() {
     drop(others);
 }
 
+/// How many of `conns` have something to read (an answer, or the close),
+/// without reading it.
+fn readable(conns: &[TcpStream]) -> Vec<usize> {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = conns
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll(2) on descriptors these streams own, for no time.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    fds.iter()
+        .enumerate()
+        .filter(|(_, p)| p.revents != 0)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Unfinished heads holding more than `proxy.head_budget_bytes` together:
+/// the front end answers the costliest a 503 JSON and closes them, counts
+/// each in `sandgnat_frontend_heads_evicted_total`, and the heads it kept
+/// are served once they are complete.
+#[test]
+fn unfinished_heads_over_the_head_budget_are_evicted_and_counted() {
+    const HEADS: usize = 40;
+    // Each head below takes more than its first read (4 KiB), so it is
+    // charged a grown buffer of 8 KiB: the budget keeps eight at most.
+    const KEPT_AT_MOST: usize = 8;
+    let app = Appliance::start_with(
+        "fe-headbudget",
+        "workers = 1\n",
+        "head_budget_bytes = 65536\nrate_limit_per_ip = 0",
+        "",
+    );
+    let partial = format!(
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Pad: {}",
+        "p".repeat(6000)
+    );
+    let mut conns: Vec<TcpStream> = (0..HEADS)
+        .map(|_| {
+            let mut s = TcpStream::connect(&app.plain).unwrap();
+            s.set_read_timeout(Some(10 * SEC)).unwrap();
+            s.write_all(partial.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let evicted = |app: &Appliance| {
+        app.metric("sandgnat_frontend_heads_evicted_total")
+            .unwrap_or(-1.0) as usize
+    };
+    // Every eviction is counted before its answer is written: wait until
+    // the count is what the budget forces and each counted head's answer
+    // is there to read.
+    app.wait_until("the heads over the budget evicted", 20 * SEC, |a| {
+        let n = evicted(a);
+        n >= HEADS - KEPT_AT_MOST && readable(&conns).len() == n
+    });
+    let gone = readable(&conns);
+    assert_eq!(gone.len(), evicted(&app));
+    for &i in &gone {
+        let r = read_one_response(&mut conns[i]);
+        assert_eq!(r.status, 503, "{}", r.head);
+        assert_eq!(r.json_error("an evicted head"), "head_budget_exceeded");
+        assert!(r.head.contains("connection: close"), "{}", r.head);
+    }
+    // The heads kept were held all along, and are served when they end.
+    let kept: Vec<usize> = (0..HEADS).filter(|i| !gone.contains(i)).collect();
+    assert!(
+        !kept.is_empty() && kept.len() <= KEPT_AT_MOST,
+        "{} heads kept",
+        kept.len()
+    );
+    for i in kept {
+        conns[i].write_all(b"\r\n\r\n").unwrap();
+        let r = read_one_response(&mut conns[i]);
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    // A fresh client is not held back by what was evicted.
+    let mut s = TcpStream::connect(&app.plain).unwrap();
+    s.set_read_timeout(Some(10 * SEC)).unwrap();
+    s.write_all(HEALTHZ_KEEP_ALIVE).unwrap();
+    assert_eq!(read_one_response(&mut s).status, 200);
+}
+
 /// HTTP/2 requests meet gunicorn's head limits with the same answers as
 /// HTTP/1.1 ones: too many fields 431, a field too large 400, a request
 /// line (here, its `:path`) too long 414, each as the appliance's JSON.

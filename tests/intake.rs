@@ -496,6 +496,75 @@ fn a_full_spool_answers_507_and_records_nothing() {
     assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "0");
 }
 
+/// Slow uploads, more of them than a worker's blocking pool has threads
+/// (tokio's default, 512), each spooled and then left waiting for its
+/// client: between chunks they hold no thread, so a submission whose
+/// writes need the pool still gets its 202 while all of them are open.
+#[test]
+fn trickling_uploads_leave_the_blocking_pool_to_other_requests() {
+    const SLOW: usize = 520;
+    let db = TestDb::create("trickle");
+    // No memory for samples: every upload spools from its first byte. (And
+    // each announces less than intake.memory_sample_bytes, so none waits
+    // for the database ping that a large upload gets before its body.)
+    let app = Appliance::start(
+        "trickle",
+        "workers = 1\nworker_connections = 1000\n",
+        &format!(
+            "[database]\nurl = \"{}\"\n[intake]\nmemory_budget_bytes = 0\n[queue]\nrunners = 0\n",
+            db.url()
+        ),
+    );
+    let key = app.new_key("submitter");
+    // The worker learns a new key on its first use (a few refreshes a
+    // second at most): one request first, not five hundred at once.
+    let known = app.get_with_key("/v1/analyses", &key);
+    assert_ne!(known.status, 401, "{}", known.body);
+    let head = format!(
+        "POST /v1/submit HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    let slow: Vec<std::os::unix::net::UnixStream> = (0..SLOW)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&app.socket).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            // A first piece of the body, then nothing more.
+            s.write_all(&[b's'; 16 << 10]).unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + 60 * SEC;
+    while spool_files(&app) < SLOW {
+        if Instant::now() > deadline {
+            // Whatever a slow upload was answered says why it is not
+            // spooling.
+            let answers: Vec<String> = slow
+                .iter()
+                .filter_map(|s| {
+                    let mut s = s.try_clone().ok()?;
+                    s.set_nonblocking(true).ok()?;
+                    let mut buf = [0u8; 512];
+                    let n = std::io::Read::read(&mut s, &mut buf).ok()?;
+                    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+                })
+                .take(3)
+                .collect();
+            panic!(
+                "{} of {SLOW} slow uploads spooled after 60 s; answers: {answers:?}; log:\n{}",
+                spool_files(&app),
+                app.log_text()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let r = app.submit(&key, &vec![b'f'; 64 << 10], &[]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    drop(slow);
+    app.wait_until("the slow uploads' spool files removed", 30 * SEC, |a| {
+        spool_files(a) == 0
+    });
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+}
+
 /// A small sample is scanned on the event loop for at most a second; one
 /// whose scan needs longer is scanned again off the loop within the full
 /// `yara.scan_timeout`, and matches as it would have.

@@ -56,24 +56,45 @@ impl Sources {
     }
 
     pub fn load_with_env(&self, env: HashMap<String, String>) -> Result<Settings, SettingsError> {
-        let defaults = Config::try_from(&Settings::default()).map_err(SettingsError::Source)?;
-        let mut builder = Config::builder().add_source(defaults);
-
         match &self.file {
             Some(path) => {
                 if !path.exists() {
                     return Err(SettingsError::MissingFile(path.clone()));
                 }
-                builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+                self.load_from(
+                    Some(File::from(path.as_path()).format(FileFormat::Toml)),
+                    env,
+                )
             }
             None => {
                 let path = Path::new(DEFAULT_CONFIG_FILE);
-                if path.exists() {
-                    builder = builder.add_source(File::from(path).format(FileFormat::Toml));
-                }
+                let file = path
+                    .exists()
+                    .then(|| File::from(path).format(FileFormat::Toml));
+                self.load_from(file, env)
             }
         }
+    }
 
+    /// Settings from TOML text read as the settings file would be, and
+    /// checked the same way (no environment, no flags).
+    pub fn from_toml(text: &str) -> Result<Settings, SettingsError> {
+        Sources::default().load_from(Some(File::from_str(text, FileFormat::Toml)), HashMap::new())
+    }
+
+    fn load_from<F>(
+        &self,
+        file: Option<F>,
+        env: HashMap<String, String>,
+    ) -> Result<Settings, SettingsError>
+    where
+        F: config::Source + Send + Sync + 'static,
+    {
+        let defaults = Config::try_from(&Settings::default()).map_err(SettingsError::Source)?;
+        let mut builder = Config::builder().add_source(defaults);
+        if let Some(file) = file {
+            builder = builder.add_source(file);
+        }
         builder = builder.add_source(seed_aliases(&env));
         builder = builder.add_source(sandgnat_environment(env));
         for (key, value) in &self.overrides {

@@ -151,6 +151,10 @@ pub struct Proxy {
     /// Connections one client address (an IPv6 client: its /64) may hold
     /// at once (0: no cap).
     pub max_connections_per_ip: u64,
+    /// Bytes all unfinished HTTP/1 request heads may hold together in one
+    /// front end (0: no budget); over it, the slowest for its size is
+    /// answered 503 and closed.
+    pub head_budget_bytes: u64,
 }
 
 impl Default for Proxy {
@@ -170,6 +174,7 @@ impl Default for Proxy {
             rate_limit_per_key: 500,
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            head_budget_bytes: 32 << 20,
         }
     }
 }

@@ -230,6 +230,14 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
     range("proxy.body_timeout", s.proxy.body_timeout, 1, 86_400)?;
     range("proxy.idle_timeout", s.proxy.idle_timeout, 0, 3_600)?;
     range("proxy.header_timeout", s.proxy.header_timeout, 1, 3_600)?;
+    if s.proxy.head_budget_bytes != 0 {
+        range(
+            "proxy.head_budget_bytes",
+            s.proxy.head_budget_bytes,
+            64 << 10,
+            1 << 40,
+        )?;
+    }
     for ip in &s.proxy.forwarded_allow_ips {
         if ip != "*" && ip.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(

@@ -1,6 +1,8 @@
 //! Every HTTP/1 request head, read and checked before pingora parses it:
 //! one total deadline for the head (`proxy.header_timeout`, answered 408),
-//! and the appliance's JSON error for every head that is refused.
+//! a share of the front end's budget for heads in progress while it is
+//! unfinished (`headbudget`, answered 503 when evicted), and the
+//! appliance's JSON error for every head that is refused.
 //!
 //! Why a wrapper around pingora's `HttpProxy`: pingora reads and parses a
 //! head before any `ProxyHttp` hook runs, and answers a head it cannot
@@ -53,17 +55,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::answer::{linger, KeptAlive, Unread};
+use super::headbudget::{Claim, HeadBudget};
 use super::limits::{self, HeaderLimits, Refusal};
 use super::proxy::FrontEnd;
 use crate::config::Settings;
+use crate::scoreboard::Scoreboard;
 
 /// Pingora's own ceiling for a request head, which it does not export:
 /// a head over it is refused here with our error, never by pingora.
 const PINGORA_MAX_HEAD: usize = 1_048_575;
 /// Pingora's own ceiling for header fields, likewise not exported.
 const PINGORA_MAX_FIELDS: usize = 256;
-/// What one read may add to the buffer; one TCP segment is far less.
+/// A head's first buffer, and the least a growth adds; one TCP segment is
+/// far less.
 const READ_CHUNK: usize = 4096;
+/// A head's buffer grows when less than this is left free in it.
+const MIN_SPARE: usize = 1024;
 /// How long a refusal may take to write to a client that does not read.
 const WRITE_GRACE: Duration = Duration::from_secs(2);
 
@@ -97,24 +104,31 @@ impl HeadRules {
 }
 
 /// How reading a head ended.
-enum Head {
+pub(crate) enum Head {
     /// A complete head that pingora will accept, with any bytes after it.
     Ready(BytesMut),
     /// Nothing to answer: the client left or an idle keep-alive expired.
     Gone,
     Refused(Refusal),
+    /// Evicted to keep heads in progress within `proxy.head_budget_bytes`.
+    Evicted,
 }
 
 pub struct HeadGuard {
     proxy: Arc<HttpProxy<FrontEnd>>,
     rules: HeadRules,
+    budget: Arc<HeadBudget>,
+    board: Arc<Scoreboard>,
 }
 
 impl HeadGuard {
-    pub fn new(proxy: HttpProxy<FrontEnd>, rules: HeadRules) -> Self {
+    pub fn new(proxy: HttpProxy<FrontEnd>, settings: &Settings, board: Arc<Scoreboard>) -> Self {
+        let budget = usize::try_from(settings.proxy.head_budget_bytes).unwrap_or(usize::MAX);
         HeadGuard {
             proxy: Arc::new(proxy),
-            rules,
+            rules: HeadRules::new(settings),
+            budget: HeadBudget::new(budget),
+            board,
         }
     }
 }
@@ -143,7 +157,11 @@ impl HttpServerApp for HeadGuard {
         // way, and the client would see its request fail. It is served
         // (answered `Connection: close`) if its first byte comes within
         // `DRAIN_GRACE`; only then is a silent connection closed.
-        let head = read_head(&mut stream, &self.rules, kept_alive, keepalive, shutdown).await;
+        let waiting = Waiting {
+            kept_alive,
+            keepalive,
+        };
+        let head = read_head(&mut stream, &self.rules, &self.budget, waiting, shutdown).await;
         match head {
             Head::Ready(bytes) => {
                 let mut session = ServerSession::new_http1(stream);
@@ -157,6 +175,17 @@ impl HttpServerApp for HeadGuard {
             Head::Refused(r) => {
                 tracing::debug!(status = r.status.as_u16(), code = r.code, reason = %r.message, "request head refused");
                 answer(&mut stream, &r).await;
+                None
+            }
+            Head::Evicted => {
+                self.board
+                    .header()
+                    .heads_evicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    "request head evicted: heads in progress over proxy.head_budget_bytes"
+                );
+                answer(&mut stream, &eviction()).await;
                 None
             }
         }
@@ -190,18 +219,32 @@ async fn drained(shutdown: &ShutdownWatch) {
     tokio::time::sleep(DRAIN_GRACE).await;
 }
 
+/// Whether a connection waits for its next head, and for how long.
+pub(crate) struct Waiting {
+    pub kept_alive: bool,
+    pub keepalive: Option<u64>,
+}
+
 /// Reads one head under the deadline. A fresh connection's clock starts
 /// now (a client that connects and says nothing is as slow as one that
 /// trickles); a kept-alive one first waits its keep-alive time for a byte,
-/// silently, and the clock starts at that byte.
-async fn read_head(
+/// silently, and the clock starts at that byte. A head that does not
+/// arrive whole in its first read is charged to `budget` for its buffer
+/// until it is complete, and gives way if the budget evicts it.
+pub(crate) async fn read_head(
     stream: &mut Stream,
     rules: &HeadRules,
-    kept_alive: bool,
-    keepalive: Option<u64>,
+    budget: &Arc<HeadBudget>,
+    waiting: Waiting,
     shutdown: &ShutdownWatch,
 ) -> Head {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let Waiting {
+        kept_alive,
+        keepalive,
+    } = waiting;
+    // A plain Vec, grown by hand: `BytesMut` doubles, so a head would hold
+    // up to twice its size.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     if kept_alive {
         let limit = match keepalive {
             // Some(0): no keep-alive limit, as pingora reads it.
@@ -229,15 +272,26 @@ async fn read_head(
             return Head::Gone;
         }
     }
-    let deadline = Instant::now() + rules.timeout;
+    let started = Instant::now();
+    let deadline = started + rules.timeout;
     let max_head = rules.max_head();
     let mut scan = Scan::default();
+    let mut claim: Option<Claim> = None;
     loop {
         if let Some(end) = scan.advance(&buf) {
-            return check(buf, scan.lead, end, rules.limits).await;
+            return check(
+                BytesMut::from(bytes::Bytes::from(buf)),
+                scan.lead,
+                end,
+                rules.limits,
+            )
+            .await;
         }
         if let Some(r) = scan.too_large(&buf, rules.limits, max_head) {
             return Head::Refused(r);
+        }
+        if !buf.is_empty() && make_room(&mut buf, &mut claim, budget, started, max_head).is_err() {
+            return Head::Evicted;
         }
         // A stopping front end waits `DRAIN_GRACE` for a first byte, and
         // never cuts a head that has begun.
@@ -247,6 +301,7 @@ async fn read_head(
             biased;
             r = read => r,
             _ = drained(shutdown), if waiting => return Head::Gone,
+            _ = evicted(&claim) => return Head::Evicted,
         };
         match read {
             Err(_) => {
@@ -266,15 +321,69 @@ async fn read_head(
     }
 }
 
-async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(READ_CHUNK);
+/// Reads into the room left in `buf` (never growing it: `make_room` does,
+/// under the budget).
+async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve_exact(MIN_SPARE);
+    }
     stream.read_buf(buf).await
+}
+
+/// An unfinished head is in progress: it is charged for its buffer (from
+/// now on, if this is its first turn here), and its buffer grows, by half
+/// at a time, once little room is left, never past what the limits allow.
+fn make_room(
+    buf: &mut Vec<u8>,
+    claim: &mut Option<Claim>,
+    budget: &Arc<HeadBudget>,
+    started: Instant,
+    max_head: usize,
+) -> Result<(), super::headbudget::Evicted> {
+    let now = Instant::now();
+    let first = claim.is_none();
+    let c = claim.get_or_insert_with(|| budget.claim(started));
+    c.received(buf.len());
+    let len = buf.len();
+    if buf.capacity() - len >= MIN_SPARE {
+        if first {
+            c.hold(buf.capacity(), now)?;
+        }
+        return Ok(());
+    }
+    // `too_large` refused any head over `max_head`, so this adds room.
+    let grown = (len + len / 2)
+        .max(len + READ_CHUNK)
+        .min(max_head + 1)
+        .max(len + 1);
+    c.hold(grown, now)?;
+    buf.reserve_exact(grown - len);
+    Ok(())
+}
+
+/// Resolves when the head holding `claim` is evicted (never without one).
+async fn evicted(claim: &Option<Claim>) {
+    match claim {
+        Some(c) => c.evicted().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to an evicted head.
+fn eviction() -> Refusal {
+    Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "head_budget_exceeded",
+        message: "too many request heads are in progress (proxy.head_budget_bytes) \
+                  and this one was among the slowest; send the head whole and retry"
+            .into(),
+    }
 }
 
 /// Incremental search for the end of a head, so a head trickled a byte at
 /// a time costs linear time, not a re-parse per byte.
 #[derive(Default)]
-struct Scan {
+pub(crate) struct Scan {
     /// Empty lines before the request line (RFC 9112 §2.2 lets a server
     /// skip them; pingora's parser does).
     lead: usize,
@@ -287,7 +396,7 @@ struct Scan {
 
 impl Scan {
     /// The end of the head (just past its blank line), if it has arrived.
-    fn advance(&mut self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn advance(&mut self, buf: &[u8]) -> Option<usize> {
         while !self.lead_done && self.lead < buf.len() {
             match &buf[self.lead..] {
                 [b'\r', b'\n', ..] => self.lead += 2,

@@ -24,6 +24,7 @@
 pub mod answer;
 pub mod conncap;
 pub mod head;
+pub mod headbudget;
 pub mod limits;
 pub mod proxy;
 pub mod ratelimit;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Fds;
 use pingora_core::services::listening::Service;
@@ -105,7 +107,7 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
     let mut service = Service::new(
         "sandgnat front end".to_string(),
         conncap::Capped::new(
-            head::HeadGuard::new(proxy, head::HeadRules::new(settings)),
+            head::HeadGuard::new(proxy, settings, board.clone()),
             settings,
             board.clone(),
         ),
@@ -132,9 +134,9 @@ pub fn run(args: FrontEndArgs) -> ExitCode {
                 };
                 tls.set_cert_resolver(tls_config.cert_resolver.clone());
                 tls.enable_h2();
-                service.add_tls_with_settings(addr, None, tls);
+                service.add_listener(ListenerConfig::tcp(addr).tls(tls).l4_buffer(l4_buffer()));
             }
-            "plain" => service.add_tcp(addr),
+            "plain" => service.add_listener(ListenerConfig::tcp(addr).l4_buffer(l4_buffer())),
             _ => return fail(format!("unknown listener {name}")),
         }
     }
@@ -226,6 +228,19 @@ fn h2_options() -> pingora_core::protocols::http::v2::server::H2Options {
     h2.initial_window_size(H2_STREAM_WINDOW);
     h2.initial_connection_window_size(H2_CONNECTION_WINDOW);
     h2
+}
+
+/// Pingora reads every connection through a buffer of its own, 64 KiB by
+/// default, allocated per connection and kept for its life: whatever a
+/// client sent lies there a second time (a head in progress included),
+/// and its pages stay resident. Reads as large as the buffer bypass it
+/// (HTTP/1 bodies), so only small reads (heads, TLS records, which rustls
+/// takes a few KiB at a time) go through it; one TLS record's worth is
+/// enough for those.
+const L4_READ_BUFFER: usize = 16 << 10;
+
+fn l4_buffer() -> L4BufferSettings {
+    L4BufferSettings::default().read(L4_READ_BUFFER)
 }
 
 fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {

@@ -185,8 +185,10 @@ pub async fn submit(
     }
     let body = req.into_body();
     let received = match multipart {
-        Some(boundary) => receive_multipart(&app, body, boundary, &mut meta).await?,
-        None => receive_raw(&app, body, content_length(&headers)).await?,
+        Some(boundary) => {
+            receive_multipart(&Receiving::of(&app), body, boundary, &mut meta).await?
+        }
+        None => receive_raw(&Receiving::of(&app), body, content_length(&headers)).await?,
     };
     if received.size == 0 {
         return Err(ApiError::new(
@@ -257,16 +259,30 @@ struct Given<'a> {
     idempotency_key: Option<String>,
 }
 
+/// Where a sample's bytes go while they arrive, and how many may come.
+pub struct Receiving<'a> {
+    pub spool: &'a std::path::Path,
+    /// `intake.max_sample_bytes`.
+    pub limit: u64,
+    pub memory: &'a std::sync::Arc<spool::MemoryBudget>,
+}
+
+impl<'a> Receiving<'a> {
+    fn of(app: &'a AppState) -> Self {
+        Receiving {
+            spool: &app.spool,
+            limit: app.settings.intake.max_sample_bytes,
+            memory: &app.memory,
+        }
+    }
+}
+
 async fn receive_raw(
-    app: &AppState,
+    to: &Receiving<'_>,
     body: Body,
     announced: Option<u64>,
 ) -> Result<Received, ApiError> {
-    let mut upload = Upload::start(
-        &app.spool,
-        app.settings.intake.max_sample_bytes,
-        &app.memory,
-    );
+    let mut upload = Upload::start(to.spool, to.limit, to.memory);
     if let Some(len) = announced {
         upload.expect(len);
     }
@@ -278,13 +294,15 @@ async fn receive_raw(
     Ok(upload.finish().await?)
 }
 
-async fn receive_multipart(
-    app: &AppState,
+/// The sample part (`file`) of a multipart body, its other parts set as
+/// metadata on `meta`.
+pub async fn receive_multipart(
+    to: &Receiving<'_>,
     body: Body,
     boundary: String,
     meta: &mut Metadata,
 ) -> Result<Received, ApiError> {
-    let limit = app.settings.intake.max_sample_bytes;
+    let limit = to.limit;
     let constraints = multer::Constraints::new().size_limit(
         multer::SizeLimit::new()
             .whole_stream(limit + MULTIPART_OVERHEAD)
@@ -308,7 +326,7 @@ async fn receive_multipart(
                     meta.set("filename", &f)?;
                 }
             }
-            let mut upload = Upload::start(&app.spool, limit, &app.memory);
+            let mut upload = Upload::start(to.spool, limit, to.memory);
             while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                 upload.push(chunk).await?;
             }
@@ -838,7 +856,8 @@ fn multipart_error(e: multer::Error) -> ApiError {
     }
 }
 
-fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The boundary of a multipart body, if `Content-Type` says it is one.
+pub fn multipart_boundary(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

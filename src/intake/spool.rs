@@ -3,12 +3,24 @@
 //! (`intake.memory_budget_bytes`), so a small submission touches no spool
 //! file and is hashed in the same blocking hop that scans it. A larger
 //! one, or one that finds the budget spent, spills to a spool file on the
-//! quarantine filesystem, written and hashed in one pass on a blocking
-//! thread so the event loop never hashes. Either way a worker's memory is
+//! quarantine filesystem, written and hashed in one pass on the blocking
+//! pool so the event loop never hashes. Either way a worker's memory is
 //! bounded by the budget, never by a sample's size. A spool file that is
 //! not handed on is removed, whatever ends the upload (error, limit,
 //! disconnect).
+//!
+//! A spooling upload holds a blocking thread only while a write is in
+//! flight, never while it waits for the client: the chunks that arrived
+//! meanwhile go out in one short hop (at most `BATCH` bytes), and the file
+//! and hashes stay with the upload between hops. So uploads that trickle,
+//! however many, leave the pool to the work that needs it (scans,
+//! hashing, quarantine), and a fast upload still moves in large writes.
+//! Rejected: a writer thread per upload fed by a channel (what this was):
+//! a thousand slow clients held a thousand threads, and once the pool's
+//! limit was reached every other request's blocking work waited behind
+//! them.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,10 +32,14 @@ use bytes::Bytes;
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-/// Chunks in flight between the event loop and the writer thread.
-const QUEUE: usize = 16;
+/// The most one write on the blocking pool takes, so that each hop is
+/// short whatever the chunks' sizes.
+const BATCH: usize = 512 << 10;
+/// Received bytes an upload may hold unwritten; past it, the upload waits
+/// for its write in flight before it takes more from the client.
+const PENDING: usize = 1 << 20;
 
 pub use crate::storage::{spool_dir, SpoolFile};
 
@@ -207,12 +223,152 @@ impl Received {
 
 enum State {
     Memory(Receiving),
-    Spooling {
-        tx: mpsc::Sender<Bytes>,
-        writer: tokio::task::JoinHandle<Result<Received, UploadError>>,
-    },
-    /// The writer stopped early; its error was taken.
+    Spooling(Spool),
+    /// A write failed; its error was taken.
     Failed,
+}
+
+/// The spool file with what has been written to it: its digests so far
+/// and its size. With the upload between writes, on a blocking thread
+/// during one.
+struct Sink {
+    /// Opened by the first write, on the blocking pool.
+    file: Option<File>,
+    /// Removes the file unless it is handed on, including when the upload
+    /// is dropped with a write in flight (the write's result is dropped).
+    guard: SpoolFile,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl Sink {
+    /// Blocking: writes and hashes `batch`.
+    fn write(mut self: Box<Self>, batch: Vec<Bytes>) -> Result<Box<Self>, UploadError> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(self.guard.path())?,
+            ),
+        };
+        for chunk in &batch {
+            file.write_all(chunk)?;
+            self.hasher.update(chunk);
+            self.size += chunk.len() as u64;
+        }
+        Ok(self)
+    }
+}
+
+/// An upload going to a spool file: the sink (or the write that has it),
+/// and what was received but is not written yet.
+struct Spool {
+    idle: Option<Box<Sink>>,
+    writing: Option<JoinHandle<Result<Box<Sink>, UploadError>>>,
+    pending: VecDeque<Bytes>,
+    pending_bytes: usize,
+}
+
+impl Spool {
+    fn new(path: PathBuf) -> Self {
+        Spool {
+            idle: Some(Box::new(Sink {
+                file: None,
+                guard: SpoolFile::new(path),
+                hasher: Hasher::default(),
+                size: 0,
+            })),
+            writing: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Takes a chunk: starts a write if none is in flight, and waits for
+    /// writes only while too much is waiting to be written.
+    async fn feed(&mut self, chunk: Bytes) -> Result<(), UploadError> {
+        if !chunk.is_empty() {
+            self.pending_bytes += chunk.len();
+            self.pending.push_back(chunk);
+        }
+        if self.writing.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.settle().await?;
+        }
+        while self.pending_bytes >= PENDING {
+            self.settle().await?;
+            self.start();
+        }
+        self.start();
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any, and takes the sink back.
+    async fn settle(&mut self) -> Result<(), UploadError> {
+        if let Some(write) = self.writing.take() {
+            let sink = write
+                .await
+                .map_err(|e| UploadError::Io(io::Error::other(e.to_string())))??;
+            self.idle = Some(sink);
+        }
+        Ok(())
+    }
+
+    /// Sends up to `BATCH` waiting bytes to the blocking pool, unless a
+    /// write is in flight already.
+    fn start(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(sink) = self.idle.take() else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut room = BATCH;
+        while room > 0 {
+            let Some(mut chunk) = self.pending.pop_front() else {
+                break;
+            };
+            if chunk.len() > room {
+                self.pending.push_front(chunk.split_off(room));
+            }
+            room -= chunk.len();
+            self.pending_bytes -= chunk.len();
+            batch.push(chunk);
+        }
+        self.writing = Some(tokio::task::spawn_blocking(move || sink.write(batch)));
+    }
+
+    /// Writes what is left and hands the file over with its digests.
+    async fn finish(mut self) -> Result<Received, UploadError> {
+        loop {
+            self.settle().await?;
+            if self.pending.is_empty() {
+                break;
+            }
+            self.start();
+        }
+        let Some(sink) = self.idle.take() else {
+            return Err(UploadError::Io(io::Error::other("no spool file")));
+        };
+        let Sink {
+            file,
+            guard,
+            hasher,
+            size,
+        } = *sink;
+        // Not synced here: a sample already stored is dropped unsynced,
+        // and a new one is synced by the local store before it
+        // is moved in.
+        drop(file);
+        Ok(Received {
+            content: Content::File(guard),
+            size,
+            digests: Some(hasher.finish()),
+        })
+    }
 }
 
 /// An upload in progress.
@@ -271,50 +427,35 @@ impl Upload {
                 held.bytes.extend_from_slice(&chunk);
                 return Ok(());
             }
-            self.spill()?;
+            self.spill();
         }
-        let State::Spooling { tx, .. } = &self.state else {
+        let State::Spooling(spool) = &mut self.state else {
             return Err(UploadError::Io(io::Error::other("upload already failed")));
         };
-        if tx.send(chunk).await.is_err() {
-            // The writer stopped: its own error says why.
-            return Err(self.writer_error().await);
+        if let Err(e) = spool.feed(chunk).await {
+            // The file went with the failed write (its guard removed it).
+            self.state = State::Failed;
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Moves what is held in memory to a new spool file (owner-only) and
-    /// starts its writer thread; the memory goes back to the budget.
-    fn spill(&mut self) -> Result<(), UploadError> {
+    /// Moves what is held in memory to a new spool file (owner-only, made
+    /// by the first write); the memory goes back to the budget.
+    fn spill(&mut self) {
         let path = self
             .spool_dir
             .join(format!("upload-{:032x}", rand::random::<u128>()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        let guard = SpoolFile::new(path);
-        let (tx, rx) = mpsc::channel(QUEUE);
         let State::Memory(held) = std::mem::replace(&mut self.state, State::Failed) else {
-            return Ok(());
+            return;
         };
         let first = Bytes::from(std::mem::take(&mut { held }.bytes));
-        let writer = tokio::task::spawn_blocking(move || write_all(file, guard, first, rx));
-        self.state = State::Spooling { tx, writer };
-        Ok(())
-    }
-
-    async fn writer_error(&mut self) -> UploadError {
-        let State::Spooling { writer, .. } = std::mem::replace(&mut self.state, State::Failed)
-        else {
-            return UploadError::Io(io::Error::other("upload already failed"));
-        };
-        match writer.await {
-            Ok(Err(e)) => e,
-            Ok(Ok(_)) => UploadError::Io(io::Error::other("writer ended early")),
-            Err(e) => UploadError::Io(io::Error::other(e.to_string())),
+        let mut spool = Spool::new(path);
+        if !first.is_empty() {
+            spool.pending_bytes = first.len();
+            spool.pending.push_back(first);
         }
+        self.state = State::Spooling(spool);
     }
 
     pub fn bytes_seen(&self) -> u64 {
@@ -332,45 +473,10 @@ impl Upload {
                 }),
                 digests: None,
             }),
-            State::Spooling { tx, writer } => {
-                drop(tx);
-                match writer.await {
-                    Ok(r) => r,
-                    Err(e) => Err(UploadError::Io(io::Error::other(e.to_string()))),
-                }
-            }
+            State::Spooling(spool) => spool.finish().await,
             State::Failed => Err(UploadError::Io(io::Error::other("upload already failed"))),
         }
     }
-}
-
-fn write_all(
-    mut file: File,
-    guard: SpoolFile,
-    first: Bytes,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> Result<Received, UploadError> {
-    let mut hasher = Hasher::default();
-    let mut size = 0u64;
-    let mut write = |chunk: &[u8]| -> Result<(), UploadError> {
-        file.write_all(chunk)?;
-        hasher.update(chunk);
-        size += chunk.len() as u64;
-        Ok(())
-    };
-    write(&first)?;
-    drop(first);
-    while let Some(chunk) = rx.blocking_recv() {
-        write(&chunk)?;
-    }
-    // Not synced here: a sample already stored is dropped unsynced, and a
-    // new one is synced by the local store before it is moved in (the S3
-    // store only reads it).
-    Ok(Received {
-        content: Content::File(guard),
-        size,
-        digests: Some(hasher.finish()),
-    })
 }
 
 #[cfg(test)]
@@ -468,13 +574,51 @@ mod tests {
         assert!(matches!(third.content, Content::Memory(_)));
     }
 
+    #[test]
+    fn spooling_uploads_hold_no_blocking_thread_while_they_wait() {
+        // One blocking thread: an upload that kept it while waiting for its
+        // client would stop every other upload.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = spool("pool");
+            let budget = MemoryBudget::new(0, 0);
+            let mut waiting = Vec::new();
+            for i in 0..3u8 {
+                let mut u = Upload::start(&dir, 1 << 20, &budget);
+                u.push(Bytes::from(vec![i; 1000])).await.unwrap();
+                waiting.push(u);
+            }
+            let mut fast = Upload::start(&dir, 1 << 24, &budget);
+            for _ in 0..8 {
+                fast.push(Bytes::from(vec![9u8; 1 << 20])).await.unwrap();
+            }
+            let done = tokio::time::timeout(std::time::Duration::from_secs(20), fast.finish())
+                .await
+                .expect("the pool's only thread was free for the fast upload")
+                .unwrap();
+            assert_eq!(done.size, 8 << 20);
+            for (i, mut u) in waiting.into_iter().enumerate() {
+                u.push(Bytes::from(vec![i as u8; 24])).await.unwrap();
+                let r = u.finish().await.unwrap();
+                let Content::File(f) = &r.content else {
+                    panic!("not spooled")
+                };
+                assert_eq!(std::fs::read(f.path()).unwrap(), vec![i as u8; 1024]);
+            }
+        });
+    }
+
     #[tokio::test]
     async fn over_the_limit_is_refused_and_gives_memory_back() {
         let dir = spool("limit");
         let budget = MemoryBudget::new(4, 4);
         let mut u = Upload::start(&dir, 10, &budget);
         u.push(Bytes::from_static(b"123456")).await.unwrap();
-        assert_eq!(files_in(&dir), 1);
+        assert!(matches!(u.state, State::Spooling(_)));
         let e = u.push(Bytes::from_static(b"78901")).await.unwrap_err();
         assert!(matches!(e, UploadError::TooLarge { limit: 10 }));
         // The spilled bytes went back to the budget; the end-to-end tests

@@ -303,6 +303,18 @@ pub fn render(board: &Scoreboard, pending: &[Pending<'_>]) -> String {
 
     header(
         &mut out,
+        "sandgnat_frontend_heads_evicted_total",
+        "counter",
+        "Unfinished request heads the front end answered 503 and closed to stay within proxy.head_budget_bytes.",
+    );
+    let _ = writeln!(
+        out,
+        "sandgnat_frontend_heads_evicted_total {}",
+        board.header().heads_evicted.load(Relaxed)
+    );
+
+    header(
+        &mut out,
         "sandgnat_ratelimit_redis_fallbacks_total",
         "counter",
         "Rate-limit checks counted in process because Redis was unreachable.",

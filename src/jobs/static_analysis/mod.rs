@@ -19,10 +19,11 @@
 //! appliance cannot link, and the `ssdeep` crate wraps the C library
 //! (GPL too).
 
-mod entropy;
-mod executable;
+pub(crate) mod entropy;
+pub(crate) mod executable;
 mod imphash;
-mod strings;
+mod machscan;
+pub(crate) mod strings;
 
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
@@ -255,6 +256,78 @@ mod tests {
             b"kernel32.loadlibrarya,kernel32.getprocaddress,ws2_32.socket,ws2_32.wsastartup",
         ));
         assert_eq!(x["imphash"], want.as_str());
+    }
+
+    /// Found by `fuzz/` (target `executable`): a Mach-O whose bind opcodes
+    /// name a segment it does not have made goblin panic inside the import
+    /// reader, which cost every header field. Now only the imports are
+    /// lost, and said so.
+    #[test]
+    fn a_mach_o_binding_to_a_missing_segment_keeps_its_other_fields() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-bind-segment-index"),
+        )
+        .unwrap();
+        assert_eq!(crate::intake::filetype::from_magic(&data), "macho");
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert_eq!(headers["format"], "macho", "{headers}");
+        assert!(headers["arch"].is_string(), "{headers}");
+        assert!(
+            headers["imports_error"].as_str().unwrap().contains("bind"),
+            "{headers}"
+        );
+        assert!(headers["libraries"].is_array(), "{headers}");
+        let r = analyse(&write("macho-bind", &data), 1 << 20).unwrap();
+        assert!(r["parse_error"].is_null(), "{r}");
+        assert_eq!(r["executable"]["format"], "macho", "{r}");
+    }
+
+    /// Found by `fuzz/` (target `executable`): a Mach-O of 1,187 bytes
+    /// whose bind opcodes ask for 2^n imports made goblin allocate
+    /// gigabytes and run for seconds. The bindings are counted first; past
+    /// the limit the imports are not read, and the rest stands.
+    #[test]
+    fn a_mach_o_asking_for_billions_of_imports_is_not_expanded() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-bind-repeat-count"),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(headers["format"], "macho", "{headers}");
+        let why = headers["imports_error"].as_str().unwrap();
+        assert!(why.contains("bindings"), "{headers}");
+    }
+
+    /// Found by `fuzz/` (target `executable`): a Mach-O whose export trie
+    /// has a node among its own descendants made goblin recurse until the
+    /// stack overflowed, which kills the whole runner (no `catch_unwind`
+    /// survives it), on every retry of the job. The trie is walked first
+    /// and refused.
+    #[test]
+    fn a_mach_o_whose_export_trie_loops_is_refused_not_walked() {
+        let data = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/seeds/executable/regression-macho-export-trie-cycle"),
+        )
+        .unwrap();
+        let headers = executable::parse("macho", &data)
+            .expect("a Mach-O is parsed")
+            .expect("its header reads");
+        assert_eq!(headers["format"], "macho", "{headers}");
+        let why = headers["exports_error"].as_str().unwrap();
+        assert!(why.contains("export trie"), "{headers}");
     }
 
     #[test]

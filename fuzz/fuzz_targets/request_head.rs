@@ -1,0 +1,7 @@
+//! libFuzzer target: `sandgnat::fuzz::request_head` (what it drives and what it
+//! checks is said there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    sandgnat::fuzz::request_head(data);
+});
