@@ -514,7 +514,21 @@ for group in $(sed -n 's/^SystemCallFilter=~//p' "$UNIT"); do filter_calls "$gro
 # Only what ran after the exec of the service binary: setpriv's own calls
 # stand for what systemd does before it applies the filter.
 awk '/ execve\("\/usr\/bin\/sandgnat"/ { on = 1 } on' "$work/trace/strace" >"$work/strace.service"
-sed -n 's/^[0-9]\+ \+\([a-z0-9_]\+\)(.*/\1/p' "$work/strace.service" | sort -u >"$work/used"
+sed -n 's/^[0-9]\+ \+\([a-z0-9_]\+\)(.*/\1/p' "$work/strace.service" | sort -u >"$work/named"
+# strace names a number it has no name for syscall_0x<n>. Now and then
+# this strace (6.1, on a newer kernel) reports a process leaving through
+# glibc's _exit as "syscall_0x340", its registers those of _exit (231 and
+# 60, exit_group's and exit's numbers, as arguments): the tracer's reading,
+# not a call. No native x86_64 call is numbered 512 or more (x32's carry
+# bit 30, and SystemCallArchitectures=native refuses them), so such names
+# are shown with their lines and not held against the unit; an unknown
+# number below 512 stays in and fails the check.
+impossible=$(grep -E '^syscall_0x([2-9a-f][0-9a-f]{2}|[0-9a-f]{4,})$' "$work/named" | tr '\n' ' ' || true)
+if [ -n "$impossible" ]; then
+	say "strace named calls no x86_64 kernel has: $impossible; the lines:"
+	for name in $impossible; do grep -m2 " $name(" "$work/strace.service" | sed 's/^/    /'; done
+fi
+grep -vxF -f <(printf '%s\n' $impossible) "$work/named" >"$work/used" || true
 say "$(wc -l <"$work/used") distinct system calls in $(wc -l <"$work/strace.service") traced"
 expect_eq "every one is in the unit's allow list" "$(comm -23 "$work/used" "$work/allowed" | tr '\n' ' ')" ""
 expect_eq "none is in the unit's deny list ($(sed -n 's/^SystemCallFilter=~//p' "$UNIT" | tr '\n' ' '))" \
