@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::h1::{read_answer_async, Answer};
 use common::keepalive::{tls_for, Proto};
 use common::pg::Server;
 use common::Appliance;
@@ -36,7 +37,7 @@ use pingora_rustls::{ServerName, TlsConnector};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -142,58 +143,6 @@ async fn connect(addr: &str, tls: &TlsConnector) -> Result<Tls, String> {
         .unwrap_or_else(|_| Err("connect: no TLS connection within 10 s".into()))
 }
 
-/// An answer read whole.
-struct Answer {
-    status: u16,
-    close: bool,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_default()
-    }
-}
-
-async fn read_answer(s: &mut Tls) -> Result<Answer, String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return Err(format!("end of stream after {} bytes", head.len())),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let field = |name: &str| {
-        head.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad head {head:?}"))?;
-    let len: usize = field("content-length")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no content-length in {head:?}"))?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("read body: {e}"))?;
-    Ok(Answer {
-        status,
-        close: field("connection") == Some("close"),
-        retry_after: field("retry-after")
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs),
-        body,
-    })
-}
-
 /// One POST on the kept connection (made first if there is none).
 async fn post(
     conn: &mut Option<Tls>,
@@ -212,7 +161,7 @@ async fn post(
             .map_err(|e| format!("write: {e}"))?;
         s.write_all(body).await.map_err(|e| format!("write: {e}"))?;
         s.flush().await.map_err(|e| format!("write: {e}"))?;
-        read_answer(s).await
+        read_answer_async(s).await
     };
     let answer = tokio::time::timeout(30 * SEC, exchange)
         .await
@@ -324,7 +273,7 @@ async fn probe(addr: &str, tls: &TlsConnector) -> Result<u16, String> {
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: sandgnat\r\nConnection: close\r\n\r\n")
         .await
         .map_err(|e| format!("write: {e}"))?;
-    read_answer(s).await.map(|a| a.status)
+    read_answer_async(s).await.map(|a| a.status)
 }
 
 struct Probe {

@@ -42,11 +42,16 @@ fn sha256(data: &[u8]) -> String {
 /// `sandgnat <sub> --url https://... --cacert <the appliance's cert>`
 /// with `key` in the environment.
 fn client(app: &Appliance, key: &str, sub: &str) -> Command {
+    client_via(&app.tls, app, key, sub)
+}
+
+/// [`client`], reaching the appliance at `addr` (a relay in front of it).
+fn client_via(addr: &str, app: &Appliance, key: &str, sub: &str) -> Command {
     let mut cmd = Command::new(BIN);
     clean_env(&mut cmd);
     cmd.arg(sub)
         .arg("--url")
-        .arg(format!("https://{}", app.tls))
+        .arg(format!("https://{addr}"))
         .arg("--cacert")
         .arg(app.dir.join("certs/self-signed.pem"))
         .env("SANDGNAT_API_KEY", key)
@@ -460,6 +465,67 @@ fn an_unconfirmed_commit_is_retried_and_answered_with_the_analysis_that_committe
     let line: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(line["status"], "accepted", "{out}");
     // The retry got the analysis its first try made: one, not two.
+    assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
+    assert_eq!(
+        line["analysis_id"].as_str(),
+        Some(db.scalar("SELECT id FROM analyses").as_str())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls `cond` every 20 ms until it holds; panics after `within`.
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_connection_broken_before_the_answer_is_retried_and_recorded_once() {
+    let db = TestDb::create("client_broken");
+    let app = start("client-broken", &db.url());
+    let key = app.new_key("submitter");
+    let dir = temp_dir("client-broken");
+    let sample = dir.join("cut.bin");
+    let data = b"its first answer never came back".to_vec();
+    std::fs::write(&sample, &data).unwrap();
+    // The client reaches the appliance through a relay that the test
+    // cuts, as a reload or a proxy ends a connection.
+    let relay = Relay::start(Box::leak(app.tls.clone().into_boxed_str()));
+
+    // The submission's statement waits for the key's row: the request is
+    // all at the appliance, its answer not yet sent.
+    let held = db.hold("SELECT id FROM api_keys FOR UPDATE");
+    let mut cmd = client_via(&relay.addr, &app, &key, "submit");
+    cmd.arg("--json").arg(&sample);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    wait_for("the submission waits for its commit", 20 * SEC, || {
+        db.scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE wait_event_type = 'Lock' AND query LIKE 'WITH held AS%'",
+        ) == "1"
+    });
+    relay.cut();
+    let seen = expect_line(&stderr, "retry", 20 * SEC);
+    assert!(seen.contains("broke after the request was sent"), "{seen}");
+
+    // The first try commits with nobody to answer; its retry comes in
+    // once the relay is back, with the same Idempotency-Key.
+    held.release();
+    wait_for("the first try committed", 20 * SEC, || {
+        db.scalar("SELECT count(*) FROM analyses") == "1"
+    });
+    relay.restore();
+    let status = wait_exit(&mut child, 60 * SEC);
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    assert!(status.success(), "{status}; {out}");
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["status"], "accepted", "{out}");
+    assert_eq!(line["sha256"], sha256(&data));
+    // One analysis, the first try's, not two.
     assert_eq!(db.scalar("SELECT count(*) FROM analyses"), "1");
     assert_eq!(
         line["analysis_id"].as_str(),

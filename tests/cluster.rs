@@ -28,6 +28,15 @@ use common::{request_unix, Appliance, Response};
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// Nodes of one worker each, with `shared` for every node's settings.
+fn one_worker(shared: impl Into<String>) -> Spec {
+    Spec {
+        server: "workers = 1\n".into(),
+        shared: shared.into(),
+        ..Spec::default()
+    }
+}
+
 fn cluster(tag: &str, count: usize, spec: Spec) -> Option<Cluster> {
     let c = Cluster::start(tag, count, spec);
     if c.is_none() {
@@ -40,47 +49,22 @@ fn cluster(tag: &str, count: usize, spec: Spec) -> Option<Cluster> {
 /// plain HTTP, on kept-alive connections (a new one after an answer that
 /// closes its connection, as a 429 does); their statuses.
 fn burst(node: &Appliance, key: &str, n: usize) -> Vec<u16> {
-    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut conn: Option<TcpStream> = None;
     let mut statuses = Vec::new();
     while statuses.len() < n {
-        let (out, input) = conn.get_or_insert_with(|| {
+        let s = conn.get_or_insert_with(|| {
             let stream = TcpStream::connect(&node.plain).unwrap();
             stream.set_read_timeout(Some(10 * SEC)).unwrap();
-            (stream.try_clone().unwrap(), BufReader::new(stream))
+            stream
         });
         write!(
-            out,
+            s,
             "GET /healthz HTTP/1.1\r\nHost: sandgnat\r\nX-API-Key: {key}\r\n\r\n"
         )
         .unwrap();
-        let mut line = String::new();
-        input.read_line(&mut line).unwrap();
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {line:?}"));
-        let (mut length, mut close) = (0usize, false);
-        loop {
-            let mut header = String::new();
-            input.read_line(&mut header).unwrap();
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap();
-                }
-                if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
-                    close = true;
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        input.read_exact(&mut body).unwrap();
-        statuses.push(status);
-        if close {
+        let answer = common::h1::read_answer(s).unwrap();
+        statuses.push(answer.status);
+        if answer.close {
             conn = None;
         }
     }
@@ -107,13 +91,11 @@ fn audit(node: &Appliance, admin: &str, analysis: &str) -> Vec<Value> {
 #[test]
 fn nodes_share_keys_and_rate_limits_and_say_who_wrote_what() {
     let spec = Spec {
-        server: "workers = 1\n".into(),
         proxy: "rate_limit_per_key = 10\n".into(),
         // No static analysis: a sample's bytes are on the disk of the node
         // that took it, and a runner of the other one could not read them.
         // Webhooks (to a refused loopback address) need no bytes.
-        shared: "[intake]\nstatic_analysis_enabled = false\n[queue]\nrunners = 1\n".into(),
-        ..Spec::default()
+        ..one_worker("[intake]\nstatic_analysis_enabled = false\n[queue]\nrunners = 1\n")
     };
     let Some(c) = cluster("cl_share", 2, spec) else {
         return;
@@ -260,6 +242,22 @@ fn nodes_share_keys_and_rate_limits_and_say_who_wrote_what() {
 
 /// Submits distinct samples to `node` until it stops answering; the
 /// analysis ids of every 202.
+/// The node that runs the queue maintenance.
+fn ran_by(c: &Cluster) -> String {
+    c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'")
+}
+
+/// With one node started: it leads (it is alone) and runs the queue
+/// maintenance, then a second node joins and waits. Their names.
+fn a_leads_then_b_joins(c: &mut Cluster) -> (String, String) {
+    assert_eq!(c.leader(&[0], 10 * SEC), 0);
+    c.add_node();
+    let (name_a, name_b) = (c.name(0), c.name(1));
+    c.node(0)
+        .wait_until("A runs the maintenance", 10 * SEC, |_| ran_by(c) == name_a);
+    (name_a, name_b)
+}
+
 fn submit_until_gone(node: &Appliance, key: &str) -> Vec<String> {
     let mut accepted = Vec::new();
     for i in 0u64.. {
@@ -288,23 +286,13 @@ fn submit_until_gone(node: &Appliance, key: &str) -> Vec<String> {
 #[test]
 fn the_run_once_work_moves_when_its_node_dies_or_freezes() {
     const INTERVAL: u64 = 2;
-    let spec = Spec {
-        server: "workers = 1\n".into(),
-        proxy: String::new(),
-        shared: format!("[queue]\nrunners = 0\nmaintenance_interval = {INTERVAL}\n"),
-        ..Spec::default()
-    };
+    let spec = one_worker(format!(
+        "[queue]\nrunners = 0\nmaintenance_interval = {INTERVAL}\n"
+    ));
     let Some(mut c) = cluster("cl_moves", 1, spec) else {
         return;
     };
-    // A leads (it is alone), then B joins and waits.
-    assert_eq!(c.leader(&[0], 10 * SEC), 0);
-    c.add_node();
-    let (name_a, name_b) = (c.name(0), c.name(1));
-    let ran_by =
-        |c: &Cluster| c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'");
-    c.node(0)
-        .wait_until("A runs the maintenance", 10 * SEC, |_| ran_by(&c) == name_a);
+    let (name_a, name_b) = a_leads_then_b_joins(&mut c);
     assert_eq!(c.node(1).metric("sandgnat_cluster_lead"), Some(0.0));
 
     // A dies mid-run, with submissions in flight.
@@ -425,15 +413,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn retention_deletes_old_bytes_and_keeps_the_record() {
-    let spec = Spec {
-        server: "workers = 1\n".into(),
-        proxy: String::new(),
-        shared: "[intake]\nstatic_analysis_enabled = false\n\
-                 [queue]\nrunners = 0\nmaintenance_interval = 1\n\
-                 [retention]\nsample_days = 1\ninterval = 1\n"
-            .into(),
-        ..Spec::default()
-    };
+    let spec = one_worker(
+        "[intake]\nstatic_analysis_enabled = false\n\
+         [queue]\nrunners = 0\nmaintenance_interval = 1\n\
+         [retention]\nsample_days = 1\ninterval = 1\n",
+    );
     let Some(c) = cluster("cl_retain", 2, spec) else {
         return;
     };
@@ -588,10 +572,8 @@ const PREFIX: &str = "samples";
 /// then `more`.
 fn s3_spec(garage: &Garage, more: &str) -> Spec {
     Spec {
-        server: "workers = 1\n".into(),
-        proxy: String::new(),
-        shared: format!("{}{more}", garage.storage_toml(PREFIX)),
         env: garage.env(),
+        ..one_worker(format!("{}{more}", garage.storage_toml(PREFIX)))
     }
 }
 
@@ -895,14 +877,7 @@ fn with_s3_a_node_killed_mid_run_loses_nothing_it_acknowledged() {
     let Some(mut c) = cluster("cl_s3kill", 1, spec) else {
         return;
     };
-    // A leads (it is alone), then B joins.
-    assert_eq!(c.leader(&[0], 10 * SEC), 0);
-    c.add_node();
-    let (name_a, name_b) = (c.name(0), c.name(1));
-    let ran_by =
-        |c: &Cluster| c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'");
-    c.node(0)
-        .wait_until("A runs the maintenance", 10 * SEC, |_| ran_by(&c) == name_a);
+    let (name_a, name_b) = a_leads_then_b_joins(&mut c);
     let submitter = c.node(0).new_key("submitter");
 
     // Clients submit to A and to B; A dies under them.

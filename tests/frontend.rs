@@ -1169,7 +1169,7 @@ fn keep_alive_poster(
             let answer = s
                 .write_all(req.as_bytes())
                 .map_err(|e| format!("write: {e}"))
-                .and_then(|_| read_answer(s));
+                .and_then(|_| common::h1::read_answer(s).map(|a| (a.status, a.close)));
             match answer {
                 Ok((status, close)) => {
                     if status == 202 {
@@ -1189,36 +1189,6 @@ fn keep_alive_poster(
         }
         (ok, failures)
     })
-}
-
-/// Reads one answer with a Content-Length body: its status and whether it
-/// said `Connection: close`.
-fn read_answer(s: &mut TcpStream) -> Result<(u16, bool), String> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => buf.push(byte[0]),
-            Ok(_) => return Err(format!("end of stream after {} bytes", buf.len())),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad head {head:?}"))?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("no content-length in {head:?}"))?;
-    let close = head.lines().any(|l| l.trim() == "connection: close");
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)
-        .map_err(|e| format!("read body: {e}"))?;
-    Ok((status, close))
 }
 
 #[test]

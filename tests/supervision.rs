@@ -655,36 +655,10 @@ fn a_port_taken_before_the_master_binds_it_is_retried_with_new_ones() {
 /// One GET on a kept-alive connection: the status and whether the answer
 /// said `Connection: close`; an error when the connection ended first.
 fn ask_on(s: &mut std::os::unix::net::UnixStream, path: &str) -> Result<(u16, bool), String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     write!(s, "GET {path} HTTP/1.1\r\nHost: sandgnat\r\n\r\n")
         .map_err(|e| format!("write: {e}"))?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return Err(format!("end of stream after {} bytes", head.len())),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)
-        .map_err(|e| format!("read body: {e}"))?;
-    Ok((
-        status,
-        head.lines().any(|l| l.trim() == "connection: close"),
-    ))
+    common::h1::read_answer(s).map(|a| (a.status, a.close))
 }
 
 /// The inode of the listening socket bound at `path` (/proc/net/unix).

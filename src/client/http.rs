@@ -68,6 +68,13 @@ impl SendError {
     pub fn not_sent(&self) -> bool {
         matches!(self, SendError::NotSent { .. })
     }
+
+    /// Whether the same request may get an answer on another try: no
+    /// connection, or one that ended before the answer. A TLS refusal
+    /// would only be met again.
+    pub fn may_pass_later(&self) -> bool {
+        !matches!(self, SendError::Tls { .. })
+    }
 }
 
 /// Where the appliance is and how its certificate is checked.
@@ -351,16 +358,22 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match &ep.tls {
             Some((connector, name)) => {
+                // A handshake that the server's end cut or left unanswered
+                // (a reload, a restart) sent no request: tried again. One
+                // that TLS itself refused (the certificate, the protocol:
+                // rustls's errors come as invalid data) would fail again.
                 let tls =
                     tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
                         .await
-                        .map_err(|_| SendError::Tls {
-                            addr: addr.clone(),
-                            why: format!("no handshake within {CONNECT_TIMEOUT:?}"),
+                        .map_err(|_| {
+                            not_sent(format!("no TLS handshake within {CONNECT_TIMEOUT:?}"))
                         })?
-                        .map_err(|e| SendError::Tls {
-                            addr: addr.clone(),
-                            why: e.to_string(),
+                        .map_err(|e| match e.kind() {
+                            std::io::ErrorKind::InvalidData => SendError::Tls {
+                                addr: addr.clone(),
+                                why: e.to_string(),
+                            },
+                            _ => not_sent(format!("TLS handshake: {e}")),
                         })?;
                 Box::new(tls)
             }

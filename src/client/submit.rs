@@ -1,15 +1,17 @@
 //! Sending samples: `--jobs` uploads at once, each on its own keep-alive
 //! connection, each file streamed from disk (never read whole) while its
-//! sha256 is computed; a retry after a 503 or 429 (honouring
-//! `Retry-After`) or a connection that could not be made, never after a
-//! connection that broke once the request may have reached the server;
-//! and with `--wait`, polling of each accepted analysis until it is
-//! completed or failed.
+//! sha256 is computed; a retry, with backoff, after a 502, 503 or 429
+//! (honouring `Retry-After`) or a connection that could not be made or
+//! broke before the answer (a reload, a restart, a proxy), never after
+//! any other answer; and with `--wait`, polling of each accepted analysis
+//! until it is completed or failed.
 //!
 //! Every try of one file carries the same `Idempotency-Key`, which the
 //! appliance honours: a retry of a file that was recorded gets its first
-//! answer, not a second analysis. That is what makes a `503 unconfirmed`
-//! (the commit may have happened) safe to retry.
+//! answer, not a second analysis. That is what makes a retry safe when
+//! the first try may have been recorded: a `503 unconfirmed` (the commit
+//! may have happened), a 502 (the worker failed while answering) or a
+//! connection that broke once the request was sent.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -201,13 +203,11 @@ async fn submit_one(
                 upload.done();
                 return accepted(a.json(), sent_sha256);
             }
-            Ok(a)
-                if a.status == StatusCode::SERVICE_UNAVAILABLE
-                    || a.status == StatusCode::TOO_MANY_REQUESTS =>
-            {
+            Ok(a) if worth_retrying(a.status) => {
                 // By the API's contract these answers record nothing, but
-                // for `unconfirmed`, which may have: its retry carries the
-                // same Idempotency-Key, so it gets that record's answer.
+                // for `unconfirmed` and a 502, which may have: the retry
+                // carries the same Idempotency-Key, so it gets that
+                // record's answer.
                 let (code, message) = a.error();
                 let why = format!("{} {code}: {message}", a.status.as_u16());
                 match retry(why, a.retry_after.unwrap_or_else(|| backoff(tries))) {
@@ -241,29 +241,44 @@ async fn submit_one(
                     message,
                 };
             }
-            Err(e) if e.not_sent() => match retry(e.to_string(), backoff(tries)) {
+            // Broken after the request went out: it may have been
+            // recorded, and the retry's key then gets that record.
+            Err(e) if e.may_pass_later() => match retry(e.to_string(), backoff(tries)) {
                 Ok(wait) => {
                     upload.rewind();
                     tokio::time::sleep(wait).await
                 }
                 Err(gave_up) => {
                     upload.done();
-                    return gave_up;
+                    return match (gave_up, e.not_sent(), sent_sha256) {
+                        (Outcome::Error { message }, false, Some(s)) => Outcome::Error {
+                            message: format!(
+                                "{message}; it may have been recorded: check with `sandgnat lookup {s}`"
+                            ),
+                        },
+                        (gave_up, ..) => gave_up,
+                    };
                 }
             },
             Err(e) => {
                 upload.done();
-                let check = sent_sha256
-                    .map(|s| format!("; check with `sandgnat lookup {s}`"))
-                    .unwrap_or_default();
                 return Outcome::Error {
-                    message: format!(
-                        "{e}; it may have been recorded, so it was not sent again{check}"
-                    ),
+                    message: e.to_string(),
                 };
             }
         }
     }
+}
+
+/// The answers a later try of the same submission may not get: the
+/// front end found no worker or the worker failed (502, 503), or the
+/// client is sending too fast (429). Any other answer, 4xx above all,
+/// would only come again.
+fn worth_retrying(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    )
 }
 
 /// 1, 2, 4, ... seconds.
@@ -401,5 +416,26 @@ async fn wait_one(
         }
         tokio::time::sleep(pause).await;
         delay = (delay * 3 / 2).min(MAX_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_a_later_try_may_not_get_are_retried() {
+        for code in [502, 503, 429] {
+            assert!(
+                worth_retrying(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 409, 413, 415, 422, 500, 504, 507] {
+            assert!(
+                !worth_retrying(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
     }
 }

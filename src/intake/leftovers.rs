@@ -6,16 +6,18 @@
 //! a file that only a purged sample names. The recorder sweeps them all
 //! at start and every `intake.leftover_sweep_interval`, removing what has
 //! been untouched for `intake.leftover_age` (the bytes of a sample purged
-//! that long ago, however recently touched: `intake::purged`), and counts
-//! them in the scoreboard (`sandgnat_leftovers_removed_total{kind}`).
+//! that long ago, however recently touched, unless stored again since
+//! the purge: `intake::purged`), and counts them in the scoreboard
+//! (`sandgnat_leftovers_removed_total{kind}`).
 //!
 //! A quarantine file is also the dedup target of later submissions of the
 //! same bytes, which commit without writing it again: the local store
-//! (`storage::local`) touches it when it finds it, before the commit. So a file that is
-//! about to be named has a fresh mtime, and the sweeper moves a candidate
-//! aside (an atomic rename that a later `store` sees as absent, and so
-//! stores its own copy), then checks its mtime and the database again
-//! before removing it, putting it back when either says it is in use.
+//! (`storage::local`) touches it (its access time) when it finds it,
+//! before the commit. So a file that is about to be named was touched
+//! lately, and the sweeper moves a candidate aside (an atomic rename that
+//! a later `store` sees as absent, and so stores its own copy), then
+//! checks its times and the database again before removing it, putting
+//! it back when either says it is in use.
 
 use std::fs;
 use std::io;
@@ -123,15 +125,16 @@ pub async fn sweep(
             match states.get(&sha) {
                 Some(State::Kept | State::PurgedLately) => continue,
                 Some(State::PurgedLongAgo) => {
-                    // However fresh its time stamp (each submission of the
-                    // bytes touches it, and is refused): deleted as the
-                    // purge would have, with the row held.
-                    if super::purged::delete(db, &local, &sha).await? {
+                    // However lately touched (each submission of the bytes
+                    // touches it, and is refused): deleted as the purge
+                    // would have, with the row held, unless a submission
+                    // stored it again since the purge and has yet to commit.
+                    if super::purged::delete(db, &local, &sha, Some(age)).await? {
                         swept.quarantine += 1;
                     }
                     continue;
                 }
-                None if !is_old(&path, age) => continue,
+                None if !is_idle(&path, age) => continue,
                 None => {}
             }
             let aside = quarantine.join(format!(".leftover-{sha}"));
@@ -139,7 +142,7 @@ pub async fn sweep(
                 continue;
             }
             let in_use = match recorded(db, std::slice::from_ref(&sha)).await {
-                Ok(named) => !named.is_empty() || !is_old(&aside, age),
+                Ok(named) => !named.is_empty() || !is_idle(&aside, age),
                 Err(e) => {
                     let _ = fs::rename(&aside, &path);
                     return Err(e.into());
@@ -165,7 +168,9 @@ pub(super) enum State {
     /// bytes, or a submission that stored them again has yet to commit.
     PurgedLately,
     /// Purged longer ago: any copy left is a leftover (a purge that died
-    /// before deleting, or that ran on another node).
+    /// before deleting, or that ran on another node), but for one that a
+    /// submission stored again since and has yet to commit
+    /// (`intake::purged`).
     PurgedLongAgo,
 }
 
@@ -265,14 +270,27 @@ fn old_files(dir: &Path, age: Duration) -> io::Result<Vec<PathBuf>> {
     Ok(files(dir)?.into_iter().filter(|p| is_old(p, age)).collect())
 }
 
+/// Written at least `age` ago.
 fn is_old(path: &Path, age: Duration) -> bool {
     fs::symlink_metadata(path)
         .and_then(|m| m.modified())
-        .is_ok_and(|t| {
-            SystemTime::now()
-                .duration_since(t)
-                .is_ok_and(|idle| idle >= age)
-        })
+        .is_ok_and(|t| older(t, age))
+}
+
+/// Neither written nor touched (`storage::local`: a submission that finds
+/// a quarantine file sets its access time) for `age`.
+fn is_idle(path: &Path, age: Duration) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| {
+        let written = m.modified().is_ok_and(|t| older(t, age));
+        let touched = m.accessed().is_ok_and(|t| older(t, age));
+        written && touched
+    })
+}
+
+fn older(t: SystemTime, age: Duration) -> bool {
+    SystemTime::now()
+        .duration_since(t)
+        .is_ok_and(|idle| idle >= age)
 }
 
 fn remove(path: &Path) -> bool {
@@ -306,6 +324,16 @@ mod tests {
             fs::write(&p, b"x").unwrap();
         }
         fs::write(spool.join("upload-1"), b"partial").unwrap();
+        // The copy a purge left was written before it, and a submission of
+        // the bytes found it just now (and was refused).
+        written_ago(&crate::storage::local::path_for(&q, &purged), 3 * 3600);
+        let found = crate::storage::local::Quarantine::at(q.clone(), spool.clone())
+            .store(
+                &purged,
+                &crate::storage::Source::Memory(b"x".to_vec().into()),
+            )
+            .unwrap();
+        assert!(!found.wrote);
         // A recorded sample a dead sweep had moved aside comes back.
         fs::rename(
             crate::storage::local::path_for(&q, &named),
@@ -361,6 +389,78 @@ mod tests {
         assert!(!crate::storage::local::path_for(&q, &lately).exists());
         assert_eq!(fs::read_dir(&spool).unwrap().count(), 0);
         assert!(!q.join(format!(".leftover-{stray}")).exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Sets a file's modification time `secs` in the past.
+    fn written_ago(path: &Path, secs: u64) {
+        let then = SystemTime::now() - Duration::from_secs(secs);
+        let times = fs::FileTimes::new().set_modified(then).set_accessed(then);
+        fs::File::open(path).unwrap().set_times(times).unwrap();
+    }
+
+    /// A sample purged long ago whose bytes a new submission stores
+    /// again: until that submission commits (and clears the mark), only
+    /// the file holds its bytes, and the sweep must leave it.
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_copy_stored_again_after_a_purge_is_left_to_its_submission(db: PgPool) {
+        let d =
+            std::env::temp_dir().join(format!("sandgnat-leftovers-again-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let (q, spool) = (d.join("quarantine"), d.join("spool"));
+        fs::create_dir_all(&spool).unwrap();
+        let sha = "f".repeat(64);
+        sqlx::query(
+            "INSERT INTO samples (sha256, sha1, md5, size, file_type, storage_path,
+                                  content_purged, purged_at)
+             VALUES ($1, repeat('1', 40), repeat('5', 32), 5, 'data', 'x',
+                     true, now() - interval '2 hours')",
+        )
+        .bind(&sha)
+        .execute(&db)
+        .await
+        .unwrap();
+        let upload = spool.join("upload-2");
+        fs::write(&upload, b"bytes").unwrap();
+        let source = crate::storage::Source::File(crate::storage::SpoolFile::new(upload));
+        let stored = crate::storage::local::Quarantine::at(q.clone(), spool.clone())
+            .store(&sha, &source)
+            .unwrap();
+        assert!(stored.wrote, "no copy was left: the submission writes one");
+
+        let s = sweep(&db, &q, &spool, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(s, Swept::default());
+        assert_eq!(fs::read(&stored.path).unwrap(), b"bytes");
+
+        // Its submission commits: the sample is kept, with its bytes.
+        sqlx::query("UPDATE samples SET content_purged = false, purged_at = NULL")
+            .execute(&db)
+            .await
+            .unwrap();
+        let s = sweep(&db, &q, &spool, Duration::ZERO).await.unwrap();
+        assert_eq!(s, Swept::default());
+        assert!(stored.path.exists());
+
+        // Had it never committed (the worker died), the copy is a leftover
+        // once `intake.leftover_age` has passed since it was written.
+        sqlx::query(
+            "UPDATE samples SET content_purged = true, purged_at = now() - interval '2 hours'",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let s = sweep(&db, &q, &spool, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(s.quarantine, 0);
+        written_ago(&stored.path, 3600);
+        let s = sweep(&db, &q, &spool, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(s.quarantine, 1);
+        assert!(!stored.path.exists());
         fs::remove_dir_all(&d).unwrap();
     }
 }

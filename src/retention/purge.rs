@@ -116,7 +116,7 @@ pub async fn purge(
 
     // Marked: what follows may fail or never happen (a crash) without the
     // row saying anything untrue; the sweep for leftovers finishes it.
-    if let Err(e) = crate::intake::purged::delete(db, store, sha256).await {
+    if let Err(e) = crate::intake::purged::delete(db, store, sha256, None).await {
         tracing::warn!(sha256, error = %e, "a purged sample's bytes are not deleted yet; the sweep for leftovers removes them");
     }
     tracing::info!(sha256, analysis_id = %analysis, actor = actor.name, "sample content purged");

@@ -109,6 +109,13 @@ impl Quarantine {
         Ok(remove(&self.root, sha256)?)
     }
 
+    /// When this copy of the sample was written: its last byte, by the
+    /// submission that stored it (a submission that finds it only touches
+    /// its access time).
+    pub fn written_at(&self, sha256: &str) -> io::Result<std::time::SystemTime> {
+        fs::symlink_metadata(self.path_for(sha256))?.modified()
+    }
+
     /// Whether a file can be made in the quarantine now.
     pub fn probe(&self) -> Result<(), StoreError> {
         let probe = self.root.join(format!(".ready-{}", std::process::id()));
@@ -245,8 +252,13 @@ pub fn remove(root: &Path, sha256: &str) -> io::Result<bool> {
     }
 }
 
+/// Marks a stored file as in use by a submission that found it: its
+/// access time, which the sweep for leftovers reads as "touched". The
+/// modification time stays when the bytes were written, so a copy a purge
+/// left behind still looks older than the purge however often it is found.
 fn touch(path: &Path) -> io::Result<()> {
-    fs::File::open(path)?.set_modified(std::time::SystemTime::now())
+    let now = fs::FileTimes::new().set_accessed(std::time::SystemTime::now());
+    fs::File::open(path)?.set_times(now)
 }
 
 fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pingora_rustls::{ClientConfig, RootCertStore, ServerName, TlsConnector};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Appliance;
@@ -258,7 +258,9 @@ impl Client {
             let answer = async {
                 s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
                 s.flush().await.map_err(|e| format!("write: {e}"))?;
-                read_h1_answer(s).await
+                super::h1::read_answer_async(s)
+                    .await
+                    .map(|a| (a.status, a.close))
             };
             let answer = tokio::time::timeout(ANSWER_WITHIN, answer)
                 .await
@@ -358,35 +360,4 @@ impl Client {
 /// RFC 9113 §8.7: what the server guarantees it did not process.
 fn never_processed(e: &h2::Error) -> bool {
     e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
-}
-
-/// Reads one answer with a Content-Length body: its status and whether it
-/// said `Connection: close`.
-async fn read_h1_answer(s: &mut Tls) -> Result<(u16, bool), String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            Ok(_) => return Err(format!("end of stream after {} bytes", head.len())),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad head {head:?}"))?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("no content-length in {head:?}"))?;
-    let close = head.lines().any(|l| l.trim() == "connection: close");
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("read body: {e}"))?;
-    Ok((status, close))
 }

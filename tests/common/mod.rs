@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod db;
+pub mod h1;
 pub mod keepalive;
 pub mod pg;
 pub mod py;
