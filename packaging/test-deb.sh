@@ -202,38 +202,6 @@ cargo deb --profile deb --output "$work" -- --locked
 deb=$(ls "$work"/sandgnat_*_amd64.deb)
 ok "built $(basename "$deb") ($(du -h "$deb" | cut -f1))"
 
-step "link order"
-# build.rs has lld lay out the functions a booted worker runs first in
-# .text (packaging/link/): an idle worker's RSS depends on it. A list gone
-# stale (a dependency or the toolchain upgraded) fails here, not silently
-# in the next benchmark: regenerate it with packaging/link/regenerate.sh.
-layout=$(python3 - "$CARGO_TARGET_DIR/deb/sandgnat" packaging/link/hot-functions.order <<'PY'
-import subprocess, sys
-binary, order = sys.argv[1], sys.argv[2]
-want = [l.strip() for l in open(order) if l.strip()]
-syms = {}
-for line in subprocess.run(["nm", "-S", binary], capture_output=True, text=True, check=True).stdout.splitlines():
-    f = line.split()
-    if len(f) == 4 and f[2] in "tTwW":
-        syms.setdefault(f[3], (int(f[0], 16), int(f[1], 16)))
-text = next(int(l.split()[3], 16) for l in subprocess.run(["readelf", "-SW", binary],
-    capture_output=True, text=True, check=True).stdout.splitlines() if " .text " in l)
-found = [syms[n] for n in want if n in syms]
-if not found:
-    sys.exit(print(0, len(want), 0, 0, 0))
-lo = min(a for a, _ in found)
-span = max(a + s for a, s in found) - lo
-size = sum(s for _, s in found)
-print(len(found), len(want), lo - text, span // 1024, size // 1024)
-PY
-)
-read -r found listed offset span_kib size_kib <<<"$layout"
-[ $((found * 10)) -ge $((listed * 9)) ] ||
-  fail "only $found of the $listed functions in packaging/link/hot-functions.order are in the binary: regenerate it"
-[ "$offset" -lt 4096 ] && [ $((span_kib * 10)) -le $((size_kib * 11 + 640)) ] ||
-  fail "the listed functions are not laid out together ($size_kib KiB of them over $span_kib KiB, from .text + $offset)"
-ok "$found of $listed listed functions at the start of .text, $size_kib KiB of them within $span_kib KiB"
-
 step "contents"
 dpkg-deb -c "$deb" | awk '{ print $1, $2, $6 }' >"$work/contents"
 has() { grep -qxF -e "$2 0/0 ./$1" "$work/contents" || fail "package has no ./$1 with mode $2"; }

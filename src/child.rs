@@ -110,8 +110,7 @@ impl Started {
 }
 
 /// Boots the child `name` in `slot`, logging as `log_role`, confined as
-/// `confine` (if any): every step, then what it ran only to boot is
-/// dropped from memory (`residency`).
+/// `confine` (if any).
 pub fn boot(
     name: &'static str,
     log_role: &'static str,
@@ -122,7 +121,6 @@ pub fn boot(
     let started = start(name, log_role, slot, confine)?;
     started.restrict(master_pid)?;
     let runtime = started.event_loop()?;
-    crate::residency::drop_boot_pages();
     Ok(Booted {
         board: started.board,
         settings: started.settings,

@@ -26,7 +26,6 @@ pub mod metrics;
 pub mod queue;
 pub mod recorder;
 pub mod request_id;
-pub mod residency;
 pub mod retention;
 pub mod runner;
 pub mod scan;

@@ -87,9 +87,9 @@ const SYSTEM_READ: &[&str] = &[
     "/usr/lib64",
     "/dev/null",
     "/dev/urandom",
-    // The process's own entries: residency's smaps, the status page's
-    // /proc/net/tcp. Never all of /proc: the master's environment there
-    // may carry the database's password.
+    // The process's own entries: the status page's /proc/net/tcp. Never
+    // all of /proc: the master's environment there may carry the
+    // database's password.
     "/proc/self",
 ];
 

@@ -76,9 +76,6 @@ impl Worker {
         let limit = shared.settings.server.worker_connections as usize;
         let permits = Arc::new(Semaphore::new(limit));
         shared.slot().max_connections.store(limit as u64, Relaxed);
-        // Booted, and no request has come yet (so no scan is mapping a
-        // sample): what ran only to get here leaves the worker's RSS.
-        let dropped = crate::residency::drop_boot_pages();
         crate::child::ready(
             &shared.board,
             shared.slot_index,
@@ -86,11 +83,7 @@ impl Worker {
             shared.trigger.clone(),
             None,
         );
-        tracing::info!(
-            slot = shared.slot_index,
-            boot_pages_dropped_kib = dropped,
-            "worker ready"
-        );
+        tracing::info!(slot = shared.slot_index, "worker ready");
 
         let mut stop = self.shutdown.clone();
         loop {
