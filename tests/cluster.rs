@@ -240,11 +240,29 @@ fn nodes_share_keys_and_rate_limits_and_say_who_wrote_what() {
     c.leader(&[0, 1], 10 * SEC);
 }
 
-/// Submits distinct samples to `node` until it stops answering; the
-/// analysis ids of every 202.
 /// The node that runs the queue maintenance.
 fn ran_by(c: &Cluster) -> String {
     c.scalar("SELECT node FROM cluster_duties WHERE duty = 'queue_maintenance'")
+}
+
+/// After A was killed at `killed_at` (database epoch seconds), B runs the
+/// queue maintenance within one `interval` of A's death and leads.
+fn b_takes_the_maintenance_over(c: &Cluster, name_b: &str, killed_at: &str, interval: u64) {
+    c.node(1).wait_until(
+        "B runs the maintenance",
+        Duration::from_secs(interval + 10),
+        |_| ran_by(c) == name_b,
+    );
+    let gap: f64 = c
+        .scalar(&format!(
+            "SELECT extract(epoch FROM at) - {killed_at} FROM cluster_duties
+              WHERE duty = 'queue_maintenance'"
+        ))
+        .parse()
+        .unwrap();
+    eprintln!("maintenance ran on B {gap:.2} s after A was killed");
+    assert!(gap <= interval as f64 + 1.5, "{gap:.2} s after A's death");
+    assert_eq!(c.leader(&[1], 5 * SEC), 1);
 }
 
 /// With one node started: it leads (it is alone) and runs the queue
@@ -339,21 +357,7 @@ fn the_run_once_work_moves_when_its_node_dies_or_freezes() {
 
     // B takes the work over within one interval of A's death.
     let b = c.node(1);
-    b.wait_until(
-        "B runs the maintenance",
-        Duration::from_secs(INTERVAL + 10),
-        |_| ran_by(&c) == name_b,
-    );
-    let gap: f64 = c
-        .scalar(&format!(
-            "SELECT extract(epoch FROM at) - {killed_at} FROM cluster_duties
-              WHERE duty = 'queue_maintenance'"
-        ))
-        .parse()
-        .unwrap();
-    eprintln!("maintenance ran on B {gap:.2} s after A was killed");
-    assert!(gap <= INTERVAL as f64 + 1.5, "{gap:.2} s after A's death");
-    assert_eq!(c.leader(&[1], 5 * SEC), 1);
+    b_takes_the_maintenance_over(&c, &name_b, &killed_at, INTERVAL);
     // And B carries on taking samples, seen with A's.
     b.accepted(&submitter, "", b"after A died", &[]);
     assert_eq!(
@@ -965,22 +969,7 @@ fn with_s3_a_node_killed_mid_run_loses_nothing_it_acknowledged() {
     );
 
     // The run-once work moves to B within one interval of A's death.
-    let b = c.node(1);
-    b.wait_until(
-        "B runs the maintenance",
-        Duration::from_secs(INTERVAL + 10),
-        |_| ran_by(&c) == name_b,
-    );
-    let gap: f64 = c
-        .scalar(&format!(
-            "SELECT extract(epoch FROM at) - {killed_at} FROM cluster_duties
-              WHERE duty = 'queue_maintenance'"
-        ))
-        .parse()
-        .unwrap();
-    eprintln!("maintenance ran on B {gap:.2} s after A was killed");
-    assert!(gap <= INTERVAL as f64 + 1.5, "{gap:.2} s after A's death");
-    assert_eq!(c.leader(&[1], 5 * SEC), 1);
+    b_takes_the_maintenance_over(&c, &name_b, &killed_at, INTERVAL);
 }
 
 #[test]
