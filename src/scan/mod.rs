@@ -23,6 +23,10 @@ const BUNDLED: &[(&str, &str)] = &[
     ("scripts", include_str!("../../assets/rules/scripts.yar")),
 ];
 
+/// The engine and its version: part of what names a compiled form, since
+/// another engine (or version) cannot load it.
+pub const ENGINE: &str = "libyara-4.5.5";
+
 /// Where rules are looked for when `yara.rules_dir` is not set.
 pub const DEFAULT_RULES_DIR: &str = "/etc/sandgnat/rules";
 
