@@ -1,5 +1,5 @@
 //! The machine's ceiling for intake work: one pass of SHA-256, SHA-1, MD5
-//! and YARA (the benchmark rule set) over a sample already in memory, on
+//! and the scan (the benchmark rule set, through `sandgnat::scan`) over a sample already in memory, on
 //! one core; times the cores is what no intake server can beat. The
 //! submit benchmark (`benches/submit.sh`) reports its throughput against it.
 //!
@@ -33,7 +33,7 @@ fn main() {
         );
     }
     let compiled = sandgnat::scan::compile(Some(&rules_dir)).expect("benchmark rules compile");
-    let rules = yara::Rules::load_from_stream(compiled.bytes.as_slice()).expect("rules load");
+    let rules = sandgnat::scan::RuleSet::load(&compiled.bytes).expect("rules load");
     let sample = std::fs::read(dir.join("samples/16m.bin")).unwrap_or_else(|_| {
         // Same shape as gen_rules.py's sample: pseudo-random bytes.
         let mut x: u64 = 0x9e3779b97f4a7c15;
@@ -60,7 +60,12 @@ fn main() {
         std::hint::black_box(Md5::digest(&sample));
         best[2] = best[2].min(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        std::hint::black_box(rules.scan_mem(&sample, 60).expect("scan"));
+        let target = sandgnat::scan::ScanTarget {
+            data: sandgnat::scan::ScanData::Memory(&sample),
+            filename: "sample.bin",
+            filetype: "data",
+        };
+        std::hint::black_box(rules.scan(&target, 60).expect("scan"));
         best[3] = best[3].min(t.elapsed().as_secs_f64());
     }
     let total: f64 = best.iter().sum();

@@ -94,10 +94,7 @@ fn rule_strings(dir: &Path) -> Vec<u8> {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yar" | "yara")
-            ) {
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yar" | "yara")) {
                 files.push(p);
             }
         }
@@ -178,7 +175,9 @@ fn main() {
     let line = line.trim();
     emit(
         "worker",
-        line.trim_start_matches('{').trim_end_matches('}').to_string(),
+        line.trim_start_matches('{')
+            .trim_end_matches('}')
+            .to_string(),
     );
 
     let t = Instant::now();
@@ -246,7 +245,10 @@ fn main() {
         ("elf".into(), elf, "mesg".into(), "elf"),
         ("rule-strings".into(), strings, "strings.txt".into(), "text"),
     ];
-    for extra in std::env::var("BENCH_PARITY_FILES").unwrap_or_default().split(':') {
+    for extra in std::env::var("BENCH_PARITY_FILES")
+        .unwrap_or_default()
+        .split(':')
+    {
         if extra.is_empty() {
             continue;
         }

@@ -507,8 +507,54 @@ for f in $families; do
 	[[ "$allowed_families" == *" $f "* ]] || fail "socket($f) is outside RestrictAddressFamilies=$allowed_families"
 done
 ok "socket families ($families) are all in RestrictAddressFamilies"
-expect_eq "no writable-and-executable mapping (MemoryDenyWriteExecute)" \
-	"$(grep -E '(mprotect|pkey_mprotect)\([^,]*, [^,]*, [^)]*PROT_EXEC|mmap\([^,]*, [^,]*, [^,]*(PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE)' "$work/strace.service" | head -n3)" ""
+# YARA-X runs rules as code it generates (written, then made executable),
+# so the unit has no MemoryDenyWriteExecute=; in its place only the master
+# (which compiles the rules) and the workers (which load and scan them)
+# may make memory executable, and no mapping is ever writable and
+# executable at once. The other roles refuse it to themselves
+# (src/confine/mdwe.rs). Each traced thread is attributed to its process
+# (clone with CLONE_THREAD), each process to the role its execve names.
+expect_eq "no writable-and-executable mapping" \
+	"$(grep -E 'mmap\([^,]*, [^,]*, [^,]*(PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE)|(mprotect|pkey_mprotect)\([^,]*, [^,]*, [^)]*(PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE)' "$work/strace.service" | head -n3)" ""
+exec_roles=$(python3 - "$work/strace.service" <<'PY'
+import re, sys
+process, role, pending, out = {}, {}, {}, set()
+line_re = re.compile(r"^(\d+) +(.*)$")
+for line in open(sys.argv[1], errors="replace"):
+    m = line_re.match(line)
+    if not m:
+        continue
+    tid, rest = int(m.group(1)), m.group(2)
+    proc = process.setdefault(tid, tid)
+    if rest.startswith("<... "):
+        rest = pending.pop(tid, "") + rest
+    elif rest.endswith("<unfinished ...>"):
+        pending[tid] = rest
+        continue
+    call = re.match(r"(?:<\.\.\. )?([a-z0-9_]+)", rest).group(1)
+    if call == "execve" and '"/usr/bin/sandgnat"' in rest:
+        argv = re.findall(r'"([^"]*)"', rest.split("[", 1)[1]) if "[" in rest else []
+        role[proc] = argv[1] if len(argv) > 1 else "?"
+    elif call in ("clone", "clone3", "fork", "vfork"):
+        r = re.search(r"= (\d+)$", rest.strip())
+        if r:
+            child = int(r.group(1))
+            process[child] = proc if "CLONE_THREAD" in rest else child
+            role.setdefault(process[child], role.get(proc, "?"))
+    elif call in ("mprotect", "pkey_mprotect", "mmap") and "PROT_EXEC" in rest.split(")")[0] \
+            and (call != "mmap" or "MAP_ANONYMOUS" in rest) and "= -1 " not in rest:
+        out.add(role.get(proc, "?"))
+print(" ".join(sorted(out)))
+PY
+)
+say "roles that made memory executable: ${exec_roles:-none}"
+for r in $exec_roles; do
+	case "$r" in
+	serve | worker) ;;
+	*) fail "the $r role made memory executable; only the master (serve) and the workers may" ;;
+	esac
+done
+ok "executable memory only in the master and the workers"
 
 step "remove: data stays"
 dpkg -r sandgnat

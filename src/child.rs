@@ -21,6 +21,10 @@ use crate::sockets::SCOREBOARD_FD;
 /// workers cannot (gunicorn's `WORKER_BOOT_ERROR`).
 pub const EXIT_BOOT_ERROR: u8 = 3;
 
+/// The one child role that runs rule code, and so needs memory it may
+/// make executable.
+const RULE_CODE_ROLE: &str = "worker";
+
 pub struct Booted {
     pub board: Arc<Scoreboard>,
     pub settings: Settings,
@@ -63,6 +67,9 @@ pub fn start(
 ) -> Result<Started, ExitCode> {
     let board = attach(name)?;
     let fail = |why: String| failed(&board, slot, name, why);
+    // Only the workers run rule code (`confine::mdwe`). Reported once the
+    // log is open; a kernel older than 6.3 is no reason not to serve.
+    let exec_gain = (name != RULE_CODE_ROLE).then(crate::confine::refuse_exec_gain);
     let settings = crate::handover::inherited_settings()
         .map_err(|e| fail(format!("cannot read settings from the master: {e}")))?;
     // Before the log writers start: confinement binds only the threads
@@ -75,6 +82,9 @@ pub fn start(
         .map_err(|e| fail(format!("cannot open log files: {e}")))?;
     if let Some((role, report)) = &confined {
         crate::confine::log_applied(*role, report);
+    }
+    if let Some(Err(e)) = exec_gain {
+        tracing::warn!(error = %e, "cannot refuse this process executable memory (PR_SET_MDWE)");
     }
     Ok(Started {
         board,

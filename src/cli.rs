@@ -465,10 +465,23 @@ fn rules_check(dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
             Err(code) => return code,
         },
     };
-    match crate::scan::compile(dir.as_deref()) {
-        Ok(c) => {
+    match crate::scan::check(dir.as_deref()) {
+        Ok(c) if c.refused.is_empty() => {
             println!("ok: {} file(s) from {}", c.files, c.source);
             ExitCode::SUCCESS
+        }
+        Ok(c) => {
+            for e in &c.refused {
+                eprintln!("sandgnat: {e}");
+            }
+            eprintln!(
+                "sandgnat: {} of {} file(s) from {} refused by {}",
+                c.refused.len(),
+                c.files,
+                c.source,
+                crate::scan::ENGINE
+            );
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("sandgnat: {e}");

@@ -17,7 +17,10 @@
 //! at debug level only.
 
 mod landlock;
+mod mdwe;
 mod seccomp;
+
+pub use mdwe::refuse_exec_gain;
 
 use std::path::PathBuf;
 

@@ -151,9 +151,8 @@ impl Arbiter {
         let board = Scoreboard::create().map_err(io_err("create the scoreboard"))?;
         let settings_fd =
             settings_memfd(&settings).map_err(io_err("store settings for children"))?;
-        let rules_dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
-        let compiled = crate::scan::compile(rules_dir.as_deref())?;
-        tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules compiled");
+        let compiled = compile_rules(&settings)?;
+        tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules ready");
         let rules_fd =
             memfd("sandgnat-rules", &compiled.bytes).map_err(io_err("store the compiled rules"))?;
         let exe = std::env::current_exe().map_err(io_err("find our own executable"))?;
@@ -390,8 +389,7 @@ impl Arbiter {
     /// is reported in the log, in metrics and in `/readyz`.
     fn recompile_rules(&mut self, settings: &Settings) {
         let header = self.board.header();
-        let dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
-        match crate::scan::compile(dir.as_deref()).and_then(|c| {
+        match compile_rules(settings).and_then(|c| {
             memfd("sandgnat-rules", &c.bytes)
                 .map(|fd| (fd, c))
                 .map_err(|e| crate::scan::RulesError::Yara(e.to_string()))
@@ -495,6 +493,36 @@ fn check_certificate(settings: &Settings) -> Result<(), crate::frontend::tls::Tl
 /// The state directory with its quarantine (0750) and spool (0700), owned
 /// by the workers' account so that they, and only they, can write there.
 ///
+/// Where the master keeps the compiled rules between starts.
+pub fn rules_cache_dir(settings: &Settings) -> std::path::PathBuf {
+    settings.paths.state_dir.join("rules-cache")
+}
+
+/// The rules directory compiled, or loaded from the cache when its files
+/// have not changed since they were last compiled (`scan::compile_cached`).
+fn compile_rules(settings: &Settings) -> Result<crate::scan::Compiled, crate::scan::RulesError> {
+    let dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
+    let started = Instant::now();
+    let (compiled, outcome) =
+        crate::scan::compile_cached(dir.as_deref(), &rules_cache_dir(settings))?;
+    let ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        crate::scan::CacheOutcome::Hit => {
+            tracing::info!(
+                ms,
+                "YARA rules unchanged: compiled form loaded from the cache"
+            )
+        }
+        crate::scan::CacheOutcome::Stored => {
+            tracing::info!(ms, "YARA rules compiled and cached")
+        }
+        crate::scan::CacheOutcome::NotStored(why) => {
+            tracing::warn!(ms, reason = %why, "YARA rules compiled, but not cached")
+        }
+    }
+    Ok(compiled)
+}
+
 /// A master running as root re-owns these directories, so each is opened
 /// without following a symlink (a worker's account that planted
 /// `quarantine -> /etc` gets a refusal, not /etc) and changed through that

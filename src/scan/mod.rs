@@ -4,9 +4,15 @@
 //! Workers never compile: a rules directory that fails to compile costs
 //! the master one log line, and the running rules stay.
 
+mod cache;
 mod mapped;
 
+pub use cache::{compile_cached, Outcome as CacheOutcome};
+
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -25,7 +31,12 @@ const BUNDLED: &[(&str, &str)] = &[
 
 /// The engine and its version: part of what names a compiled form, since
 /// another engine (or version) cannot load it.
-pub const ENGINE: &str = "libyara-4.5.5";
+pub const ENGINE: &str = "yara-x-1.22.1";
+
+/// How the compiler is set up beyond the engine's defaults: with
+/// [`ENGINE`], what else a compiled form depends on (`cache.rs`).
+const COMPILE_OPTIONS: &str =
+    "relaxed_re_syntax;externals=filename,filepath,extension,filetype,owner";
 
 /// Where rules are looked for when `yara.rules_dir` is not set.
 pub const DEFAULT_RULES_DIR: &str = "/etc/sandgnat/rules";
@@ -85,34 +96,31 @@ pub fn rules_dir(configured: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
-fn first_error(e: yara::Error, fallback_file: &str) -> RulesError {
-    match e {
-        yara::Error::Compile(errors) => {
-            let first = errors
-                .iter()
-                .find(|e| e.level == yara::CompileErrorLevel::Error)
-                .or_else(|| errors.iter().next());
-            match first {
-                Some(c) => RulesError::Compile {
-                    file: c
-                        .filename
-                        .clone()
-                        .unwrap_or_else(|| fallback_file.to_string()),
-                    line: c.line,
-                    message: c.message.clone(),
-                },
-                None => RulesError::Yara("compilation failed without a message".into()),
-            }
-        }
-        other => RulesError::Yara(other.to_string()),
+/// The error of one rules file, located: YARA-X reports a byte span in
+/// the source, made a line here against the text it was given.
+fn located(e: &yara_x::errors::CompileError, file: &str, text: &[u8]) -> RulesError {
+    let line = e
+        .labels()
+        .next()
+        .map(|l| l.span().start().min(text.len()))
+        .map(|at| 1 + text[..at].iter().filter(|b| **b == b'\n').count())
+        .unwrap_or(0);
+    RulesError::Compile {
+        file: file.to_string(),
+        line,
+        message: e.title().to_string(),
     }
 }
 
-fn new_compiler() -> Result<yara::Compiler, RulesError> {
-    let mut compiler = yara::Compiler::new().map_err(|e| RulesError::Yara(e.to_string()))?;
+fn new_compiler<'a>() -> Result<yara_x::Compiler<'a>, RulesError> {
+    let mut compiler = yara_x::Compiler::new();
+    // Public rule sets are written for libyara, whose regular expressions
+    // accept what YARA-X's strict syntax refuses (an unescaped `{`, escapes
+    // of ordinary characters); relaxed, YARA-X reads them as libyara did.
+    compiler.relaxed_re_syntax(true);
     for name in EXTERNALS {
         compiler
-            .define_variable(name, "")
+            .define_global(name, "")
             .map_err(|e| RulesError::Yara(e.to_string()))?;
     }
     Ok(compiler)
@@ -145,62 +153,147 @@ fn rule_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Resu
     Ok(())
 }
 
-/// Compiles the rules directory (or the bundled set when `dir` is None).
-pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
-    let mut compiler = new_compiler()?;
-    let (source, files) = match dir {
-        Some(dir) => {
-            let read_err = |source| RulesError::Read {
-                path: dir.to_path_buf(),
-                source,
-            };
-            let mut files = Vec::new();
-            rule_files(dir, 0, &mut files).map_err(read_err)?;
-            files.sort();
-            if files.is_empty() {
-                return Err(RulesError::Empty(dir.to_path_buf()));
-            }
-            for file in &files {
-                let namespace = file
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("default")
-                    .to_string();
-                let label = file.display().to_string();
-                compiler = compiler
-                    .add_rules_file_with_namespace(file, &namespace)
-                    .map_err(|e| first_error(e, &label))?;
-            }
-            (dir.display().to_string(), files.len())
-        }
-        None => {
-            for (namespace, text) in BUNDLED {
-                let label = format!("bundled/{namespace}.yar");
-                compiler = compiler
-                    .add_rules_str_with_namespace(text, namespace)
-                    .map_err(|e| first_error(e, &label))?;
-            }
-            ("bundled".to_string(), BUNDLED.len())
-        }
+/// The rule files of `dir`, in the order they are compiled.
+fn sorted_rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
+    let mut files = Vec::new();
+    rule_files(dir, 0, &mut files).map_err(|source| RulesError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    files.sort();
+    if files.is_empty() {
+        return Err(RulesError::Empty(dir.to_path_buf()));
+    }
+    Ok(files)
+}
+
+/// One rules file to compile: its namespace (the file's stem), the name
+/// errors give it, and its text.
+struct RulesSource {
+    namespace: String,
+    label: String,
+    text: Vec<u8>,
+}
+
+/// The rules files of `dir` (or the bundled ones), read, and where they
+/// came from.
+fn sources(dir: Option<&Path>) -> Result<(String, Vec<RulesSource>), RulesError> {
+    let Some(dir) = dir else {
+        let bundled = BUNDLED
+            .iter()
+            .map(|(namespace, text)| RulesSource {
+                namespace: namespace.to_string(),
+                label: format!("bundled/{namespace}.yar"),
+                text: text.as_bytes().to_vec(),
+            })
+            .collect();
+        return Ok(("bundled".to_string(), bundled));
     };
-    let mut rules = compiler
-        .compile_rules()
-        .map_err(|e| RulesError::Yara(e.to_string()))?;
-    let mut bytes = Vec::new();
-    rules
-        .save_to_stream(&mut bytes)
+    let mut out = Vec::new();
+    for file in sorted_rule_files(dir)? {
+        let text = std::fs::read(&file).map_err(|source| RulesError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        out.push(RulesSource {
+            namespace: file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("default")
+                .to_string(),
+            label: file.display().to_string(),
+            text,
+        });
+    }
+    Ok((dir.display().to_string(), out))
+}
+
+/// Adds every source to `compiler`; each file the engine refuses is
+/// reported to `refused`, and adding stops when that returns false.
+fn add_sources(
+    compiler: &mut yara_x::Compiler<'_>,
+    sources: &[RulesSource],
+    refused: &mut dyn FnMut(RulesError) -> bool,
+) {
+    for src in sources {
+        compiler.new_namespace(&src.namespace);
+        let code = yara_x::SourceCode::from(src.text.as_slice()).with_origin(src.label.as_str());
+        if let Err(e) = compiler.add_source(code) {
+            if !refused(located(&e, &src.label, &src.text)) {
+                return;
+            }
+        }
+    }
+}
+
+/// Compiles the rules directory (or the bundled set when `dir` is None).
+/// A file the engine refuses fails the whole set: serving with part of
+/// the rules an operator installed would be a silent gap.
+pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
+    let (source, sources) = sources(dir)?;
+    let mut compiler = new_compiler()?;
+    let mut first = None;
+    add_sources(&mut compiler, &sources, &mut |e| {
+        first = Some(e);
+        false
+    });
+    if let Some(e) = first {
+        return Err(e);
+    }
+    let bytes = compiler
+        .build()
+        .serialize()
         .map_err(|e| RulesError::Yara(e.to_string()))?;
     Ok(Compiled {
         bytes,
         source,
-        files,
+        files: sources.len(),
+    })
+}
+
+/// What `sandgnat rules check` reports: how many files were read, and
+/// every file the engine refuses (its first error, with file and line).
+pub struct Checked {
+    pub source: String,
+    pub files: usize,
+    pub refused: Vec<RulesError>,
+}
+
+/// Compiles every file of `dir` (or the bundled set), going on past a
+/// refused one, so that one check lists them all.
+pub fn check(dir: Option<&Path>) -> Result<Checked, RulesError> {
+    let (source, sources) = sources(dir)?;
+    let mut compiler = new_compiler()?;
+    let mut refused = Vec::new();
+    add_sources(&mut compiler, &sources, &mut |e| {
+        refused.push(e);
+        true
+    });
+    Ok(Checked {
+        source,
+        files: sources.len(),
+        refused,
     })
 }
 
 /// Compiled rules loaded in a worker.
 pub struct RuleSet {
-    rules: yara::Rules,
+    rules: Arc<yara_x::Rules>,
     digest: String,
+}
+
+/// A scanner kept by each thread that scans, with the rules it borrows.
+/// A YARA-X scanner sets up a store for the rules' code when made, which
+/// is worth doing once per thread rather than once per scan; it cannot
+/// move between threads, hence one per thread.
+struct ThreadScanner {
+    // Declared before `rules`, so dropped before them.
+    scanner: yara_x::Scanner<'static>,
+    rules: Arc<yara_x::Rules>,
+}
+
+thread_local! {
+    static SCANNER: RefCell<Option<ThreadScanner>> = const { RefCell::new(None) };
 }
 
 /// What the rules see about a sample: its bytes, the name it was
@@ -281,9 +374,12 @@ pub enum ScanError {
 impl RuleSet {
     pub fn load(bytes: &[u8]) -> Result<Self, RulesError> {
         let rules =
-            yara::Rules::load_from_stream(bytes).map_err(|e| RulesError::Yara(e.to_string()))?;
+            yara_x::Rules::deserialize(bytes).map_err(|e| RulesError::Yara(e.to_string()))?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        Ok(RuleSet { rules, digest })
+        Ok(RuleSet {
+            rules: Arc::new(rules),
+            digest,
+        })
     }
 
     /// The SHA-256 of the compiled form, in hex: which rule set gave an
@@ -295,7 +391,7 @@ impl RuleSet {
     }
 
     pub fn count(&self) -> usize {
-        self.rules.get_rules().len()
+        self.rules.iter().len()
     }
 
     pub fn scan(
@@ -303,73 +399,93 @@ impl RuleSet {
         target: &ScanTarget<'_>,
         timeout_s: u64,
     ) -> Result<Vec<RuleMatch>, ScanError> {
-        let mut scanner = self
-            .rules
-            .scanner()
-            .map_err(|e| ScanError::Yara(e.to_string()))?;
-        scanner.set_timeout(i32::try_from(timeout_s).unwrap_or(i32::MAX));
-        // libyara reports every rule, matching or not, unless told; the
-        // binding turns each report into owned strings, which for a small
-        // sample cost more than the scan itself.
-        scanner.set_flags(yara::ScanFlags::REPORT_RULES_MATCHING);
+        SCANNER.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let current = matches!(&*slot, Some(t) if Arc::ptr_eq(&t.rules, &self.rules));
+            if !current {
+                *slot = None;
+                let rules = Arc::clone(&self.rules);
+                // SAFETY: the scanner borrows the rules behind `rules`,
+                // which `ThreadScanner` holds beside it and drops after it;
+                // an Arc's contents never move.
+                let borrowed: &'static yara_x::Rules = unsafe { &*Arc::as_ptr(&rules) };
+                *slot = Some(ThreadScanner {
+                    scanner: yara_x::Scanner::new(borrowed),
+                    rules,
+                });
+            }
+            let Some(thread) = slot.as_mut() else {
+                return Err(ScanError::Yara("no scanner".into()));
+            };
+            self.scan_with(&mut thread.scanner, target, timeout_s)
+        })
+    }
+
+    fn scan_with(
+        &self,
+        scanner: &mut yara_x::Scanner<'static>,
+        target: &ScanTarget<'_>,
+        timeout_s: u64,
+    ) -> Result<Vec<RuleMatch>, ScanError> {
+        scanner.set_timeout(Duration::from_secs(timeout_s));
         for (name, value) in externals(target.filename, target.filetype) {
             scanner
-                .define_variable(name, value.as_str())
+                .set_global(name, value.as_str())
                 .map_err(|e| ScanError::Yara(e.to_string()))?;
         }
-        let found = match target.data {
-            ScanData::Memory(bytes) => scanner.scan_mem(bytes).map_err(yara::Error::from),
+        let convert = |found: Result<yara_x::ScanResults<'_, '_>, yara_x::ScanError>| match found {
+            Ok(results) => Ok(matches(&results)),
+            Err(yara_x::ScanError::Timeout) => Err(ScanError::Timeout),
+            Err(other) => Err(ScanError::Yara(other.to_string())),
+        };
+        match target.data {
+            ScanData::Memory(bytes) => convert(scanner.scan(bytes)),
             ScanData::File(path) => {
                 let map = mapped::Mapped::open(path)
                     .map_err(|e| ScanError::Yara(format!("cannot map the sample: {e}")))?;
-                map.scan_trimmed(|bytes| scanner.scan_mem(bytes))
-                    .map_err(yara::Error::from)
+                map.scan_trimmed(|bytes| convert(scanner.scan(bytes)))
             }
         }
-        .map_err(|e| match e {
-            yara::Error::Yara(y) if y.kind == yara::YaraErrorKind::ScanTimeout => {
-                ScanError::Timeout
-            }
-            other => ScanError::Yara(other.to_string()),
-        })?;
-        Ok(found
-            .iter()
-            .take(MAX_RULES_REPORTED)
-            .map(|r| RuleMatch {
-                rule: r.identifier.to_string(),
-                namespace: r.namespace.to_string(),
-                tags: r.tags.iter().map(|t| t.to_string()).collect(),
-                meta: r
-                    .metadatas
-                    .iter()
-                    .map(|m| {
-                        let v = match &m.value {
-                            yara::MetadataValue::Integer(i) => Value::from(*i),
-                            yara::MetadataValue::String(s) => Value::from(*s),
-                            yara::MetadataValue::Boolean(b) => Value::from(*b),
-                        };
-                        (m.identifier.to_string(), v)
-                    })
-                    .collect(),
-                strings: r
-                    .strings
-                    .iter()
-                    .filter(|s| !s.matches.is_empty())
-                    .take(MAX_STRINGS_PER_RULE)
-                    .map(|s| StringMatch {
-                        identifier: s.identifier.to_string(),
-                        offsets: s
-                            .matches
-                            .iter()
-                            .take(MAX_OFFSETS_PER_STRING)
-                            .map(|m| m.offset as u64)
-                            .collect(),
-                        more: s.matches.len().saturating_sub(MAX_OFFSETS_PER_STRING),
-                    })
-                    .collect(),
-            })
-            .collect())
     }
+}
+
+fn matches(results: &yara_x::ScanResults<'_, '_>) -> Vec<RuleMatch> {
+    results
+        .matching_rules()
+        .take(MAX_RULES_REPORTED)
+        .map(|r| RuleMatch {
+            rule: r.identifier().to_string(),
+            namespace: r.namespace().to_string(),
+            tags: r.tags().map(|t| t.identifier().to_string()).collect(),
+            meta: r
+                .metadata()
+                .map(|(name, value)| {
+                    let v = match value {
+                        yara_x::MetaValue::Integer(i) => Value::from(i),
+                        yara_x::MetaValue::Float(f) => Value::from(f),
+                        yara_x::MetaValue::Bool(b) => Value::from(b),
+                        yara_x::MetaValue::String(s) => Value::from(s),
+                        yara_x::MetaValue::Bytes(b) => Value::from(b.to_string()),
+                    };
+                    (name.to_string(), v)
+                })
+                .collect(),
+            strings: r
+                .patterns()
+                .filter(|p| p.matches().len() > 0)
+                .take(MAX_STRINGS_PER_RULE)
+                .map(|p| StringMatch {
+                    identifier: p.identifier().to_string(),
+                    offsets: p
+                        .matches()
+                        .take(MAX_OFFSETS_PER_STRING)
+                        .map(|m| m.range().start as u64)
+                        .collect(),
+                    more: p.matches().len().saturating_sub(MAX_OFFSETS_PER_STRING),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -414,6 +530,11 @@ mod tests {
         assert_eq!(eicar.meta["severity"], 1);
         assert_eq!(eicar.strings[0].identifier, "$eicar");
         assert_eq!(eicar.strings[0].offsets, vec![0]);
+    }
+
+    #[test]
+    fn the_engine_named_is_the_one_linked() {
+        assert_eq!(ENGINE, format!("yara-x-{}", yara_x::VERSION));
     }
 
     #[test]
@@ -585,5 +706,40 @@ mod tests {
             compile(Some(&dir.join("missing"))),
             Err(RulesError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn check_lists_every_refused_file_with_its_line() {
+        let dir = temp("check");
+        std::fs::write(dir.join("a_good.yar"), "rule ok { condition: true }").unwrap();
+        std::fs::write(
+            dir.join("b_bad.yar"),
+            "rule b {\n  condition:\n    nonsense ==\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("c_bad.yar"),
+            "rule c {\n  strings:\n    $a = \"x\"\n  condition:\n    $a and $b\n}\n",
+        )
+        .unwrap();
+        let checked = check(Some(&dir)).unwrap();
+        assert_eq!(checked.files, 3);
+        let refused: Vec<(String, usize)> = checked
+            .refused
+            .iter()
+            .map(|e| match e {
+                RulesError::Compile { file, line, .. } => (file.clone(), *line),
+                other => panic!("unexpected error {other}"),
+            })
+            .collect();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].0.ends_with("b_bad.yar") && (3..=4).contains(&refused[0].1));
+        assert!(
+            refused[1].0.ends_with("c_bad.yar") && refused[1].1 == 5,
+            "{refused:?}"
+        );
+        std::fs::remove_file(dir.join("b_bad.yar")).unwrap();
+        std::fs::remove_file(dir.join("c_bad.yar")).unwrap();
+        assert!(check(Some(&dir)).unwrap().refused.is_empty());
     }
 }

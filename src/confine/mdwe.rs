@@ -1,0 +1,85 @@
+//! Write-xor-execute for the roles that never run rule code.
+//!
+//! YARA-X runs rules as native code that wasmtime generates at load time:
+//! it writes the code into memory, then makes it executable. So the unit
+//! cannot refuse executable memory to the whole service
+//! (`MemoryDenyWriteExecute=`): the master (which compiles) and the
+//! workers (which load and scan) need it. Every other child (front end,
+//! recorder, metrics listener, job runners) refuses it to itself at the
+//! start of its boot with `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`:
+//! from then on no mapping of that process becomes executable unless it
+//! was mapped so, and no mapping is ever writable and executable at once.
+//! The setting cannot be undone, and the children it would pass to
+//! (there are none) would inherit it.
+
+/// `PR_SET_MDWE` and `PR_MDWE_REFUSE_EXEC_GAIN` (Linux 6.3,
+/// include/uapi/linux/prctl.h); the libc crate does not name them yet.
+const PR_SET_MDWE: libc::c_int = 65;
+const PR_MDWE_REFUSE_EXEC_GAIN: libc::c_ulong = 1;
+
+/// Refuses this process any executable memory it does not already have.
+/// Fails on a kernel older than 6.3 (EINVAL), which the caller reports.
+pub fn refuse_exec_gain() -> std::io::Result<()> {
+    // SAFETY: a prctl with integer arguments only; it changes no memory.
+    let r = unsafe {
+        libc::prctl(
+            PR_SET_MDWE,
+            PR_MDWE_REFUSE_EXEC_GAIN,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// In a child process (the setting is for life): after it, an
+    /// anonymous mapping cannot be made executable.
+    #[test]
+    fn after_it_no_mapping_becomes_executable() {
+        // SAFETY: the child only makes system calls and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = (|| {
+                if super::refuse_exec_gain().is_err() {
+                    return 2;
+                }
+                // SAFETY: a fresh anonymous mapping, never dereferenced.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED {
+                        return 3;
+                    }
+                    if libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) == 0 {
+                        return 4;
+                    }
+                }
+                0
+            })();
+            // SAFETY: leaves the forked child without running the parent's
+            // destructors or test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status));
+        let code = libc::WEXITSTATUS(status);
+        assert_ne!(code, 4, "an anonymous mapping became executable");
+        assert_eq!(code, 0, "PR_SET_MDWE failed (kernel older than 6.3?)");
+    }
+}
