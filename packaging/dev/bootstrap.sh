@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing SandGNAT needs on a fresh Debian
-# machine (as root): a C toolchain for jemalloc and libyara, OpenSSL's
-# headers, cmake for pingora's zlib-ng, the PostgreSQL client, redis, curl, a
-# Rust toolchain when none is on PATH, and the S3 server the storage tests
-# run (Garage). Idempotent; quiet when all is there.
+# machine (as root): a C toolchain for jemalloc, cmake for pingora's
+# zlib-ng, the PostgreSQL client, redis, curl, a Rust toolchain when none
+# is on PATH, and the S3 server the storage tests run (Garage).
+# Idempotent; quiet when all is there.
 set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-# libyara is built from source and links OpenSSL for its hash module.
-[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 # pingora-core's zlib-ng (through flate2) is built with cmake.
 command -v cmake >/dev/null || need_apt+=(cmake)
