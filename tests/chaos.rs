@@ -176,7 +176,7 @@ async fn post(
 /// kept in memory (so it goes through a spool file).
 fn sample(client: usize, i: u64) -> Vec<u8> {
     let mut rng = rand::thread_rng();
-    let size = if i % 8 == 0 {
+    let size = if i.is_multiple_of(8) {
         1_500_000
     } else {
         rng.gen_range(64..16_384)

@@ -17,7 +17,9 @@ pub enum Outcome {
     /// (or `Err` with why the wait stopped).
     Accepted {
         answer: Value,
-        analysis: Option<Result<Value, String>>,
+        /// Boxed: a `Value` is large (serde_json keeps object keys in
+        /// order, which yara-x turns on for the whole build).
+        analysis: Option<Result<Box<Value>, String>>,
     },
     /// A 4xx/5xx answer that says why.
     Refused {
@@ -284,7 +286,7 @@ fn to_json(file: &str, outcome: &Outcome) -> Value {
             match analysis {
                 Some(Ok(a)) => {
                     doc["status"] = a.get("status").cloned().unwrap_or(Value::Null);
-                    doc["analysis"] = a.clone();
+                    doc["analysis"] = Value::clone(a);
                 }
                 Some(Err(why)) => {
                     doc["status"] = "unfinished".into();

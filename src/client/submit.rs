@@ -104,7 +104,7 @@ pub async fn run(
                     let client = &client;
                     pending.push(async move {
                         let id = answer["analysis_id"].as_str().unwrap_or_default().to_string();
-                        let analysis = Some(wait_one(client, &id, limit, opts.retries).await);
+                        let analysis = Some(wait_one(client, &id, limit, opts.retries).await.map(Box::new));
                         (file, Outcome::Accepted { answer, analysis })
                     });
                 }
