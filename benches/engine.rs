@@ -3,7 +3,7 @@
 //! compiled form's size and load time, a loaded worker's memory, the time
 //! of one scan at each sample size, and which rules match a set of
 //! samples (for comparing two engines' answers). `benches/engine.sh`
-//! runs this for two builds (one per engine) alternately.
+//! runs this for several builds (one per engine) alternately.
 //!
 //! Run: `cargo bench --bench engine -- RULES_DIR|bundled`. One JSON line
 //! a figure. `BENCH_ELF` is the small ELF scanned (default
@@ -145,7 +145,16 @@ fn main() {
     } else {
         label
     };
-    let engine = scan::ENGINE;
+    // BENCH_PARTS=N: the rules compiled in N parts, as `yara.scan_parts`
+    // does (samples from 8 MiB then scanned by all parts at once).
+    let parts: usize = std::env::var("BENCH_PARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let engine = match parts {
+        1 => format!("{}+{}", scan::ENGINE, scan::CODE),
+        n => format!("{}+{}+{n}parts", scan::ENGINE, scan::CODE),
+    };
     let emit = |what: &str, body: String| {
         println!(
             "{{\"bench\":\"engine\",\"engine\":\"{engine}\",\"rules\":\"{rules_label}\",\"set\":\"{set}\",\"what\":\"{what}\",{body}}}"
@@ -153,7 +162,7 @@ fn main() {
     };
 
     let t = Instant::now();
-    let compiled = scan::compile(dir.as_deref()).expect("rules compile");
+    let compiled = scan::compile_parts(dir.as_deref(), parts).expect("rules compile");
     let compile_s = t.elapsed().as_secs_f64();
     emit(
         "compile",

@@ -21,8 +21,8 @@ use crate::sockets::SCOREBOARD_FD;
 /// workers cannot (gunicorn's `WORKER_BOOT_ERROR`).
 pub const EXIT_BOOT_ERROR: u8 = 3;
 
-/// The one child role that runs rule code, and so needs memory it may
-/// make executable.
+/// The one child role that maps rule code, and so needs memory it may
+/// make executable until its rules are loaded.
 const RULE_CODE_ROLE: &str = "worker";
 
 pub struct Booted {
@@ -67,7 +67,8 @@ pub fn start(
 ) -> Result<Started, ExitCode> {
     let board = attach(name)?;
     let fail = |why: String| failed(&board, slot, name, why);
-    // Only the workers run rule code (`confine::mdwe`). Reported once the
+    // Only the workers map rule code, and they refuse executable memory
+    // themselves once it is loaded (`confine::mdwe`). Reported once the
     // log is open; a kernel older than 6.3 is no reason not to serve.
     let exec_gain = (name != RULE_CODE_ROLE).then(crate::confine::refuse_exec_gain);
     let settings = crate::handover::inherited_settings()

@@ -18,12 +18,29 @@ pub fn settings_memfd(settings: &Settings) -> io::Result<OwnedFd> {
     )
 }
 
-/// An anonymous in-memory file holding `bytes`, for children to read.
+/// An anonymous in-memory file holding `bytes`, for children to read,
+/// sealed once written: a child holds a descriptor to the same file as
+/// the master and every later child, so without the seals a worker taken
+/// over by a sample could rewrite the rules (or settings) the next
+/// worker loads.
 pub fn memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     use std::io::Write;
     let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-    let fd = anonymous_file(&name)?;
+    let fd = memfd_create(
+        &name,
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
     std::fs::File::from(fd.try_clone()?).write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        FcntlArg::F_ADD_SEALS(seals),
+    )?;
     Ok(fd)
 }
 
@@ -52,4 +69,26 @@ pub fn read_inherited(fd: std::os::fd::RawFd) -> io::Result<Vec<u8>> {
     // Read by offset: siblings share the same open file description.
     file.read_exact_at(&mut buf, 0)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+
+    /// What a child gets is read-only for good: neither writing through
+    /// its descriptor nor resizing the file changes what the next child
+    /// reads.
+    #[test]
+    fn a_child_cannot_change_what_the_next_one_reads() {
+        let fd = super::memfd("sandgnat-test", b"compiled rules").unwrap();
+        let mut file = std::fs::File::from(fd.try_clone().unwrap());
+        assert!(file.write_all(b"hostile").is_err(), "write through the fd");
+        assert!(file.write_at(b"X", 0).is_err(), "write at an offset");
+        assert!(file.set_len(0).is_err(), "truncate");
+        assert!(file.set_len(1 << 20).is_err(), "grow");
+        let mut buf = vec![0u8; 14];
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, b"compiled rules");
+    }
 }

@@ -144,8 +144,21 @@ impl ReopenableFile {
         })
     }
 
+    /// A new file is made 0640 whatever the umask (the unit's is 0077):
+    /// operators read logs as members of the service's group. An existing
+    /// file keeps the mode it has.
     fn open_append(path: &Path) -> io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(path)
+        use std::os::unix::fs::PermissionsExt;
+        match OpenOptions::new().create_new(true).append(true).open(path) {
+            Ok(file) => {
+                file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+                Ok(file)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                OpenOptions::new().append(true).open(path)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn reopen(&self) -> io::Result<()> {

@@ -43,13 +43,18 @@ impl Default for Node {
     }
 }
 
-/// The kernel's host name, or `localhost` when it has none.
+/// The kernel's host name, or `localhost` when it has none. From
+/// uname(2), not `/proc/sys/kernel/hostname`, which the unit's
+/// `ProcSubset=pid` hides.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    let name = nix::sys::utsname::uname()
+        .map(|u| u.nodename().to_string_lossy().trim().to_string())
+        .unwrap_or_default();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
 }
 
 /// The worker pool: gunicorn's settings, same names, same meaning.
@@ -293,6 +298,13 @@ pub struct Yara {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules_dir: Option<PathBuf>,
     pub scan_timeout: u64,
+    /// How many parts the rules are also compiled in, so that one large
+    /// sample is scanned on as many cores at once (each worker then holds
+    /// the parts beside the whole set); 1: none, 0: one a core.
+    pub scan_parts: usize,
+    /// Samples at least this long are scanned by all parts at once;
+    /// smaller ones by the parts in turn, on one core.
+    pub parallel_scan_bytes: u64,
 }
 
 impl Default for Yara {
@@ -300,7 +312,20 @@ impl Default for Yara {
         Yara {
             rules_dir: None,
             scan_timeout: 60,
+            scan_parts: 1,
+            parallel_scan_bytes: crate::scan::PARALLEL_FROM as u64,
         }
+    }
+}
+
+impl Yara {
+    /// `scan_parts`, with 0 made the cores this process may run on.
+    pub fn parts(&self) -> usize {
+        match self.scan_parts {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(crate::scan::MAX_PARTS)
     }
 }
 

@@ -273,6 +273,18 @@ pub(super) fn validate(s: &Settings) -> Result<(), SettingsError> {
         86_400,
     )?;
     range("yara.scan_timeout", s.yara.scan_timeout, 1, 3_600)?;
+    range(
+        "yara.scan_parts",
+        s.yara.scan_parts as u64,
+        0,
+        crate::scan::MAX_PARTS as u64,
+    )?;
+    range(
+        "yara.parallel_scan_bytes",
+        s.yara.parallel_scan_bytes,
+        64 << 10,
+        1 << 40,
+    )?;
     range("queue.runners", s.queue.runners, 0, 64)?;
     let q = &s.queue;
     range("queue.retention", q.retention, 60, 10 * 365 * 86_400)?;

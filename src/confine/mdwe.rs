@@ -1,16 +1,18 @@
-//! Write-xor-execute for the roles that never run rule code.
+//! Write-xor-execute, from inside.
 //!
-//! YARA-X runs rules as native code that wasmtime generates at load time:
-//! it writes the code into memory, then makes it executable. So the unit
-//! cannot refuse executable memory to the whole service
-//! (`MemoryDenyWriteExecute=`): the master (which compiles) and the
-//! workers (which load and scan) need it. Every other child (front end,
-//! recorder, metrics listener, job runners) refuses it to itself at the
-//! start of its boot with `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`:
-//! from then on no mapping of that process becomes executable unless it
-//! was mapped so, and no mapping is ever writable and executable at once.
-//! The setting cannot be undone, and the children it would pass to
-//! (there are none) would inherit it.
+//! YARA-X runs rule conditions as machine code: the master generates it
+//! when it compiles the rules, and a worker maps it when it loads them
+//! (written, then made executable). So the unit cannot refuse executable
+//! memory to the whole service (`MemoryDenyWriteExecute=`). Each process
+//! refuses it to itself instead, with `prctl(PR_SET_MDWE,
+//! PR_MDWE_REFUSE_EXEC_GAIN)`, as soon as it no longer needs it: every
+//! child but the workers at the start of its boot, a worker once its
+//! rules are loaded and before it takes a request. From then on no
+//! mapping of that process becomes executable unless it was mapped so,
+//! and none is ever writable and executable at once; the setting cannot
+//! be undone, so a sample that took over a worker cannot lift it. Only
+//! the master, which reads no sample, keeps the right (it compiles again
+//! on HUP).
 
 /// `PR_SET_MDWE` and `PR_MDWE_REFUSE_EXEC_GAIN` (Linux 6.3,
 /// include/uapi/linux/prctl.h); the libc crate does not name them yet.

@@ -464,7 +464,7 @@ async fn process(
 /// upload, not copied.
 const INLINE_BYTES: u64 = 16 * 1024;
 
-/// The longest an inline scan may hold the event loop (libyara counts its
+/// The longest an inline scan may hold the event loop (the engine counts its
 /// timeout in whole seconds).
 const INLINE_SCAN_TIMEOUT_S: u64 = 1;
 
@@ -573,7 +573,7 @@ fn scan_data(
     app.rules.scan(&target, timeout_s)
 }
 
-/// A large sample (or one spooled): hashing, libyara and the file system
+/// A large sample (or one spooled): hashing, the scan and the file system
 /// are blocking work, done off the event loop so the worker's heartbeat
 /// and other requests go on. A new sample takes one hop there; one already
 /// in the quarantine comes back for the stored answer first.

@@ -152,7 +152,12 @@ impl Arbiter {
         let settings_fd =
             settings_memfd(&settings).map_err(io_err("store settings for children"))?;
         let compiled = compile_rules(&settings)?;
-        tracing::info!(source = %compiled.source, files = compiled.files, "YARA rules ready");
+        tracing::info!(
+            source = %compiled.source,
+            files = compiled.files,
+            parts = settings.yara.parts(),
+            "YARA rules ready"
+        );
         let rules_fd =
             memfd("sandgnat-rules", &compiled.bytes).map_err(io_err("store the compiled rules"))?;
         let exe = std::env::current_exe().map_err(io_err("find our own executable"))?;
@@ -503,8 +508,11 @@ pub fn rules_cache_dir(settings: &Settings) -> std::path::PathBuf {
 fn compile_rules(settings: &Settings) -> Result<crate::scan::Compiled, crate::scan::RulesError> {
     let dir = crate::scan::rules_dir(settings.yara.rules_dir.as_deref());
     let started = Instant::now();
-    let (compiled, outcome) =
-        crate::scan::compile_cached(dir.as_deref(), &rules_cache_dir(settings))?;
+    let (compiled, outcome) = crate::scan::compile_cached(
+        dir.as_deref(),
+        settings.yara.parts(),
+        &rules_cache_dir(settings),
+    )?;
     let ms = started.elapsed().as_millis() as u64;
     match outcome {
         crate::scan::CacheOutcome::Hit => {

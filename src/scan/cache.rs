@@ -4,13 +4,14 @@
 //! get the compiled form from it through a memfd, and their Landlock rule
 //! set does not reach the cache's directory).
 //!
-//! The name is the SHA-256 of the engine, its options and every rules
-//! file (path below the rules directory, length, bytes), so an edited,
-//! added, removed or renamed file, or another engine version, misses. A
-//! file is written to a temporary name and renamed, so a crash leaves the
-//! old file or the new one, never half of one; its header carries the
-//! SHA-256 of the compiled bytes, so a damaged file is ignored and
-//! replaced rather than handed to the workers.
+//! The name is the SHA-256 of the engine, the code its conditions run as,
+//! its options and every rules file (path below the rules directory,
+//! length, bytes), so an edited, added, removed or renamed file, or
+//! another engine version, misses. A file is written to a temporary name
+//! and renamed, so a crash leaves the old file or the new one, never half
+//! of one; its header carries the SHA-256 of the compiled bytes, so a
+//! damaged file is ignored and replaced rather than handed to the workers
+//! (who trust the code in it: wasmtime loads a serialized module as is).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,11 +37,15 @@ pub enum Outcome {
     NotStored(String),
 }
 
-/// The SHA-256 naming what `dir` (or the bundled rules) compiles to.
-fn key(dir: Option<&Path>) -> Result<String, RulesError> {
+/// The SHA-256 naming what `dir` (or the bundled rules) compiles to in
+/// `parts` parts.
+fn key(dir: Option<&Path>, parts: usize) -> Result<String, RulesError> {
     let mut h = Sha256::new();
     h.update(super::ENGINE.as_bytes());
     h.update([0]);
+    h.update(super::CODE.as_bytes());
+    h.update([0]);
+    h.update((parts as u64).to_le_bytes());
     h.update(super::COMPILE_OPTIONS.as_bytes());
     h.update([0]);
     let mut add = |name: &[u8], bytes: &[u8]| {
@@ -166,12 +171,13 @@ fn write(cache_dir: &Path, key: &str, compiled: &Compiled) -> std::io::Result<()
     Ok(())
 }
 
-/// [`super::compile`], through the cache in `cache_dir`.
+/// [`super::compile_parts`], through the cache in `cache_dir`.
 pub fn compile_cached(
     dir: Option<&Path>,
+    parts: usize,
     cache_dir: &Path,
 ) -> Result<(Compiled, Outcome), RulesError> {
-    let key = key(dir)?;
+    let key = key(dir, parts)?;
     let source = dir
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| "bundled".into());
@@ -183,7 +189,7 @@ pub fn compile_cached(
         };
         return Ok((compiled, Outcome::Hit));
     }
-    let compiled = super::compile(dir)?;
+    let compiled = super::compile_parts(dir, parts)?;
     let outcome = match write(cache_dir, &key, &compiled) {
         Ok(()) => Outcome::Stored,
         Err(e) => Outcome::NotStored(format!("{}: {e}", cache_dir.display())),
@@ -210,37 +216,54 @@ mod tests {
         let cache = root.join("cache");
         std::fs::create_dir_all(&rules).unwrap();
         std::fs::write(rules.join("a.yar"), "rule a { condition: true }").unwrap();
-        let (first, outcome) = compile_cached(Some(&rules), &cache).unwrap();
+        let (first, outcome) = compile_cached(Some(&rules), 1, &cache).unwrap();
         assert_eq!(outcome, Outcome::Stored);
-        let (again, outcome) = compile_cached(Some(&rules), &cache).unwrap();
+        let (again, outcome) = compile_cached(Some(&rules), 1, &cache).unwrap();
         assert_eq!(outcome, Outcome::Hit);
         assert_eq!(again.bytes, first.bytes);
         assert_eq!(again.files, 1);
         assert!(super::super::RuleSet::load(&again.bytes).is_ok());
         std::fs::write(rules.join("a.yar"), "rule b { condition: true }").unwrap();
-        let (changed, outcome) = compile_cached(Some(&rules), &cache).unwrap();
+        let (changed, outcome) = compile_cached(Some(&rules), 1, &cache).unwrap();
         assert_eq!(outcome, Outcome::Stored);
         assert_ne!(changed.bytes, first.bytes);
         // The older rules' file is gone: one file in the cache.
         assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+        // Asked for parts, the same files compile again (a second rules
+        // file, so that there are two namespaces to split).
+        std::fs::write(rules.join("c.yar"), "rule c { condition: true }").unwrap();
+        assert_eq!(
+            compile_cached(Some(&rules), 1, &cache).unwrap().1,
+            Outcome::Stored
+        );
+        let (parted, outcome) = compile_cached(Some(&rules), 2, &cache).unwrap();
+        assert_eq!(outcome, Outcome::Stored);
+        assert_eq!(
+            super::super::RuleSet::load(&parted.bytes).unwrap().parts(),
+            2
+        );
+        assert_eq!(
+            compile_cached(Some(&rules), 2, &cache).unwrap().1,
+            Outcome::Hit
+        );
     }
 
     #[test]
     fn a_damaged_cache_file_is_compiled_again_and_replaced() {
         let root = temp("bad");
         let cache = root.join("cache");
-        let (good, _) = compile_cached(None, &cache).unwrap();
-        let path = cache.join(file_name(&key(None).unwrap()));
+        let (good, _) = compile_cached(None, 1, &cache).unwrap();
+        let path = cache.join(file_name(&key(None, 1).unwrap()));
         let mut damaged = std::fs::read(&path).unwrap();
         let last = damaged.len() - 1;
         damaged[last] ^= 0xff;
         std::fs::write(&path, &damaged).unwrap();
-        let (again, outcome) = compile_cached(None, &cache).unwrap();
+        let (again, outcome) = compile_cached(None, 1, &cache).unwrap();
         assert_eq!(outcome, Outcome::Stored);
         assert_eq!(again.bytes, good.bytes);
         std::fs::write(&path, b"short").unwrap();
-        assert_eq!(compile_cached(None, &cache).unwrap().1, Outcome::Stored);
-        assert_eq!(compile_cached(None, &cache).unwrap().1, Outcome::Hit);
+        assert_eq!(compile_cached(None, 1, &cache).unwrap().1, Outcome::Stored);
+        assert_eq!(compile_cached(None, 1, &cache).unwrap().1, Outcome::Hit);
     }
 
     #[test]
@@ -248,7 +271,7 @@ mod tests {
         let root = temp("ro");
         let blocker = root.join("file");
         std::fs::write(&blocker, b"not a directory").unwrap();
-        let (compiled, outcome) = compile_cached(None, &blocker.join("cache")).unwrap();
+        let (compiled, outcome) = compile_cached(None, 1, &blocker.join("cache")).unwrap();
         assert!(matches!(outcome, Outcome::NotStored(_)), "{outcome:?}");
         assert!(super::super::RuleSet::load(&compiled.bytes).is_ok());
     }

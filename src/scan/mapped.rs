@@ -2,7 +2,7 @@
 //! resident pages dropped behind the scanner so that a worker's RSS does
 //! not grow with the sample.
 //!
-//! libyara scans one contiguous buffer. Scanning a large file in blocks
+//! The engine scans one contiguous buffer. Scanning a large file in blocks
 //! would bound the mapping, but a string that crosses a block boundary
 //! would go unmatched, so the whole file is mapped. Every page of a file
 //! mapping the scanner touches counts in the process's RSS until it is

@@ -2,10 +2,16 @@
 //! HUP), loading the compiled form (in each worker), and scanning a sample
 //! with the external variables every rule may use and a time limit.
 //! Workers never compile: a rules directory that fails to compile costs
-//! the master one log line, and the running rules stay.
+//! the master one log line, and the running rules stay. Asked to
+//! (`yara.scan_parts`), the master also compiles the rules in parts
+//! (`parts.rs`), which workers use to scan a large sample on as many
+//! cores at once.
 
 mod cache;
 mod mapped;
+mod parts;
+
+pub use parts::MAX_PARTS;
 
 pub use cache::{compile_cached, Outcome as CacheOutcome};
 
@@ -33,8 +39,17 @@ const BUNDLED: &[(&str, &str)] = &[
 /// another engine (or version) cannot load it.
 pub const ENGINE: &str = "yara-x-1.22.1";
 
+/// What rule conditions run as: machine code that wasmtime's Cranelift
+/// generates for this CPU, compiled once by the master and carried in the
+/// compiled form (yara-x's `native-code-serialization`), so a worker loads
+/// it without compiling anything. Loading makes memory executable, which
+/// is why a worker refuses itself more of it only once its rules are in
+/// (`confine::mdwe`).
+pub const CODE: &str = "cranelift";
+
 /// How the compiler is set up beyond the engine's defaults: with
-/// [`ENGINE`], what else a compiled form depends on (`cache.rs`).
+/// [`ENGINE`] and [`CODE`], what else a compiled form depends on
+/// (`cache.rs`).
 const COMPILE_OPTIONS: &str =
     "relaxed_re_syntax;externals=filename,filepath,extension,filetype,owner";
 
@@ -208,47 +223,112 @@ fn sources(dir: Option<&Path>) -> Result<(String, Vec<RulesSource>), RulesError>
     Ok((dir.display().to_string(), out))
 }
 
-/// Adds every source to `compiler`; each file the engine refuses is
-/// reported to `refused`, and adding stops when that returns false.
+/// Adds the sources `members` picks to `compiler`; each file the engine
+/// refuses is reported to `refused` with its index, and adding stops when
+/// that returns false.
 fn add_sources(
     compiler: &mut yara_x::Compiler<'_>,
     sources: &[RulesSource],
-    refused: &mut dyn FnMut(RulesError) -> bool,
+    members: impl IntoIterator<Item = usize>,
+    refused: &mut dyn FnMut(usize, RulesError) -> bool,
 ) {
-    for src in sources {
+    for i in members {
+        let src = &sources[i];
         compiler.new_namespace(&src.namespace);
         let code = yara_x::SourceCode::from(src.text.as_slice()).with_origin(src.label.as_str());
         if let Err(e) = compiler.add_source(code) {
-            if !refused(located(&e, &src.label, &src.text)) {
+            if !refused(i, located(&e, &src.label, &src.text)) {
                 return;
             }
         }
     }
 }
 
-/// Compiles the rules directory (or the bundled set when `dir` is None).
-/// A file the engine refuses fails the whole set: serving with part of
-/// the rules an operator installed would be a silent gap.
+/// Compiles the rules directory (or the bundled set when `dir` is None),
+/// whole only.
 pub fn compile(dir: Option<&Path>) -> Result<Compiled, RulesError> {
+    compile_parts(dir, 1)
+}
+
+/// Compiles the rules directory (or the bundled set) whole and, when
+/// `parts` > 1, in up to that many parts besides, each on a thread of its
+/// own. A file the engine refuses fails the whole set, and the error
+/// named is the first such file in compile order, whatever the split:
+/// serving with part of the rules an operator installed would be a
+/// silent gap.
+pub fn compile_parts(dir: Option<&Path>, parts: usize) -> Result<Compiled, RulesError> {
     let (source, sources) = sources(dir)?;
-    let mut compiler = new_compiler()?;
-    let mut first = None;
-    add_sources(&mut compiler, &sources, &mut |e| {
-        first = Some(e);
-        false
+    let mut groups = vec![(0..sources.len()).collect::<Vec<usize>>()];
+    if parts > 1 {
+        let sizes: Vec<(&str, usize)> = sources
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.text.len()))
+            .collect();
+        let split = parts::assign(&sizes, parts);
+        // One namespace only: the parts would be the whole set again.
+        if split.len() > 1 {
+            groups.extend(split);
+        }
+    }
+    let sources = &sources;
+    let built: Vec<Result<Vec<u8>, (usize, RulesError)>> = std::thread::scope(|scope| {
+        let running: Vec<_> = groups
+            .iter()
+            .map(|members| scope.spawn(move || compile_group(sources, members)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err((0, RulesError::Yara("the compiler panicked".into()))))
+            })
+            .collect()
     });
-    if let Some(e) = first {
+    let mut serialized = Vec::with_capacity(built.len());
+    let mut first: Option<(usize, RulesError)> = None;
+    for set in built {
+        match set {
+            Ok(bytes) => serialized.push(bytes),
+            Err((i, e)) => {
+                if first.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first = Some((i, e));
+                }
+            }
+        }
+    }
+    if let Some((_, e)) = first {
         return Err(e);
     }
-    let bytes = compiler
-        .build()
-        .serialize()
-        .map_err(|e| RulesError::Yara(e.to_string()))?;
     Ok(Compiled {
-        bytes,
+        bytes: parts::join(&serialized),
         source,
         files: sources.len(),
     })
+}
+
+/// One part's rule set, serialized; or the first file it refused.
+fn compile_group(
+    sources: &[RulesSource],
+    members: &[usize],
+) -> Result<Vec<u8>, (usize, RulesError)> {
+    let mut compiler = new_compiler().map_err(|e| (0, e))?;
+    let mut first = None;
+    add_sources(
+        &mut compiler,
+        sources,
+        members.iter().copied(),
+        &mut |i, e| {
+            first = Some((i, e));
+            false
+        },
+    );
+    if let Some(refused) = first {
+        return Err(refused);
+    }
+    compiler
+        .build()
+        .serialize()
+        .map_err(|e| (0, RulesError::Yara(e.to_string())))
 }
 
 /// What `sandgnat rules check` reports: how many files were read, and
@@ -265,7 +345,7 @@ pub fn check(dir: Option<&Path>) -> Result<Checked, RulesError> {
     let (source, sources) = sources(dir)?;
     let mut compiler = new_compiler()?;
     let mut refused = Vec::new();
-    add_sources(&mut compiler, &sources, &mut |e| {
+    add_sources(&mut compiler, &sources, 0..sources.len(), &mut |_, e| {
         refused.push(e);
         true
     });
@@ -276,10 +356,13 @@ pub fn check(dir: Option<&Path>) -> Result<Checked, RulesError> {
     })
 }
 
-/// Compiled rules loaded in a worker.
+/// Compiled rules loaded in a worker: the whole set, and the parts if
+/// the master compiled any.
 pub struct RuleSet {
-    rules: Arc<yara_x::Rules>,
+    whole: Arc<yara_x::Rules>,
+    parts: Vec<yara_x::Rules>,
     digest: String,
+    parallel_from: usize,
 }
 
 /// A scanner kept by each thread that scans, with the rules it borrows.
@@ -295,6 +378,10 @@ struct ThreadScanner {
 thread_local! {
     static SCANNER: RefCell<Option<ThreadScanner>> = const { RefCell::new(None) };
 }
+
+/// Samples at least this long are scanned by all parts at once, unless
+/// the worker is told otherwise (`yara.parallel_scan_bytes`).
+pub const PARALLEL_FROM: usize = 8 << 20;
 
 /// What the rules see about a sample: its bytes, the name it was
 /// submitted under and its type (`crate::intake::filetype`).
@@ -373,13 +460,34 @@ pub enum ScanError {
 
 impl RuleSet {
     pub fn load(bytes: &[u8]) -> Result<Self, RulesError> {
-        let rules =
-            yara_x::Rules::deserialize(bytes).map_err(|e| RulesError::Yara(e.to_string()))?;
+        let mut sets = parts::split(bytes)
+            .map_err(|e| RulesError::Yara(format!("compiled rules: {e}")))?
+            .into_iter()
+            .map(|set| {
+                // The bytes carry the conditions' machine code, which
+                // wasmtime maps as it is: they come only from the master
+                // (a sealed memfd, `handover::memfd`), which compiled them
+                // or read them from its own cache.
+                yara_x::Rules::deserialize(set).map_err(|e| RulesError::Yara(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if sets.is_empty() {
+            return Err(RulesError::Yara("compiled rules: no rule set".into()));
+        }
+        let whole = sets.remove(0);
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
         Ok(RuleSet {
-            rules: Arc::new(rules),
+            whole: Arc::new(whole),
+            parts: sets,
             digest,
+            parallel_from: PARALLEL_FROM,
         })
+    }
+
+    /// Samples of at least `bytes` are scanned by all parts at once.
+    pub fn parallel_from(mut self, bytes: usize) -> Self {
+        self.parallel_from = bytes;
+        self
     }
 
     /// The SHA-256 of the compiled form, in hex: which rule set gave an
@@ -391,20 +499,50 @@ impl RuleSet {
     }
 
     pub fn count(&self) -> usize {
-        self.rules.iter().len()
+        self.whole.iter().len()
     }
 
+    /// How many parts a large sample is scanned in at once (1: whole).
+    pub fn parts(&self) -> usize {
+        self.parts.len().max(1)
+    }
+
+    /// The rules that match `target`, at most [`MAX_RULES_REPORTED`]; a
+    /// sample of `parallel_from` bytes or more is scanned by the parts at
+    /// once, if there are parts, and their matches come in part order.
     pub fn scan(
         &self,
         target: &ScanTarget<'_>,
         timeout_s: u64,
     ) -> Result<Vec<RuleMatch>, ScanError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+        match target.data {
+            ScanData::Memory(bytes) => self.scan_bytes(bytes, target, deadline),
+            ScanData::File(path) => {
+                let map = mapped::Mapped::open(path)
+                    .map_err(|e| ScanError::Yara(format!("cannot map the sample: {e}")))?;
+                map.scan_trimmed(|bytes| self.scan_bytes(bytes, target, deadline))
+            }
+        }
+    }
+
+    fn scan_bytes(
+        &self,
+        bytes: &[u8],
+        target: &ScanTarget<'_>,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<RuleMatch>, ScanError> {
+        if self.parts.len() > 1 && bytes.len() >= self.parallel_from {
+            let mut found = self.scan_parallel(bytes, target, deadline)?;
+            found.truncate(MAX_RULES_REPORTED);
+            return Ok(found);
+        }
         SCANNER.with(|slot| {
             let mut slot = slot.borrow_mut();
-            let current = matches!(&*slot, Some(t) if Arc::ptr_eq(&t.rules, &self.rules));
+            let current = matches!(&*slot, Some(t) if Arc::ptr_eq(&t.rules, &self.whole));
             if !current {
                 *slot = None;
-                let rules = Arc::clone(&self.rules);
+                let rules = Arc::clone(&self.whole);
                 // SAFETY: the scanner borrows the rules behind `rules`,
                 // which `ThreadScanner` holds beside it and drops after it;
                 // an Arc's contents never move.
@@ -417,35 +555,63 @@ impl RuleSet {
             let Some(thread) = slot.as_mut() else {
                 return Err(ScanError::Yara("no scanner".into()));
             };
-            self.scan_with(&mut thread.scanner, target, timeout_s)
+            scan_part(&mut thread.scanner, bytes, target, deadline)
         })
     }
 
-    fn scan_with(
+    /// Every part on a thread of its own, with a scanner made for this
+    /// scan: for a sample this large, making one costs little beside the
+    /// scan.
+    fn scan_parallel(
         &self,
-        scanner: &mut yara_x::Scanner<'static>,
+        bytes: &[u8],
         target: &ScanTarget<'_>,
-        timeout_s: u64,
+        deadline: std::time::Instant,
     ) -> Result<Vec<RuleMatch>, ScanError> {
-        scanner.set_timeout(Duration::from_secs(timeout_s));
-        for (name, value) in externals(target.filename, target.filetype) {
-            scanner
-                .set_global(name, value.as_str())
-                .map_err(|e| ScanError::Yara(e.to_string()))?;
-        }
-        let convert = |found: Result<yara_x::ScanResults<'_, '_>, yara_x::ScanError>| match found {
-            Ok(results) => Ok(matches(&results)),
-            Err(yara_x::ScanError::Timeout) => Err(ScanError::Timeout),
-            Err(other) => Err(ScanError::Yara(other.to_string())),
-        };
-        match target.data {
-            ScanData::Memory(bytes) => convert(scanner.scan(bytes)),
-            ScanData::File(path) => {
-                let map = mapped::Mapped::open(path)
-                    .map_err(|e| ScanError::Yara(format!("cannot map the sample: {e}")))?;
-                map.scan_trimmed(|bytes| convert(scanner.scan(bytes)))
+        std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .parts
+                .iter()
+                .map(|rules| {
+                    scope.spawn(move || {
+                        let mut scanner = yara_x::Scanner::new(rules);
+                        scan_part(&mut scanner, bytes, target, deadline)
+                    })
+                })
+                .collect();
+            let mut found = Vec::new();
+            for part in running {
+                let part = part
+                    .join()
+                    .map_err(|_| ScanError::Yara("a scanning thread panicked".into()))??;
+                found.extend(part);
             }
-        }
+            Ok(found)
+        })
+    }
+}
+
+/// One part's scan of `bytes`, with what is left of the time allowed.
+fn scan_part(
+    scanner: &mut yara_x::Scanner<'_>,
+    bytes: &[u8],
+    target: &ScanTarget<'_>,
+    deadline: std::time::Instant,
+) -> Result<Vec<RuleMatch>, ScanError> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(ScanError::Timeout);
+    }
+    scanner.set_timeout(left);
+    for (name, value) in externals(target.filename, target.filetype) {
+        scanner
+            .set_global(name, value.as_str())
+            .map_err(|e| ScanError::Yara(e.to_string()))?;
+    }
+    match scanner.scan(bytes) {
+        Ok(results) => Ok(matches(&results)),
+        Err(yara_x::ScanError::Timeout) => Err(ScanError::Timeout),
+        Err(other) => Err(ScanError::Yara(other.to_string())),
     }
 }
 
@@ -530,6 +696,162 @@ mod tests {
         assert_eq!(eicar.meta["severity"], 1);
         assert_eq!(eicar.strings[0].identifier, "$eicar");
         assert_eq!(eicar.strings[0].offsets, vec![0]);
+    }
+
+    /// A directory of rules whose split is visible: three namespaces, and
+    /// a fourth made of two files of the same stem, one holding a global
+    /// rule that gates the other's (so splitting them would change an
+    /// answer).
+    fn parted_rules(tag: &str) -> PathBuf {
+        let dir = temp(tag);
+        for (name, text) in [
+            (
+                "a.yar",
+                "rule in_a { strings: $s = \"alpha-marker\" condition: $s }",
+            ),
+            (
+                "b.yar",
+                "rule in_b { strings: $s = \"bravo-marker\" condition: $s and filesize > 4 }",
+            ),
+            (
+                "c.yar",
+                "rule in_c { strings: $s = \"charlie-marker\" condition: #s >= 2 }",
+            ),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        for (sub, text) in [
+            ("x", "global rule big_enough { condition: filesize > 64 }"),
+            ("y", "rule in_d { strings: $s = \"delta\" condition: $s }"),
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join("d.yar"), text).unwrap();
+        }
+        dir
+    }
+
+    fn names(found: Vec<RuleMatch>) -> Vec<String> {
+        let mut names: Vec<String> = found
+            .into_iter()
+            .map(|m| format!("{}:{}", m.namespace, m.rule))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_parts_at_once_match_what_the_whole_set_matches() {
+        let dir = parted_rules("parts");
+        let whole = RuleSet::load(&compile(Some(&dir)).unwrap().bytes).unwrap();
+        let bytes = compile_parts(Some(&dir), 3).unwrap().bytes;
+        let small_whole = RuleSet::load(&bytes).unwrap();
+        let at_once = RuleSet::load(&bytes).unwrap().parallel_from(0);
+        assert_eq!((whole.parts(), at_once.parts()), (1, 3));
+        assert_eq!(whole.count(), at_once.count());
+        let big = [
+            &b"alpha-marker bravo-marker charlie-marker charlie-marker delta "[..],
+            &[0u8; 100][..],
+        ]
+        .concat();
+        let small = b"delta bravo-marker".to_vec();
+        for (sample, expected) in [
+            (
+                big,
+                vec!["a:in_a", "b:in_b", "c:in_c", "d:big_enough", "d:in_d"],
+            ),
+            // The global rule of d's other file still gates in_d.
+            (small, vec!["b:in_b"]),
+        ] {
+            let target = ScanTarget {
+                data: ScanData::Memory(&sample),
+                filename: "s.bin",
+                filetype: "data",
+            };
+            let path = dir.join("sample");
+            std::fs::write(&path, &sample).unwrap();
+            let on_disk = ScanTarget {
+                data: ScanData::File(&path),
+                ..target
+            };
+            for rules in [&whole, &small_whole, &at_once] {
+                assert_eq!(names(rules.scan(&target, 10).unwrap()), expected);
+                assert_eq!(names(rules.scan(&on_disk, 10).unwrap()), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_file_is_named_the_same_however_the_rules_are_split() {
+        let dir = parted_rules("parts-refused");
+        std::fs::write(dir.join("b.yar"), "rule broken { condition: nope }").unwrap();
+        std::fs::write(dir.join("c.yar"), "rule also_broken { condition: }").unwrap();
+        for parts in [1, 2, 4] {
+            match compile_parts(Some(&dir), parts) {
+                Err(RulesError::Compile { file, .. }) => {
+                    assert!(file.ends_with("b.yar"), "{parts} parts: {file}")
+                }
+                other => panic!("{parts} parts: {:?}", other.map(|c| c.files)),
+            }
+        }
+    }
+
+    /// A worker's order: rules loaded, then executable memory refused for
+    /// good (`confine::mdwe`), then scans on new threads, all parts at
+    /// once. The refusal is for life, so the test runs itself again as a
+    /// process of its own and does the work there.
+    #[test]
+    fn rules_loaded_before_the_refusal_of_executable_memory_still_scan() {
+        const CHILD: &str = "SANDGNAT_TEST_MDWE_CHILD";
+        const NAME: &str =
+            "scan::tests::rules_loaded_before_the_refusal_of_executable_memory_still_scan";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{said}");
+            assert!(said.contains("1 passed"), "the child ran no test: {said}");
+            return;
+        }
+        let dir = parted_rules("mdwe");
+        let rules = RuleSet::load(&compile_parts(Some(&dir), 2).unwrap().bytes)
+            .unwrap()
+            .parallel_from(64);
+        crate::confine::refuse_exec_gain().expect("PR_SET_MDWE (Linux 6.3)");
+        let sample = [&b"alpha-marker delta"[..], &[0u8; 100][..]].concat();
+        let found = std::thread::scope(|s| {
+            s.spawn(|| {
+                let target = ScanTarget {
+                    data: ScanData::Memory(&sample),
+                    filename: "s",
+                    filetype: "data",
+                };
+                rules.scan(&target, 10).map(names)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(found.unwrap(), ["a:in_a", "d:big_enough", "d:in_d"]);
+        // And nothing executable can be made any more.
+        // SAFETY: a fresh anonymous mapping, never dereferenced.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_ne!(
+                libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
+        }
     }
 
     #[test]

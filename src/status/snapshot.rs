@@ -220,9 +220,10 @@ fn backlog(local: &Local, settings: &crate::config::Settings) -> Vec<Backlog> {
 
 /// (port, accept queue) of every listening TCP socket in this network
 /// namespace. For a listener the kernel reports its accept queue as
-/// `rx_queue`.
+/// `rx_queue`. Through `/proc/self`: the unit's `ProcSubset=pid` hides
+/// `/proc/net`.
 fn tcp_listen_queues() -> Vec<(u16, u32)> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .flat_map(|text| {

@@ -220,7 +220,9 @@ fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut synced = Vec::new();
     for d in missing.iter().rev() {
         match fs::DirBuilder::new().mode(0o750).create(d) {
-            Ok(()) => {}
+            // Set again: the unit's UMask=0077 takes the group's bits off
+            // a new directory, and the service's group reads samples.
+            Ok(()) => fs::set_permissions(d, fs::Permissions::from_mode(0o750))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
             Err(e) => return Err(e),
         }

@@ -68,10 +68,19 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let rules = match crate::handover::read_inherited(RULES_FD)
         .map_err(|e| e.to_string())
         .and_then(|bytes| RuleSet::load(&bytes).map_err(|e| e.to_string()))
-    {
+        .map(|rules| {
+            rules.parallel_from(
+                usize::try_from(settings.yara.parallel_scan_bytes).unwrap_or(usize::MAX),
+            )
+        }) {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(format!("cannot load the compiled YARA rules: {e}")),
     };
+    // The rules' code is mapped: from here on this process, which reads
+    // hostile samples, never makes memory executable (`confine::mdwe`).
+    if let Err(e) = crate::confine::refuse_exec_gain() {
+        tracing::warn!(error = %e, "cannot refuse this process executable memory (PR_SET_MDWE)");
+    }
     let status = crate::status::local::Local {
         rules_source: crate::scan::rules_dir(settings.yara.rules_dir.as_deref())
             .map(|d| d.display().to_string())
