@@ -39,6 +39,27 @@ pub fn refuse_exec_gain() -> std::io::Result<()> {
     }
 }
 
+/// Whether this process can still make a fresh anonymous mapping
+/// executable (for tests: false once `refuse_exec_gain` took).
+#[cfg(test)]
+pub fn can_gain_exec() -> bool {
+    // SAFETY: a fresh anonymous mapping, never dereferenced, unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap of one page");
+        let gained = libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) == 0;
+        libc::munmap(p, 4096);
+        gained
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// In a child process (the setting is for life): after it, an
@@ -49,29 +70,13 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let code = (|| {
-                if super::refuse_exec_gain().is_err() {
-                    return 2;
-                }
-                // SAFETY: a fresh anonymous mapping, never dereferenced.
-                unsafe {
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        4096,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    );
-                    if p == libc::MAP_FAILED {
-                        return 3;
-                    }
-                    if libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC) == 0 {
-                        return 4;
-                    }
-                }
+            let code = if super::refuse_exec_gain().is_err() {
+                2
+            } else if super::can_gain_exec() {
+                4
+            } else {
                 0
-            })();
+            };
             // SAFETY: leaves the forked child without running the parent's
             // destructors or test harness.
             unsafe { libc::_exit(code) };

@@ -20,6 +20,8 @@ mod landlock;
 mod mdwe;
 mod seccomp;
 
+#[cfg(test)]
+pub use mdwe::can_gain_exec;
 pub use mdwe::refuse_exec_gain;
 
 use std::path::PathBuf;
