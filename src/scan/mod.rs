@@ -271,16 +271,27 @@ pub fn compile_parts(dir: Option<&Path>, parts: usize) -> Result<Compiled, Rules
         }
     }
     let sources = &sources;
+    // A thread that cannot be started is an error like a refused file,
+    // never a panic of the master.
     let built: Vec<Result<Vec<u8>, (usize, RulesError)>> = std::thread::scope(|scope| {
         let running: Vec<_> = groups
             .iter()
-            .map(|members| scope.spawn(move || compile_group(sources, members)))
+            .map(|members| {
+                std::thread::Builder::new()
+                    .name("rules-compile".into())
+                    .spawn_scoped(scope, move || compile_group(sources, members))
+            })
             .collect();
         running
             .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err((0, RulesError::Yara("the compiler panicked".into()))))
+            .map(|t| match t {
+                Ok(t) => t
+                    .join()
+                    .unwrap_or_else(|_| Err((0, RulesError::Yara("the compiler panicked".into())))),
+                Err(e) => Err((
+                    0,
+                    RulesError::Yara(format!("cannot start a compiler thread: {e}")),
+                )),
             })
             .collect()
     });
@@ -568,25 +579,42 @@ impl RuleSet {
         target: &ScanTarget<'_>,
         deadline: std::time::Instant,
     ) -> Result<Vec<RuleMatch>, ScanError> {
+        // A thread that cannot be started fails this scan (the request's
+        // 5xx), never the worker; the parts already started are joined.
         std::thread::scope(|scope| {
             let running: Vec<_> = self
                 .parts
                 .iter()
                 .map(|rules| {
-                    scope.spawn(move || {
-                        let mut scanner = yara_x::Scanner::new(rules);
-                        scan_part(&mut scanner, bytes, target, deadline)
-                    })
+                    std::thread::Builder::new()
+                        .name("scan-part".into())
+                        .spawn_scoped(scope, move || {
+                            let mut scanner = yara_x::Scanner::new(rules);
+                            scan_part(&mut scanner, bytes, target, deadline)
+                        })
                 })
                 .collect();
             let mut found = Vec::new();
+            let mut failed = None;
             for part in running {
-                let part = part
-                    .join()
-                    .map_err(|_| ScanError::Yara("a scanning thread panicked".into()))??;
-                found.extend(part);
+                let part = match part {
+                    Ok(t) => t
+                        .join()
+                        .map_err(|_| ScanError::Yara("a scanning thread panicked".into()))
+                        .and_then(|r| r),
+                    Err(e) => Err(ScanError::Yara(format!(
+                        "cannot start a scanning thread: {e}"
+                    ))),
+                };
+                match part {
+                    Ok(matches) => found.extend(matches),
+                    Err(e) => failed = failed.or(Some(e)),
+                }
             }
-            Ok(found)
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(found),
+            }
         })
     }
 }
