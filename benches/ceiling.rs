@@ -10,6 +10,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+#[path = "common/xorshift.rs"]
+mod xorshift;
+
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -36,15 +39,7 @@ fn main() {
     let rules = sandgnat::scan::RuleSet::load(&compiled.bytes).expect("rules load");
     let sample = std::fs::read(dir.join("samples/16m.bin")).unwrap_or_else(|_| {
         // Same shape as gen_rules.py's sample: pseudo-random bytes.
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        (0..16 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        xorshift::bytes(16 << 20, 0x9e3779b97f4a7c15)
     });
     let mb = sample.len() as f64 / (1 << 20) as f64;
     let rounds = 5;

@@ -14,17 +14,8 @@ use std::time::{Duration, Instant};
 
 use sandgnat::scan::{self, RuleSet, ScanData, ScanTarget};
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "common/xorshift.rs"]
+mod xorshift;
 
 /// Pss and Uss (private clean + private dirty) of this process, in KiB.
 fn pss_uss() -> (u64, u64) {
@@ -53,7 +44,7 @@ fn worker(compiled: &Path) {
     let rules = RuleSet::load(&bytes).expect("rules load");
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     drop(bytes);
-    let sample = random(4096, 7);
+    let sample = xorshift::bytes(4096, 7);
     let target = ScanTarget {
         data: ScanData::Memory(&sample),
         filename: "sample.bin",
@@ -205,10 +196,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let samples: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        ("4k", random(4096, 1), "sample.bin", "data"),
+        ("4k", xorshift::bytes(4096, 1), "sample.bin", "data"),
         ("elf", elf.clone(), "mesg", "elf"),
-        ("1m", random(1 << 20, 2), "sample.bin", "data"),
-        ("16m", random(16 << 20, 3), "sample.bin", "data"),
+        ("1m", xorshift::bytes(1 << 20, 2), "sample.bin", "data"),
+        ("16m", xorshift::bytes(16 << 20, 3), "sample.bin", "data"),
     ];
     for (name, data, filename, filetype) in &samples {
         let target = ScanTarget {
