@@ -302,8 +302,8 @@ pub struct Yara {
     /// sample is scanned on as many cores at once (each worker then holds
     /// the parts beside the whole set); 1: none, 0: one a core.
     pub scan_parts: usize,
-    /// Samples at least this long are scanned by all parts at once;
-    /// smaller ones by the parts in turn, on one core.
+    /// Samples at least this long are scanned by all parts at once (when
+    /// there are parts); smaller ones by the whole set, on one core.
     pub parallel_scan_bytes: u64,
 }
 
