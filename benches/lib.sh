@@ -174,6 +174,17 @@ TOML
   done
 }
 
+# What autovacuum does on a production server, done by hand: this
+# machine's Postgres runs with autovacuum off, so tables are never
+# analyzed, and a statement the recorder planned while `samples` was
+# nearly empty keeps its sequential scan as the table grows (each unique
+# round adds thousands of rows; the next rounds' submissions then pay for
+# reading them all). Both sides' databases, before each measurement.
+analyze_bench_dbs() {
+  psql "$bench_db_url" -qc ANALYZE >/dev/null
+  psql "${BASELINE_DSN:-dbname=baseline}" -qc ANALYZE >/dev/null 2>&1 || true
+}
+
 stop_sandgnat() {
   [ -n "${sandgnat_pid:-}" ] && kill -TERM "$sandgnat_pid" 2>/dev/null && wait "$sandgnat_pid" 2>/dev/null || true
   sandgnat_pid=""

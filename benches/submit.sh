@@ -45,6 +45,7 @@ for r in $(seq "$rounds"); do
     set -- $spec
     file=$1 conns=$2 kind=$3
     wanted "$file" || continue
+    analyze_bench_dbs
     if [ "$kind" = repeat ]; then
       size=$(stat -c %s "$samples/$file")
       ours=$(oha_json -z "${secs}s" -c "$conns" -m POST -D "$samples/$file" -T application/octet-stream \

@@ -179,17 +179,21 @@ fn store_synced(
         return Ok((stored, synced));
     }
     let written;
-    let spooled = match source {
-        Source::File(f) => f,
+    let (spooled, file) = match source {
+        Source::File(f) => (f, fs::File::open(f.path())?),
         Source::Memory(bytes) => {
-            written = write_spool(spool_dir, bytes)?;
-            &written
+            let (guard, file) = write_spool(spool_dir, bytes)?;
+            written = guard;
+            (&written, file)
         }
     };
+    // The mode first, on the descriptor, so that the one sync below
+    // writes the inode once with it.
+    file.set_permissions(fs::Permissions::from_mode(0o440))?;
     // Durable before it has a name in the quarantine, and so before the
     // database is told (a delayed allocation's ENOSPC surfaces here: 507).
-    fs::File::open(spooled.path())?.sync_all()?;
-    fs::set_permissions(spooled.path(), fs::Permissions::from_mode(0o440))?;
+    file.sync_all()?;
+    drop(file);
     fs::rename(spooled.path(), &target)?;
     spooled.moved();
     // The rename is durable only once the directory is synced.
@@ -263,7 +267,8 @@ fn touch(path: &Path) -> io::Result<()> {
     fs::File::open(path)?.set_times(now)
 }
 
-fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {
+/// A new spool file holding `bytes`, and its open descriptor.
+fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<(SpoolFile, fs::File)> {
     let path = spool_dir.join(format!("store-{:032x}", rand::random::<u128>()));
     let mut file = OpenOptions::new()
         .write(true)
@@ -272,7 +277,7 @@ fn write_spool(spool_dir: &Path, bytes: &[u8]) -> io::Result<SpoolFile> {
         .open(&path)?;
     let guard = SpoolFile::new(path);
     file.write_all(bytes)?;
-    Ok(guard)
+    Ok((guard, file))
 }
 
 #[cfg(test)]
@@ -287,7 +292,7 @@ mod tests {
     }
 
     fn spooled(spool: &Path, bytes: &[u8]) -> Source {
-        Source::File(write_spool(spool, bytes).unwrap())
+        Source::File(write_spool(spool, bytes).unwrap().0)
     }
 
     #[test]
