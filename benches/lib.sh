@@ -179,8 +179,11 @@ TOML
 # analyzed, and a statement the recorder planned while `samples` was
 # nearly empty keeps its sequential scan as the table grows (each unique
 # round adds thousands of rows; the next rounds' submissions then pay for
-# reading them all). Both sides' databases, before each measurement.
+# reading them all). Both sides' databases, before each measurement, once
+# the appliance has recorded something: statistics of empty tables would
+# make every plan a sequential scan, which autovacuum never leaves for long.
 analyze_bench_dbs() {
+  [ "$(psql "$bench_db_url" -qtAc 'SELECT count(*) > 0 FROM analyses')" = t ] || return 0
   psql "$bench_db_url" -qc ANALYZE >/dev/null
   psql "${BASELINE_DSN:-dbname=baseline}" -qc ANALYZE >/dev/null 2>&1 || true
 }

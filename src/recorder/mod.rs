@@ -72,6 +72,7 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             db.clone(),
             board.clone(),
         ));
+        tokio::spawn(crate::store::autovacuum::warn_if_off(db.clone()));
         // One process sweeps for crash leftovers; the recorder is the one
         // of which there is exactly one, and it has the database.
         tokio::spawn(crate::intake::leftovers::run(

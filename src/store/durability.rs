@@ -51,7 +51,7 @@ pub fn assess(synchronous_commit: &str, fsync: &str) -> Durability {
     }
 }
 
-fn is_on(v: &str) -> bool {
+pub(crate) fn is_on(v: &str) -> bool {
     matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1")
 }
 

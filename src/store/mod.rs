@@ -11,6 +11,7 @@
 //! sessions of a node that vanished (power, network) end, and the locks
 //! they held are let go, long before the system's two-hour default.
 
+pub mod autovacuum;
 pub mod durability;
 pub mod lead;
 pub mod role;
