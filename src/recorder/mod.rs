@@ -68,11 +68,15 @@ pub fn run(args: RecorderArgs) -> ExitCode {
             "TERM: telling the workers to go away; answering what is in hand",
         ));
         crate::child::ready(&board, args.slot, args.master_pid, trigger, None);
-        tokio::spawn(crate::store::durability::check_until_known(
-            db.clone(),
-            board.clone(),
-        ));
-        tokio::spawn(crate::store::autovacuum::warn_if_off(db.clone()));
+        // The server's settings, once it answers (it may come up after
+        // us): durability for /readyz, autovacuum for the log.
+        tokio::spawn({
+            let (db, board) = (db.clone(), board.clone());
+            async move {
+                crate::store::durability::check_until_known(db.clone(), board).await;
+                crate::store::autovacuum::warn_if_off(&db).await;
+            }
+        });
         // One process sweeps for crash leftovers; the recorder is the one
         // of which there is exactly one, and it has the database.
         tokio::spawn(crate::intake::leftovers::run(

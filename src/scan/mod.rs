@@ -270,34 +270,21 @@ pub fn compile_parts(dir: Option<&Path>, parts: usize) -> Result<Compiled, Rules
             groups.extend(split);
         }
     }
-    let sources = &sources;
     // A thread that cannot be started is an error like a refused file,
     // never a panic of the master.
-    let built: Vec<Result<Vec<u8>, (usize, RulesError)>> = std::thread::scope(|scope| {
-        let running: Vec<_> = groups
-            .iter()
-            .map(|members| {
-                std::thread::Builder::new()
-                    .name("rules-compile".into())
-                    .spawn_scoped(scope, move || compile_group(sources, members))
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|t| match t {
-                Ok(t) => t
-                    .join()
-                    .unwrap_or_else(|_| Err((0, RulesError::Yara("the compiler panicked".into())))),
-                Err(e) => Err((
-                    0,
-                    RulesError::Yara(format!("cannot start a compiler thread: {e}")),
-                )),
-            })
-            .collect()
+    let built = on_threads("rules-compile", &groups, |members| {
+        compile_group(&sources, members)
     });
     let mut serialized = Vec::with_capacity(built.len());
     let mut first: Option<(usize, RulesError)> = None;
     for set in built {
+        let set = set.unwrap_or_else(|failed| {
+            let why = match failed {
+                ThreadFailed::Panicked => "the compiler panicked".into(),
+                ThreadFailed::NotStarted(e) => format!("cannot start a compiler thread: {e}"),
+            };
+            Err((0, RulesError::Yara(why)))
+        });
         match set {
             Ok(bytes) => serialized.push(bytes),
             Err((i, e)) => {
@@ -581,42 +568,65 @@ impl RuleSet {
     ) -> Result<Vec<RuleMatch>, ScanError> {
         // A thread that cannot be started fails this scan (the request's
         // 5xx), never the worker; the parts already started are joined.
-        std::thread::scope(|scope| {
-            let running: Vec<_> = self
-                .parts
-                .iter()
-                .map(|rules| {
-                    std::thread::Builder::new()
-                        .name("scan-part".into())
-                        .spawn_scoped(scope, move || {
-                            let mut scanner = yara_x::Scanner::new(rules);
-                            scan_part(&mut scanner, bytes, target, deadline)
-                        })
-                })
-                .collect();
-            let mut found = Vec::new();
-            let mut failed = None;
-            for part in running {
-                let part = match part {
-                    Ok(t) => t
-                        .join()
-                        .map_err(|_| ScanError::Yara("a scanning thread panicked".into()))
-                        .and_then(|r| r),
-                    Err(e) => Err(ScanError::Yara(format!(
-                        "cannot start a scanning thread: {e}"
-                    ))),
-                };
-                match part {
-                    Ok(matches) => found.extend(matches),
-                    Err(e) => failed = failed.or(Some(e)),
-                }
+        let scanned = on_threads("scan-part", &self.parts, |rules| {
+            let mut scanner = yara_x::Scanner::new(rules);
+            scan_part(&mut scanner, bytes, target, deadline)
+        });
+        let mut found = Vec::new();
+        let mut failed = None;
+        for part in scanned {
+            let part = part.unwrap_or_else(|failed| {
+                Err(ScanError::Yara(match failed {
+                    ThreadFailed::Panicked => "a scanning thread panicked".into(),
+                    ThreadFailed::NotStarted(e) => format!("cannot start a scanning thread: {e}"),
+                }))
+            });
+            match part {
+                Ok(matches) => found.extend(matches),
+                Err(e) => failed = failed.or(Some(e)),
             }
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(found),
-            }
-        })
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
     }
+}
+
+/// Why a thread of [`on_threads`] gave no result.
+enum ThreadFailed {
+    NotStarted(std::io::Error),
+    Panicked,
+}
+
+/// `work` on every item at once, each on a thread of its own named
+/// `name`, all started before any is joined; results in item order. A
+/// thread that cannot be started, or that panics, is that item's
+/// failure, never a panic here (`Builder::spawn_scoped`, not
+/// `Scope::spawn`).
+fn on_threads<I: Sync, T: Send>(
+    name: &str,
+    items: &[I],
+    work: impl Fn(&I) -> T + Sync,
+) -> Vec<Result<T, ThreadFailed>> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items
+            .iter()
+            .map(|item| {
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn_scoped(scope, move || work(item))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| match t {
+                Ok(t) => t.join().map_err(|_| ThreadFailed::Panicked),
+                Err(e) => Err(ThreadFailed::NotStarted(e)),
+            })
+            .collect()
+    })
 }
 
 /// One part's scan of `bytes`, with what is left of the time allowed.

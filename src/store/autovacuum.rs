@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-/// Logs a warning when the server runs without autovacuum. A database
-/// that does not answer now is left alone: durability's check, which
-/// retries, reports an unreachable database.
-pub async fn warn_if_off(pool: PgPool) {
+/// Logs a warning when the server runs without autovacuum. Called once
+/// the database has answered (after durability's check, which waits for
+/// it); a failure now is only logged at debug.
+pub async fn warn_if_off(pool: &PgPool) {
     let read =
-        sqlx::query_scalar::<_, String>("SELECT current_setting('autovacuum')").fetch_one(&pool);
+        sqlx::query_scalar::<_, String>("SELECT current_setting('autovacuum')").fetch_one(pool);
     match crate::store::within(Duration::from_secs(5), read).await {
         Ok(v) if !super::durability::is_on(&v) => tracing::warn!(
             autovacuum = %v,
